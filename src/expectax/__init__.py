@@ -1,0 +1,20 @@
+"""expectax: Monte Carlo gradients of expectations in JAX.
+
+``expectation(f, dist_fn, estimator=..., num_samples=...)`` turns
+``J(θ) = E_{x~p_θ}[f_θ(x)]`` into a function whose value is a Monte Carlo estimate and whose
+``jax.grad`` is the chosen estimator's gradient estimate; ``compare`` tells which estimator
+suits your problem.
+"""
+
+from expectax.estimators import Estimator, Pathwise, ScoreFunction
+from expectax.expectation import expectation, per_sample_grads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Estimator",
+    "Pathwise",
+    "ScoreFunction",
+    "expectation",
+    "per_sample_grads",
+]

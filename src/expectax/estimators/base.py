@@ -1,0 +1,200 @@
+"""The estimator protocol shared by every gradient estimator in expectax.
+
+An estimator turns ``(f, p_θ, θ, key, N)`` into ``N`` per-sample *surrogate terms*: scalars whose
+mean is the Monte Carlo estimate of ``E_{x~p_θ}[f_θ(x)]`` and whose gradient with respect to θ
+(of every order, where the estimator supports it) is the estimator's gradient estimate. The
+entry points in :mod:`expectax.expectation` average the terms (``expectation``) or
+differentiate each one on its own (``per_sample_grads``); estimators never see which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Context",
+    "Estimator",
+    "magic_box",
+    "pytree_dataclass",
+    "static_field",
+]
+
+
+def static_field(**kwargs: Any) -> Any:
+    """A dataclass field that is pytree metadata (hashable, not traced), not a leaf."""
+    metadata = dict(kwargs.pop("metadata", {}))
+    metadata["static"] = True
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def pytree_dataclass(cls: type) -> type:
+    """Make ``cls`` a frozen dataclass registered as a JAX pytree.
+
+    Fields declared with :func:`static_field` are metadata (they must be hashable: numbers,
+    strings, functions); every other field is a pytree child, so arrays held by an estimator
+    (a baseline constant, a control variate's coefficients) are traced under ``jit``.
+    """
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    fields = dataclasses.fields(cls)
+    meta = [f.name for f in fields if f.metadata.get("static", False)]
+    data = [f.name for f in fields if not f.metadata.get("static", False)]
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+
+def magic_box(log_prob: jax.Array) -> jax.Array:
+    """DiCE's magic box ``exp(l − stop_gradient(l))``: value 1, ``∇ magic = magic · ∇l``.
+
+    Multiplying a cost by ``magic_box(log p)`` makes every derivative, of every order, the
+    score-function estimator of that derivative (Foerster et al., 2018).
+    """
+    return jnp.exp(log_prob - jax.lax.stop_gradient(log_prob))
+
+
+def _sum_trailing(values: jax.Array, num_samples: int) -> jax.Array:
+    """Sum everything after the leading sample axis: ``(N, *batch) -> (N,)``."""
+    values = jnp.asarray(values)
+    if values.ndim == 0:
+        return jnp.broadcast_to(values, (num_samples,))
+    return values.reshape(values.shape[0], -1).sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What an estimator gets to work with for one batch of ``N`` samples.
+
+    Attributes:
+      f_single: the user's ``f(params, x)`` for one sample ``x``, returning a scalar.
+      dist: the distribution ``p_θ`` built from ``params`` (``None`` when the estimator brings
+        its own sampler, as ``Pathwise.from_transform`` does).
+      params: θ. When ``stacked`` is true every leaf has a leading axis of ``N`` (one copy of θ
+        per sample, how ``per_sample_grads`` gets each sample's gradient in one backward pass)
+        and ``dist`` was built from the stacked copies.
+      stacked: see ``params``.
+      debug: if true, values of ``f`` are checked for NaN and inf at run time.
+    """
+
+    f_single: Callable[[Any, Any], Any]
+    dist: Any
+    params: Any
+    stacked: bool = False
+    debug: bool = False
+
+    @property
+    def params_axis(self) -> int | None:
+        """``in_axes`` for ``params`` when vmapping a per-sample function over samples."""
+        return 0 if self.stacked else None
+
+    def vmap(self, fn: Callable[[Any, Any], Any], xs: Any) -> Any:
+        """``[fn(θ, x_i) for x_i in xs]``, vectorised, pairing sample i with θ's copy i."""
+        return jax.vmap(fn, in_axes=(self.params_axis, 0))(self.params, xs)
+
+    def f(self, xs: Any, params: Any = None) -> jax.Array:
+        """Evaluate ``f`` on a batch of samples (leading axis ``N``), returning shape ``(N,)``.
+
+        ``params`` overrides θ (e.g. ``stop_gradient(θ)``); by default θ is ``self.params``.
+        """
+        params = self.params if params is None else params
+        values = jax.vmap(self.f_single, in_axes=(self.params_axis, 0))(params, xs)
+        values = jnp.asarray(values)
+        leading = jax.tree_util.tree_leaves(xs)[0].shape[0]
+        if values.shape != (leading,):
+            raise TypeError(
+                "f must return a scalar for each sample: f(params, x) returned shape "
+                f"{values.shape[1:]} per sample (batched shape {values.shape}). Reduce the "
+                "output to a scalar inside f, e.g. return jnp.sum(...) instead of an array."
+            )
+        if not jnp.issubdtype(values.dtype, jnp.floating):
+            values = values.astype(jnp.result_type(float))
+        if self.debug:
+            _check_finite(values, "f(params, x)")
+        return values
+
+    def log_prob(self, xs: Any, dist: Any = None) -> jax.Array:
+        """Joint log-density of each sample under ``dist`` (default: ``self.dist``), shape ``(N,)``.
+
+        Batch dimensions of the distribution are summed: a sample is the whole ``x`` passed to f.
+        """
+        dist = self.dist if dist is None else dist
+        leading = jax.tree_util.tree_leaves(xs)[0].shape[0]
+        return _sum_trailing(dist.log_prob(xs), leading)
+
+
+def _check_finite(values: jax.Array, what: str) -> None:
+    def callback(v: np.ndarray) -> None:
+        v = np.asarray(v)
+        if not np.all(np.isfinite(v)):
+            bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+            raise FloatingPointError(
+                f"expectax debug check: {what} produced NaN or inf in {bad} of {np.size(v)} "
+                "values. Look for log/sqrt/division of values outside their domain in f or "
+                "dist_fn (run without jit to find the line)."
+            )
+
+    jax.debug.callback(callback, values)
+
+
+class Estimator:
+    """Base class of all gradient estimators.
+
+    Subclasses are frozen pytree dataclasses (see :func:`pytree_dataclass`) and implement
+    :meth:`terms`. Class attributes describe the estimator to ``compare`` and to error messages:
+
+    - ``unbiased``: whether the gradient estimate is unbiased (relaxations are not).
+    - ``needs_dist``: whether a ``dist_fn`` is required (``Pathwise.from_transform`` brings its
+      own sampler).
+    """
+
+    unbiased: ClassVar[bool] = True
+    needs_dist: ClassVar[bool] = True
+
+    def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
+        """Per-sample surrogate terms, shape ``(num_samples,)``.
+
+        Their mean's value is the Monte Carlo estimate of ``E[f]``; its gradient is the
+        estimator. Term i may depend on other samples only through ``stop_gradient`` (so that
+        ``per_sample_grads`` is the gradient of term i alone).
+        """
+        raise NotImplementedError
+
+    def min_samples(self) -> int:
+        """The smallest ``num_samples`` the estimator accepts (2 for leave-one-out schemes)."""
+        return 1
+
+    def evaluations(self, num_samples: int, dist: Any = None) -> int:
+        """How many times one estimate evaluates f; ``compare`` reports it as the cost."""
+        return num_samples
+
+    @property
+    def name(self) -> str:
+        """A short label for tables: the class name plus the fields that differ from defaults."""
+        parts = []
+        if dataclasses.is_dataclass(self):
+            for fld in dataclasses.fields(self):
+                value = getattr(self, fld.name)
+                default = fld.default
+                if default is dataclasses.MISSING and fld.default_factory is not dataclasses.MISSING:
+                    default = fld.default_factory()
+                if fld.repr and not _same(value, default):
+                    parts.append(f"{fld.name}={_short(value)}")
+        return type(self).__name__ + (f"({', '.join(parts)})" if parts else "")
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a is b or a == b)
+    except Exception:  # arrays compare elementwise
+        return False
+
+
+def _short(value: Any) -> str:
+    if hasattr(value, "name") and isinstance(getattr(value, "name"), str):
+        return value.name
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)

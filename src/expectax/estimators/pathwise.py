@@ -1,0 +1,109 @@
+"""The pathwise (reparameterisation) estimator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from expectax.estimators.base import Context, Estimator, pytree_dataclass, static_field
+
+__all__ = ["Pathwise"]
+
+
+@pytree_dataclass
+class Pathwise(Estimator):
+    r"""The pathwise (reparameterisation) estimator: autodiff through the sampling path.
+
+    With ``x = g(ε, θ)`` and ``ε ~ p(ε)`` independent of θ,
+
+    .. math::
+
+        \nabla_\theta\, \mathbb{E}_{p_\theta}[f_\theta(x)]
+        = \mathbb{E}_{p(\epsilon)}\big[\nabla_\theta f_\theta(g(\epsilon, \theta))\big]
+        \approx \frac1N \sum_{i=1}^N \nabla_\theta f_\theta(g(\epsilon_i, \theta)).
+
+    Samples come from the distribution's ``rsample``: location-scale families (Normal,
+    MultivariateNormal, LogNormal, Laplace, …, e.g. ``x = μ + σ ε``) and implicit
+    reparameterisation (Gamma, Beta, Dirichlet; Figurnov et al., 2018) in numpyro. The
+    surrogate is plain ``f_θ(x(θ))``, so ``jax.hessian`` and forward mode work, and
+    higher derivatives are unbiased too.
+
+    It needs f differentiable in x and a reparameterisable distribution (``has_rsample``);
+    for discrete distributions use :class:`ScoreFunction` or a discrete estimator.
+
+    For a sampling path of your own, build the estimator with :meth:`from_transform`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, expectax as ex
+      >>> import numpyro.distributions as dist
+      >>> E = ex.expectation(lambda p, x: x ** 2, lambda p: dist.Normal(p, 1.0),
+      ...                    estimator=ex.Pathwise(), num_samples=1000)
+      >>> g = jax.grad(E)(jnp.array(1.0), jax.random.key(0))   # ≈ 2 μ = 2
+
+    References:
+      Kingma & Welling (2014), "Auto-encoding variational Bayes". Rezende, Mohamed & Wierstra
+      (2014), "Stochastic backpropagation and approximate inference in deep generative
+      models". Figurnov, Mohamed & Mnih (2018), "Implicit reparameterization gradients".
+      Mohamed et al. (2020), JMLR 21(132), section 5.
+    """
+
+    base: Any = static_field(default=None, repr=False)
+    transform: Callable[[Any, Any], Any] | None = static_field(default=None, repr=False)
+
+    @classmethod
+    def from_transform(cls, base: Any, transform: Callable[[Any, Any], Any]) -> Pathwise:
+        """A pathwise estimator for a sampling path you supply: ``x = transform(params, ε)``.
+
+        Args:
+          base: the base distribution ``p(ε)``, independent of θ: anything with
+            ``sample(key, sample_shape)`` (e.g. ``dist.Normal(0., 1.)`` or
+            ``dist.Uniform(0., 1.).expand([d])``).
+          transform: ``g(params, eps) -> x`` for one ``eps``; differentiable in params.
+
+        With this estimator ``dist_fn`` is not used; pass ``None``::
+
+            est = ex.Pathwise.from_transform(dist.Normal(0., 1.),
+                                             lambda p, eps: p["mu"] + jnp.exp(p["log_s"]) * eps)
+            E = ex.expectation(f, None, estimator=est, num_samples=100)
+        """
+        if not hasattr(base, "sample"):
+            raise TypeError(
+                "Pathwise.from_transform: base must be a distribution with a "
+                f"sample(key, sample_shape) method (e.g. numpyro's dist.Normal(0., 1.)); got "
+                f"{type(base).__name__}."
+            )
+        if not callable(transform):
+            raise TypeError(
+                "Pathwise.from_transform: transform must be a function g(params, eps) -> x; "
+                f"got {type(transform).__name__}."
+            )
+        return cls(base=base, transform=transform)
+
+    @property
+    def needs_dist(self) -> bool:  # type: ignore[override]
+        return self.transform is None
+
+    @property
+    def name(self) -> str:
+        if self.transform is None:
+            return "Pathwise"
+        return f"Pathwise(transform={getattr(self.transform, '__name__', 'g')})"
+
+    def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
+        if self.transform is not None:
+            eps = jax.lax.stop_gradient(self.base.sample(key, (num_samples,)))
+            xs = ctx.vmap(self.transform, eps)
+            return ctx.f(xs)
+        dist = ctx.dist
+        if not getattr(dist, "has_rsample", False):
+            raise ValueError(
+                f"Pathwise needs a reparameterisable distribution, but dist_fn returned "
+                f"{type(dist).__name__}, which has no rsample (has_rsample is False). Use "
+                "estimator=ex.ScoreFunction() (any distribution with a log_prob), a discrete "
+                "estimator for Bernoulli/Categorical, or Pathwise.from_transform(base, g) with "
+                "a sampling path of your own."
+            )
+        xs = dist.rsample(key, (num_samples,))
+        return ctx.f(xs)
