@@ -6,15 +6,18 @@
 suits your problem.
 """
 
+from expectax.compare import Comparison, compare
 from expectax.estimators import Estimator, Pathwise, ScoreFunction
 from expectax.expectation import expectation, per_sample_grads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
     "Estimator",
     "Pathwise",
     "ScoreFunction",
+    "compare",
     "expectation",
     "per_sample_grads",
 ]

@@ -178,7 +178,10 @@ class Estimator:
             for fld in dataclasses.fields(self):
                 value = getattr(self, fld.name)
                 default = fld.default
-                if default is dataclasses.MISSING and fld.default_factory is not dataclasses.MISSING:
+                if (
+                    default is dataclasses.MISSING
+                    and fld.default_factory is not dataclasses.MISSING
+                ):
                     default = fld.default_factory()
                 if fld.repr and not _same(value, default):
                     parts.append(f"{fld.name}={_short(value)}")
@@ -193,7 +196,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _short(value: Any) -> str:
-    if hasattr(value, "name") and isinstance(getattr(value, "name"), str):
+    if hasattr(value, "name") and isinstance(value.name, str):
         return value.name
     if callable(value) and hasattr(value, "__name__"):
         return value.__name__

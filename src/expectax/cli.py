@@ -1,0 +1,301 @@
+"""The ``expectax`` command line: ``compare`` (the main job) and the applications.
+
+Thin by design: argument parsing and printing only; the work happens in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+#: Subcommands that live in application modules: name -> (module, help). Each module exposes
+#: ``configure_parser(parser)`` and ``run(args) -> int``; imported only when used.
+APPLICATIONS: dict[str, tuple[str, str]] = {}
+
+DEFAULT_PROBLEM = "gaussian-quadratic"
+
+#: Estimators selectable with ``--estimator``: name -> (module, expression building it).
+ESTIMATOR_CHOICES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "score": ("expectax", lambda m: m.ScoreFunction()),
+    "pathwise": ("expectax", lambda m: m.Pathwise()),
+}
+
+
+def _application_modules() -> dict[str, tuple[str, str]]:
+    return dict(APPLICATIONS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``expectax`` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["compare", *(argv or [])])
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="expectax",
+        description="Monte Carlo gradients of expectations in JAX: which estimator suits "
+        "your problem?",
+    )
+    sub = parser.add_subparsers(dest="command")
+    cmp = sub.add_parser(
+        "compare",
+        help="bias, variance, SNR and cost of gradient estimators on a problem",
+        description="Compare gradient estimators on a built-in problem or your own. With no "
+        f"arguments: the default problem ({DEFAULT_PROBLEM}).",
+    )
+    _configure_compare(cmp)
+    cmp.set_defaults(run=_run_compare)
+    for name, (module, help_text) in _application_modules().items():
+        app = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:  # an optional dependency is missing
+            app.set_defaults(run=lambda args, err=err, name=name: _missing(name, err))
+            continue
+        mod.configure_parser(app)
+        app.set_defaults(run=mod.run)
+    return parser
+
+
+def _missing(name: str, err: ImportError) -> int:
+    print(f"expectax {name} is unavailable: {err}", file=sys.stderr)
+    return 2
+
+
+def _configure_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--problem",
+        default=DEFAULT_PROBLEM,
+        help="a built-in problem name (see --list-problems) or path/to/file.py:name for your "
+        "own (see the README for the file's format)",
+    )
+    p.add_argument("--list-problems", action="store_true", help="list built-in problems, exit")
+    p.add_argument(
+        "--estimator",
+        action="append",
+        metavar="NAME",
+        help=f"an estimator to compare (repeatable; default: the problem's own list). "
+        f"Choices: {', '.join(ESTIMATOR_CHOICES)}",
+    )
+    p.add_argument("--num-samples", type=int, default=16, help="samples per gradient estimate")
+    p.add_argument("--repeats", type=int, default=500, help="independent estimates each")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    p.add_argument("--plot", metavar="FILE.png", help="histogram of the estimates per estimator")
+    p.add_argument(
+        "--figure",
+        choices=["paper"],
+        help="instead of a comparison, redraw Figs. 2–3 of Mohamed et al. (2020) into --out",
+    )
+    p.add_argument("--out", default="expectax-figures", help="output folder for --figure")
+
+
+def _load_problem(spec: str) -> Any:
+    """A built-in problem by name, or ``path/to/file.py:name`` from a user's file."""
+    from expectax import problems
+
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        path_str, attr = spec.rsplit(":", 1)
+        path = Path(path_str)
+        if not path.is_file():
+            raise SystemExit(f"--problem: no such file {path_str!r}")
+        module_spec = importlib.util.spec_from_file_location(f"expectax_user_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, attr):
+            found = [n for n in vars(module) if not n.startswith("_")]
+            raise SystemExit(f"--problem: {path_str} defines no {attr!r}; it defines {found}")
+        obj = getattr(module, attr)
+        if callable(obj) and not isinstance(obj, problems.Problem):
+            obj = obj()
+        if isinstance(obj, dict):
+            missing = {"f", "dist_fn", "params"} - set(obj)
+            if missing:
+                raise SystemExit(f"--problem: the dict {attr!r} lacks keys {sorted(missing)}")
+            obj = problems.Problem(
+                name=obj.get("name", attr),
+                description=obj.get("description", f"{path.name}:{attr}"),
+                f=obj["f"],
+                dist_fn=obj["dist_fn"],
+                params=obj["params"],
+                exact_value=obj.get("exact_value"),
+                exact_grad=obj.get("exact_grad"),
+                estimators=tuple(obj.get("estimators", ())),
+            )
+        if not isinstance(obj, problems.Problem):
+            raise SystemExit(
+                f"--problem: {attr!r} must be an expectax.problems.Problem, a dict with f, "
+                f"dist_fn and params, or a function returning one; got {type(obj).__name__}"
+            )
+        return obj
+    try:
+        return problems.get_problem(spec)
+    except ValueError as err:
+        raise SystemExit(f"--problem: {err}") from err
+
+
+def _estimators_from_args(names: list[str] | None, problem: Any) -> list[Any]:
+    if not names:
+        if problem.estimators:
+            return list(problem.estimators)
+        import expectax
+
+        return [expectax.ScoreFunction(), expectax.Pathwise()]
+    out = []
+    for name in names:
+        if name not in ESTIMATOR_CHOICES:
+            raise SystemExit(
+                f"--estimator: unknown {name!r}; choose from {', '.join(ESTIMATOR_CHOICES)}"
+            )
+        module, build = ESTIMATOR_CHOICES[name]
+        out.append(build(importlib.import_module(module)))
+    return out
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    if args.list_problems:
+        from expectax import problems
+
+        console = Console()
+        for name in problems.list_problems():
+            console.print(f"[bold]{name}[/]: {problems.get_problem(name).description}")
+        return 0
+    if args.figure == "paper":
+        paper = importlib.import_module("expectax.paper")
+        paths = paper.reproduce_figures(args.out, seed=args.seed)
+        Console().print(f"wrote {paths}")
+        return 0
+    if args.num_samples < 1:
+        raise SystemExit("--num-samples must be at least 1")
+    if args.repeats < 2:
+        raise SystemExit("--repeats must be at least 2 (variances need two estimates)")
+    from expectax.compare import compare
+
+    problem = _load_problem(args.problem)
+    estimators = _estimators_from_args(args.estimator, problem)
+    err_console = Console(stderr=True)
+    with err_console.status("comparing estimators…") as status:
+        result = compare(
+            problem.f,
+            problem.dist_fn,
+            problem.params,
+            estimators,
+            num_samples=args.num_samples,
+            repeats=args.repeats,
+            exact_grad=problem.exact_grad,
+            seed=args.seed,
+            progress=lambda line: status.update(line),
+        )
+    if args.plot:
+        from expectax.plots import plot_comparison
+
+        plot_comparison(result, args.plot, title=f"{problem.name}: {problem.description}")
+    if args.json:
+        payload = {"problem": problem.name, "description": problem.description}
+        payload.update(result.to_dict())
+        print(json.dumps(payload, indent=2))
+        return 0
+    _print_comparison(result, problem, Console())
+    if args.plot:
+        Console().print(f"plot written to {args.plot}")
+    return 0
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec)
+
+
+def _print_comparison(result: Any, problem: Any, console: Any) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{problem.name}[/]: {problem.description}")
+    console.print(
+        f"{result.repeats} independent estimates per estimator, {result.num_samples} samples "
+        "each; variances are of one estimate."
+    )
+    summary = Table(title="estimators")
+    for col in (
+        "estimator",
+        "f evals",
+        "time/estimate",
+        "Σ variance",
+        "variance × time",
+        "max |bias| (SE)",
+        "min SNR",
+        "note",
+    ):
+        summary.add_column(col, justify="left" if col in ("estimator", "note") else "right")
+    for r in result.reports:
+        if r.error is not None:
+            summary.add_row(
+                r.name, "–", "–", "–", "–", "–", "–", f"[red]not applicable[/]: {r.error}"
+            )
+            continue
+        z = r.max_abs_z()
+        notes = []
+        if not r.unbiased_by_design:
+            notes.append("biased by design")
+        if z is not None and z > result.bias_threshold:
+            notes.append(f"[red]significant bias (> {result.bias_threshold:.1f} SE)[/]")
+        if r.nonfinite:
+            notes.append(f"[red]{r.nonfinite} non-finite estimates[/]")
+        if r.name == result.recommended:
+            notes.append("[green]recommended[/]")
+        summary.add_row(
+            r.name,
+            str(r.evaluations),
+            f"{r.seconds * 1e6:.0f} µs" if r.seconds is not None else "–",
+            _fmt(r.total_variance),
+            _fmt(r.work_variance),
+            _fmt(z, ".2f") if z is not None else "no exact",
+            _fmt(float(r.snr.min()) if r.snr is not None else None),
+            "; ".join(notes),
+        )
+    console.print(summary)
+    coords = Table(title="per coordinate: mean ± s.e. [variance]")
+    coords.add_column("∂E/∂")
+    if result.exact is not None:
+        coords.add_column("exact", justify="right")
+    ran = [r for r in result.reports if r.mean is not None]
+    for r in ran:
+        coords.add_column(r.name, justify="right")
+    for j, name in enumerate(result.coordinates[:20]):
+        row = [name]
+        if result.exact is not None:
+            row.append(_fmt(float(result.exact[j]), ".4g"))
+        for r in ran:
+            row.append(f"{r.mean[j]:.4g} ± {r.standard_error[j]:.2g} [{r.variance[j]:.3g}]")
+        coords.add_row(*row)
+    console.print(coords)
+    if len(result.coordinates) > 20:
+        console.print(f"({len(result.coordinates) - 20} more coordinates in --json)")
+    if result.recommended is None:
+        console.print(f"[bold red]No recommendation[/]: {result.reason}.")
+    else:
+        console.print(f"[bold green]Recommendation: {result.recommended}[/] — {result.reason}.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
