@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions.distribution as numpyro_dist
 
 from expectax.estimators.base import Context, Estimator, _check_finite
 
@@ -80,8 +82,9 @@ def expectation(
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
 
     def chunk_mean(params: PyTree, key: jax.Array) -> jax.Array:
-        ctx = Context(f, _build(dist_fn, params), params, stacked=False, debug=debug)
-        return jnp.mean(_terms(estimator, ctx, key, chunk))
+        with _validation(params, debug):
+            ctx = Context(f, _build(dist_fn, params), params, stacked=False, debug=debug)
+            return jnp.mean(_terms(estimator, ctx, key, chunk))
 
     def E(params: PyTree, key: jax.Array) -> jax.Array:
         _check_key(key)
@@ -148,9 +151,10 @@ def per_sample_grads(
         def total(stacked: PyTree) -> jax.Array:
             if debug:
                 stacked = _checked_grad(stacked)
-            dist = None if dist_fn is None else _build_stacked(dist_fn, stacked)
-            ctx = Context(f, dist, stacked, stacked=True, debug=debug)
-            return jnp.sum(_terms(estimator, ctx, key, chunk))
+            with _validation(stacked, debug):
+                dist = None if dist_fn is None else _build_stacked(dist_fn, stacked)
+                ctx = Context(f, dist, stacked, stacked=True, debug=debug)
+                return jnp.sum(_terms(estimator, ctx, key, chunk))
 
         return jax.grad(total)(stacked)
 
@@ -172,6 +176,25 @@ def _terms(estimator: Estimator, ctx: Context, key: jax.Array, n: int) -> jax.Ar
             "this is a bug in the estimator."
         )
     return terms
+
+
+def _validation(params: PyTree, debug: bool) -> contextlib.AbstractContextManager[None]:
+    """numpyro's argument and support checks: on in debug mode and for concrete params.
+
+    The context must cover both building the distribution and using it: numpyro reads the
+    default when ``log_prob`` runs, not only when the distribution is built.
+
+    numpyro validates by default, and its support check in ``log_prob`` (a ``where`` over the
+    samples) made small score-function estimates several times slower than a hand-written
+    surrogate, for samples that are in the support by construction. So traced (jit, grad)
+    calls build the distribution with validation off, while concrete calls (e.g. ``compare``'s
+    first look, or ``E(params, key)`` run eagerly) and ``debug=True`` keep numpyro's clear
+    errors for invalid parameters such as a negative scale.
+    """
+    concrete = not any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)
+    )
+    return numpyro_dist.validation_enabled(debug or concrete)
 
 
 def _build(dist_fn: Callable[[PyTree], Any] | None, params: PyTree) -> Any:

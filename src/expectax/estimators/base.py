@@ -52,8 +52,27 @@ def magic_box(log_prob: jax.Array) -> jax.Array:
 
     Multiplying a cost by ``magic_box(log p)`` makes every derivative, of every order, the
     score-function estimator of that derivative (Foerster et al., 2018).
+
+    The argument of the exponential is identically zero, so instead of computing ``exp`` the
+    box is a ``custom_jvp`` function whose value is exactly 1 and whose tangent is
+    ``magic · dl`` (recursively, so all orders match ``exp``). It works in forward and reverse
+    mode, and XLA folds the value away: the surrogate costs no more than ``f · log p``. (On
+    CPU an ``exp`` in the surrogate made small estimates several times slower.)
     """
-    return jnp.exp(log_prob - jax.lax.stop_gradient(log_prob))
+    return _unit_exp(log_prob - jax.lax.stop_gradient(log_prob))
+
+
+@jax.custom_jvp
+def _unit_exp(zero: jax.Array) -> jax.Array:
+    """``exp(zero)`` for an argument that is always 0: value 1, derivatives those of exp."""
+    return jnp.ones_like(zero)
+
+
+@_unit_exp.defjvp
+def _unit_exp_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]):
+    (zero,), (tangent,) = primals, tangents
+    value = _unit_exp(zero)
+    return value, value * tangent
 
 
 def _sum_trailing(values: jax.Array, num_samples: int) -> jax.Array:
