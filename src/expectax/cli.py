@@ -215,16 +215,33 @@ def _run_compare(args: argparse.Namespace) -> int:
         payload.update(result.to_dict())
         print(json.dumps(payload, indent=2))
         return 0
-    _print_comparison(result, problem, Console())
+    _print_comparison(result, problem, Console(width=_width()))
     if args.plot:
         Console().print(f"plot written to {args.plot}")
     return 0
+
+
+def _width() -> int:
+    """Wide enough for the tables when output is not a terminal (piped, CI logs)."""
+    import shutil
+
+    return max(shutil.get_terminal_size((120, 24)).columns, 100)
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return format(x, spec)
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
 
 
 def _print_comparison(result: Any, problem: Any, console: Any) -> None:
@@ -235,18 +252,11 @@ def _print_comparison(result: Any, problem: Any, console: Any) -> None:
         f"{result.repeats} independent estimates per estimator, {result.num_samples} samples "
         "each; variances are of one estimate."
     )
-    summary = Table(title="estimators")
-    for col in (
-        "estimator",
-        "f evals",
-        "time/estimate",
-        "Σ variance",
-        "variance × time",
-        "max |bias| (SE)",
-        "min SNR",
-        "note",
-    ):
-        summary.add_column(col, justify="left" if col in ("estimator", "note") else "right")
+    summary = Table(title="estimators (Σ var: summed over coordinates; |z|: bias in SE)")
+    summary.add_column("estimator", no_wrap=True)
+    for col in ("evals", "time", "Σ var", "var × time", "max |z|", "min SNR"):
+        summary.add_column(col, justify="right", no_wrap=True)
+    summary.add_column("note")
     for r in result.reports:
         if r.error is not None:
             summary.add_row(
@@ -260,13 +270,15 @@ def _print_comparison(result: Any, problem: Any, console: Any) -> None:
         if z is not None and z > result.bias_threshold:
             notes.append(f"[red]significant bias (> {result.bias_threshold:.1f} SE)[/]")
         if r.nonfinite:
-            notes.append(f"[red]{r.nonfinite} non-finite estimates[/]")
+            notes.append(f"[red]{r.nonfinite} non-finite gradient estimates[/]")
+        if r.nonfinite_values:
+            notes.append(f"[red]{r.nonfinite_values} non-finite values of E[f][/]")
         if r.name == result.recommended:
             notes.append("[green]recommended[/]")
         summary.add_row(
             r.name,
             str(r.evaluations),
-            f"{r.seconds * 1e6:.0f} µs" if r.seconds is not None else "–",
+            _fmt_seconds(r.seconds),
             _fmt(r.total_variance),
             _fmt(r.work_variance),
             _fmt(z, ".2f") if z is not None else "no exact",

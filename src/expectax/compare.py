@@ -50,12 +50,13 @@ class EstimatorReport:
     evaluations: int | None = None
     work_variance: float | None = None
     nonfinite: int = 0
+    nonfinite_values: int = 0
     estimates: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
-        """Ran, and every estimate was finite."""
-        return self.error is None and self.nonfinite == 0
+        """Ran, and every estimate (of the gradient and of E[f]) was finite."""
+        return self.error is None and self.nonfinite == 0 and self.nonfinite_values == 0
 
     @property
     def total_variance(self) -> float:
@@ -84,7 +85,8 @@ class EstimatorReport:
             "f_evaluations_per_estimate": self.evaluations,
             "total_variance": None if self.variance is None else self.total_variance,
             "work_normalised_variance": self.work_variance,
-            "nonfinite_estimates": self.nonfinite,
+            "nonfinite_gradient_estimates": self.nonfinite,
+            "nonfinite_value_estimates": self.nonfinite_values,
         }
 
 
@@ -245,13 +247,16 @@ def compare(
             E = expectation(f, dist_fn, estimator=est, num_samples=num_samples)
             grad_fn = jax.jit(jax.grad(E))
             keys = jax.random.split(sub, repeats)
-            stacked = jax.jit(jax.vmap(jax.grad(E), in_axes=(None, 0)))(params, keys)
+            values, stacked = jax.jit(jax.vmap(jax.value_and_grad(E), in_axes=(None, 0)))(
+                params, keys
+            )
         except (ValueError, TypeError, NotImplementedError) as err:
             report.error = f"{type(err).__name__}: {err}"
             continue
         g = np.asarray(flat(stacked), dtype=np.float64)
         finite_rows = np.all(np.isfinite(g), axis=1)
         report.nonfinite = int(np.sum(~finite_rows))
+        report.nonfinite_values = int(np.sum(~np.isfinite(np.asarray(values))))
         report.estimates = g
         good = g[finite_rows]
         if good.shape[0] >= 2:

@@ -202,6 +202,12 @@ def _build(dist_fn: Callable[[PyTree], Any] | None, params: PyTree) -> Any:
         return None
     try:
         dist = dist_fn(params)
+    except ValueError as err:  # e.g. numpyro's check of a negative scale
+        raise ValueError(
+            f"dist_fn(params) rejected the parameter values: {err} Check the values in params "
+            "(e.g. a scale must be positive: use jax.nn.softplus or exp of an unconstrained "
+            "parameter)."
+        ) from err
     except Exception as err:  # noqa: BLE001 - re-raised with context
         structure = jax.tree_util.tree_structure(params)
         raise TypeError(
