@@ -6,6 +6,7 @@
 suits your problem.
 """
 
+from expectax import diagnostics, problems
 from expectax.compare import Comparison, compare
 from expectax.estimators import Estimator, Pathwise, ScoreFunction
 from expectax.expectation import expectation, per_sample_grads
@@ -18,6 +19,8 @@ __all__ = [
     "Pathwise",
     "ScoreFunction",
     "compare",
+    "diagnostics",
     "expectation",
     "per_sample_grads",
+    "problems",
 ]

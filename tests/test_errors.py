@@ -1,0 +1,173 @@
+"""Bad input raises a clear error at trace time; debug=True reports NaN/inf at run time."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+import expectax as ex
+
+F = lambda p, x: (x - 1.0) ** 2
+NORMAL = lambda p: dist.Normal(p["mu"], p["sigma"])
+PARAMS = {"mu": jnp.array(0.5), "sigma": jnp.array(1.0)}
+KEY = jax.random.key(0)
+
+
+def _expect(**kw):
+    kw = dict(estimator=ex.ScoreFunction(), num_samples=8) | kw
+    return ex.expectation(kw.pop("f", F), kw.pop("dist_fn", NORMAL), **kw)
+
+
+@pytest.mark.parametrize(
+    "dist_fn",
+    [lambda p: dist.Bernoulli(logits=p["mu"]), lambda p: dist.Poisson(p["sigma"])],
+    ids=["bernoulli", "poisson"],
+)
+def test_pathwise_on_discrete_says_use_score_function(dist_fn):
+    E = _expect(dist_fn=dist_fn, estimator=ex.Pathwise())
+    with pytest.raises(ValueError, match=r"reparameterisable.*ScoreFunction"):
+        jax.grad(E)(PARAMS, KEY)
+    with pytest.raises(ValueError, match="ScoreFunction"):
+        ex.per_sample_grads(F, dist_fn, PARAMS, KEY, estimator=ex.Pathwise(), num_samples=4)
+
+
+def test_num_samples_zero():
+    with pytest.raises(ValueError, match=r"num_samples must be at least 1, got 0"):
+        _expect(num_samples=0)
+
+
+@pytest.mark.parametrize("bad", [2.5, True, jnp.array(4)], ids=["float", "bool", "array"])
+def test_num_samples_not_an_int(bad):
+    with pytest.raises(TypeError, match="num_samples must be a Python int"):
+        _expect(num_samples=bad)
+    with pytest.raises(TypeError, match="num_samples must be a Python int"):
+        ex.per_sample_grads(F, NORMAL, PARAMS, KEY, estimator=ex.Pathwise(), num_samples=bad)
+
+
+@pytest.mark.parametrize("estimator", [ex.ScoreFunction(), ex.Pathwise()], ids=["sf", "pw"])
+def test_f_returning_a_vector(estimator):
+    E = _expect(f=lambda p, x: jnp.stack([x, x**2]), estimator=estimator)
+    with pytest.raises(TypeError, match=r"f must return a scalar for each sample.*\(2,\)"):
+        E(PARAMS, KEY)
+
+
+def test_params_that_do_not_fit_dist_fn():
+    E = _expect()
+    with pytest.raises(TypeError, match=r"dist_fn\(params\) failed with KeyError.*structure"):
+        E({"loc": jnp.array(0.0), "scale": jnp.array(1.0)}, KEY)
+    with pytest.raises(TypeError, match=r"dist_fn\(params\) failed"):
+        ex.per_sample_grads(F, NORMAL, (1.0, 2.0), KEY, estimator=ex.Pathwise(), num_samples=4)
+
+
+def test_dist_fn_returning_something_else():
+    E = _expect(dist_fn=lambda p: p["mu"])
+    with pytest.raises(TypeError, match="must return a distribution with sample"):
+        E(PARAMS, KEY)
+
+
+@pytest.mark.parametrize(
+    "key,match",
+    [
+        (0, "key must be a jax.random key"),
+        (jnp.array([0.0, 1.0]), "key must be a jax.random key"),
+        (jax.random.split(KEY, 3), "single PRNG key.*jax.vmap"),
+    ],
+    ids=["int", "float-array", "batch-of-keys"],
+)
+def test_bad_keys(key, match):
+    E = _expect()
+    with pytest.raises(TypeError, match=match):
+        E(PARAMS, key)
+    with pytest.raises(TypeError, match=match):
+        ex.per_sample_grads(F, NORMAL, PARAMS, key, estimator=ex.Pathwise(), num_samples=4)
+
+
+@pytest.mark.parametrize("cls", [ex.ScoreFunction, ex.Pathwise])
+def test_estimator_passed_as_class(cls):
+    with pytest.raises(TypeError, match=rf"estimator=ex.{cls.__name__}\(\) with parentheses"):
+        _expect(estimator=cls)
+
+
+def test_estimator_of_wrong_type():
+    with pytest.raises(TypeError, match="estimator must be an expectax estimator"):
+        _expect(estimator="score")
+
+
+def test_chunk_size_not_dividing():
+    with pytest.raises(ValueError, match=r"chunk_size must divide num_samples=8.*got chunk_size=3"):
+        _expect(chunk_size=3)
+    with pytest.raises(ValueError, match="chunk_size must divide"):
+        ex.per_sample_grads(
+            F, NORMAL, PARAMS, KEY, estimator=ex.Pathwise(), num_samples=8, chunk_size=5
+        )
+    with pytest.raises(TypeError, match="chunk_size must be an int or None"):
+        _expect(chunk_size=2.0)
+
+
+def test_dist_fn_none_with_score_function():
+    with pytest.raises(TypeError, match=r"dist_fn is None.*Pathwise.from_transform"):
+        ex.expectation(F, None, estimator=ex.ScoreFunction(), num_samples=4)
+    with pytest.raises(TypeError, match="dist_fn is None"):
+        ex.per_sample_grads(F, None, PARAMS, KEY, estimator=ex.ScoreFunction(), num_samples=4)
+
+
+def test_f_not_callable():
+    with pytest.raises(TypeError, match=r"f must be a function f\(params, x\)"):
+        ex.expectation(3.0, NORMAL, estimator=ex.ScoreFunction(), num_samples=4)
+
+
+def test_from_transform_checks_arguments():
+    with pytest.raises(TypeError, match="base must be a distribution"):
+        ex.Pathwise.from_transform(1.0, lambda p, e: e)
+    with pytest.raises(TypeError, match="transform must be a function"):
+        ex.Pathwise.from_transform(dist.Normal(0.0, 1.0), 3)
+
+
+# ----------------------------------------------------------------------------- debug mode
+
+NAN_F = lambda p, x: jnp.log(x - 100.0)  # log of a negative number: NaN
+SQRT_F = lambda p, x: jnp.sqrt(p["c"] * x**2)  # finite value 0, infinite gradient at c = 0
+SQRT_PARAMS = {"mu": jnp.array(0.5), "sigma": jnp.array(1.0), "c": jnp.array(0.0)}
+
+
+def _raises_fpe(fn, *args):
+    """FloatingPointError, or (under jit) a JaxRuntimeError carrying its message."""
+    with pytest.raises(Exception, match=r"debug check: .*NaN or inf") as info:
+        jax.block_until_ready(fn(*args))
+    err = info.value
+    assert isinstance(err, FloatingPointError) or "FloatingPointError" in str(err)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_debug_raises_for_nan_from_f(jit):
+    E = _expect(f=NAN_F, debug=True)
+    fn = jax.jit(E) if jit else E
+    _raises_fpe(fn, PARAMS, KEY)
+
+
+@pytest.mark.parametrize("estimator", [ex.ScoreFunction(), ex.Pathwise()], ids=["sf", "pw"])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_debug_raises_for_nan_gradient(estimator, jit):
+    E = _expect(f=SQRT_F, estimator=estimator, debug=True)
+    assert np.isfinite(E(SQRT_PARAMS, KEY))  # the value itself is fine (zero)
+    grad = jax.grad(E)
+    _raises_fpe(jax.jit(grad) if jit else grad, SQRT_PARAMS, KEY)
+
+
+def test_debug_in_per_sample_grads():
+    with pytest.raises(Exception, match="debug check"):
+        jax.block_until_ready(
+            ex.per_sample_grads(
+                SQRT_F, NORMAL, SQRT_PARAMS, KEY, estimator=ex.Pathwise(), num_samples=4, debug=True
+            )
+        )
+
+
+def test_no_debug_means_no_error():
+    E = _expect(f=NAN_F)
+    assert np.isnan(jax.jit(E)(PARAMS, KEY))
+    g = jax.jit(jax.grad(_expect(f=SQRT_F)))(SQRT_PARAMS, KEY)
+    assert not np.isfinite(g["c"])
