@@ -128,3 +128,45 @@ def test_constant_f_gives_zero_mean_gradient():
     assert float(E(jnp.array(0.3), jax.random.key(0))) == 3.0
     grads = estimates(jax.grad(E), jnp.array(0.3), jax.random.key(1), 300)
     assert_unbiased(grads, 0.0)
+
+
+def test_bernoulli_and_binomial_logits_at_exactly_zero():
+    """numpyro's Bernoulli/Binomial(logits=0) log_prob has a wrong derivative (0 or 1, not y − n/2).
+
+    expectax computes these log-probabilities itself, so the score function stays right at zero
+    logits, a common initialisation.
+    """
+    f = lambda p, b: (b - 0.499) ** 2  # noqa: E731
+    per_sample = ex.per_sample_grads(
+        f,
+        lambda p: dist.Bernoulli(logits=p),
+        jnp.array(0.0),
+        jax.random.key(3),
+        estimator=ex.ScoreFunction(),
+        num_samples=64,
+    )
+    # each sample's gradient is (b − ½) f(b), b ∈ {0, 1}
+    allowed = np.array([-0.5 * 0.499**2, 0.5 * 0.501**2])
+    gap = np.min(np.abs(np.asarray(per_sample)[:, None] - allowed[None, :]), axis=1)
+    assert np.all(gap < 1e-6), per_sample
+
+    g = lambda p, k: (k - 0.7) ** 2  # noqa: E731
+    per_sample = ex.per_sample_grads(
+        g,
+        lambda p: dist.Binomial(3, logits=p),
+        jnp.array(0.0),
+        jax.random.key(4),
+        estimator=ex.ScoreFunction(),
+        num_samples=64,
+    )
+    ks = np.arange(4.0)
+    allowed = (ks - 1.5) * (ks - 0.7) ** 2  # d/dℓ log p(k) = k − 3σ(0)
+    gap = np.min(np.abs(np.asarray(per_sample)[:, None] - allowed[None, :]), axis=1)
+    assert np.all(gap < 1e-5), per_sample
+
+    E = ex.expectation(
+        f, lambda p: dist.Bernoulli(logits=p), estimator=ex.ScoreFunction(), num_samples=16
+    )
+    keys = jax.random.split(jax.random.key(5), 4000)
+    grads = jax.jit(jax.vmap(jax.grad(E), in_axes=(None, 0)))(jnp.array(0.0), keys)
+    assert_unbiased(grads, 0.25 * (1 - 2 * 0.499), k=5)

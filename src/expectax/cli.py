@@ -19,7 +19,12 @@ __all__ = ["main"]
 
 #: Subcommands that live in application modules: name -> (module, help). Each module exposes
 #: ``configure_parser(parser)`` and ``run(args) -> int``; imported only when used.
-APPLICATIONS: dict[str, tuple[str, str]] = {}
+APPLICATIONS: dict[str, tuple[str, str]] = {
+    "blr": (
+        "expectax.vi.blr",
+        "Bayesian logistic regression on breast cancer: estimators and control variates",
+    ),
+}
 
 DEFAULT_PROBLEM = "gaussian-quadratic"
 
@@ -27,6 +32,22 @@ DEFAULT_PROBLEM = "gaussian-quadratic"
 ESTIMATOR_CHOICES: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "score": ("expectax", lambda m: m.ScoreFunction()),
     "pathwise": ("expectax", lambda m: m.Pathwise()),
+    "measure-valued": ("expectax", lambda m: m.MeasureValued()),
+    "measure-valued-uncoupled": ("expectax", lambda m: m.MeasureValued(coupling=False)),
+    "score-optimal": ("expectax", lambda m: m.ScoreFunction(baseline=m.baselines.Optimal())),
+    "score-delta": (
+        "expectax",
+        lambda m: m.ScoreFunction(control_variate=m.control_variates.DeltaMethod()),
+    ),
+    "rloo": ("expectax", lambda m: m.ScoreFunction(baseline=m.baselines.LeaveOneOut())),
+    "arm": ("expectax", lambda m: m.ARM()),
+    "disarm": ("expectax", lambda m: m.DisARM()),
+    "rebar": ("expectax", lambda m: m.REBAR()),
+    "relax": ("expectax", lambda m: m.RELAX()),
+    "gumbel-softmax": ("expectax", lambda m: m.GumbelSoftmax()),
+    "st": ("expectax", lambda m: m.StraightThrough()),
+    "pathwise-antithetic": ("expectax", lambda m: m.Pathwise(antithetic=True)),
+    "pathwise-qmc": ("expectax", lambda m: m.Pathwise(qmc=True)),
 }
 
 
@@ -36,10 +57,11 @@ def _application_modules() -> dict[str, tuple[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``expectax`` console script."""
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["compare", *(argv or [])])
+        args = parser.parse_args(["compare", *argv])
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -47,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; an application's module is imported only when its command is run."""
     parser = argparse.ArgumentParser(
         prog="expectax",
         description="Monte Carlo gradients of expectations in JAX: which estimator suits "
@@ -64,6 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(run=_run_compare)
     for name, (module, help_text) in _application_modules().items():
         app = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError as err:  # an optional dependency is missing

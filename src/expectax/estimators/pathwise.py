@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 
+from expectax import sampling
 from expectax.estimators.base import Context, Estimator, pytree_dataclass, static_field
 
 __all__ = ["Pathwise"]
@@ -35,6 +36,15 @@ class Pathwise(Estimator):
 
     For a sampling path of your own, build the estimator with :meth:`from_transform`.
 
+    Args:
+      control_variate: ``None`` or a control variate from :mod:`expectax.control_variates`:
+        the terms become ``f(x_i) − β (h(x_i) − E_{p_θ}[h])``, whose gradient is the pathwise
+        gradient of f minus ``β`` times that of h plus ``β ∇E[h]`` exactly.
+      antithetic: mirrored pairs ``μ ± σε`` (``num_samples`` counts evaluations of f; even).
+      qmc: randomised scrambled-Sobol noise (see :mod:`expectax.sampling`).
+      Both sampling options need a Normal-noise location-scale distribution (or, with
+      :meth:`from_transform`, such a ``base``).
+
     Example:
       >>> import jax, jax.numpy as jnp, expectax as ex
       >>> import numpyro.distributions as dist
@@ -51,6 +61,31 @@ class Pathwise(Estimator):
 
     base: Any = static_field(default=None, repr=False)
     transform: Callable[[Any, Any], Any] | None = static_field(default=None, repr=False)
+    control_variate: Any = None
+    antithetic: bool = static_field(default=False)
+    qmc: bool = static_field(default=False)
+
+    def min_samples(self) -> int:
+        return 2 if self.antithetic else 1
+
+    def evaluations(self, num_samples: int, dist: Any = None) -> int:
+        cv = self.control_variate
+        extra = cv.extra_evaluations(num_samples) if hasattr(cv, "extra_evaluations") else 0
+        return num_samples + int(extra)
+
+    def _draw(self, dist: Any, key: jax.Array, n: int) -> Any:
+        if self.antithetic or self.qmc:
+            return sampling.sample(
+                dist, key, n, antithetic=self.antithetic, qmc=self.qmc, owner="Pathwise"
+            )
+        return dist.rsample(key, (n,))
+
+    def cost_terms(self, dist: Any, g: Callable[[Any], Any], key: jax.Array, n: int) -> jax.Array:
+        """The plain pathwise terms ``g(x_i(θ))`` for a cost ``g(x)`` (``dist`` may be stacked).
+
+        Used to fit control-variate coefficients on a separate batch.
+        """
+        return jax.vmap(g)(self._draw(dist, key, n))
 
     @classmethod
     def from_transform(cls, base: Any, transform: Callable[[Any, Any], Any]) -> Pathwise:
@@ -88,13 +123,22 @@ class Pathwise(Estimator):
     @property
     def name(self) -> str:
         if self.transform is None:
-            return "Pathwise"
+            return Estimator.name.fget(self)  # "Pathwise", plus fields that differ
         return f"Pathwise(transform={getattr(self.transform, '__name__', 'g')})"
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
+        sampling.check_num_samples(num_samples, self.antithetic, "Pathwise")
         if self.transform is not None:
-            eps = jax.lax.stop_gradient(self.base.sample(key, (num_samples,)))
-            xs = ctx.vmap(self.transform, eps)
+            if self.control_variate is not None:
+                raise TypeError(
+                    "Pathwise.from_transform has no distribution p_θ, so a control variate "
+                    "(which needs E_{p_θ}[h]) cannot be attached; use Pathwise() with dist_fn."
+                )
+            if self.antithetic or self.qmc:
+                eps = self._draw(self.base, key, num_samples)
+            else:
+                eps = self.base.sample(key, (num_samples,))
+            xs = ctx.vmap(self.transform, jax.lax.stop_gradient(eps))
             return ctx.f(xs)
         dist = ctx.dist
         if not getattr(dist, "has_rsample", False):
@@ -105,5 +149,9 @@ class Pathwise(Estimator):
                 "estimator for Bernoulli/Categorical, or Pathwise.from_transform(base, g) with "
                 "a sampling path of your own."
             )
-        xs = dist.rsample(key, (num_samples,))
-        return ctx.f(xs)
+        xs = self._draw(dist, key, num_samples)
+        fx = ctx.f(xs)
+        if self.control_variate is None:
+            return fx
+        cv = self.control_variate.bind(self, ctx, jax.random.fold_in(key, 1), num_samples)
+        return fx - cv.beta * (cv.h_values(xs) - cv.expected(ctx))

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from expectax.estimators.base import Context, Estimator, magic_box, pytree_dataclass
+from expectax import sampling
+from expectax.estimators.base import (
+    Context,
+    Estimator,
+    joint_log_prob,
+    magic_box,
+    pytree_dataclass,
+    static_field,
+)
 
-__all__ = ["ScoreFunction"]
+__all__ = ["PerParameter", "ScoreFunction"]
 
 
 @pytree_dataclass
@@ -38,9 +48,19 @@ class ScoreFunction(Estimator):
     Leibniz rule ``E_p[∇θ f_θ(x)]``.
 
     Args:
-      baseline: ``None`` (no baseline) or a baseline from :mod:`expectax.baselines`. Its value
-        is treated as a constant (``stop_gradient``) and must not depend on sample i's own
-        ``x_i``, or the estimate is biased.
+      baseline: ``None`` (no baseline) or a baseline from :mod:`expectax.baselines`
+        (``Constant``, ``MovingAverage``, ``LeaveOneOut``, ``Optimal``). Its value is treated
+        as a constant (``stop_gradient``) and must not depend on sample i's own ``x_i``, or
+        the estimate is biased. A plain function ``baseline(f_values, ctx=ctx, xs=xs)``
+        returning ``b`` broadcastable to ``(N,)`` works too.
+      control_variate: ``None`` or a control variate from :mod:`expectax.control_variates`
+        (``DeltaMethod()``, ``ControlVariate(h, expected_h)``): the cost becomes
+        ``f − β h`` and ``β ∇E[h]`` is added back exactly. The baseline then applies to
+        ``f − β h``.
+      antithetic: draw ``num_samples/2`` mirrored pairs ``μ ± σε`` (``num_samples`` counts
+        evaluations of f and must be even). Normal-noise location-scale families only.
+      qmc: draw the noise from randomised (scrambled) Sobol points (see
+        :mod:`expectax.sampling`). Normal-noise location-scale families only.
 
     Example:
       >>> import jax, jax.numpy as jnp, expectax as ex
@@ -58,20 +78,100 @@ class ScoreFunction(Estimator):
     """
 
     baseline: Any = None
+    control_variate: Any = None
+    antithetic: bool = static_field(default=False)
+    qmc: bool = static_field(default=False)
 
     def min_samples(self) -> int:
+        n = 2 if self.antithetic else 1
         if self.baseline is not None and hasattr(self.baseline, "min_samples"):
-            return int(self.baseline.min_samples())
-        return 1
+            n = max(n, int(self.baseline.min_samples()))
+        return n
+
+    def evaluations(self, num_samples: int, dist: Any = None) -> int:
+        extra = 0
+        for part in (self.baseline, self.control_variate):
+            if part is not None and hasattr(part, "extra_evaluations"):
+                extra += int(part.extra_evaluations(num_samples))
+        return num_samples + extra
+
+    def _draw(self, dist: Any, key: jax.Array, n: int) -> Any:
+        if self.antithetic or self.qmc:
+            return sampling.sample(
+                dist, key, n, antithetic=self.antithetic, qmc=self.qmc, owner="ScoreFunction"
+            )
+        return dist.sample(key, (n,))
+
+    def cost_terms(self, dist: Any, g: Callable[[Any], Any], key: jax.Array, n: int) -> jax.Array:
+        """The plain score-function terms ``magic(log p(x_i)) · g(x_i)`` for a cost ``g(x)``.
+
+        Used to fit control-variate coefficients on a separate batch; ``dist`` may be stacked.
+        """
+        xs = jax.lax.stop_gradient(self._draw(dist, key, n))
+        return magic_box(joint_log_prob(dist, xs)) * jax.vmap(g)(xs)
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
-        xs = jax.lax.stop_gradient(ctx.dist.sample(key, (num_samples,)))
+        sampling.check_num_samples(num_samples, self.antithetic, "ScoreFunction")
+        if (self.antithetic or self.qmc) and getattr(
+            self.baseline, "requires_independent_samples", False
+        ):
+            raise ValueError(
+                f"ScoreFunction: baseline={type(self.baseline).__name__}() uses the other "
+                "samples of the batch, which antithetic/qmc sampling makes dependent on sample "
+                "i (biasing the gradient). Use baselines.Optimal(), MovingAverage or Constant "
+                "with antithetic=True/qmc=True, or i.i.d. sampling with LeaveOneOut()."
+            )
+        xs = jax.lax.stop_gradient(self._draw(ctx.dist, key, num_samples))
         fx = ctx.f(xs)
         log_p = ctx.log_prob(xs)
         box = magic_box(log_p)
+        cost, offset = fx, 0.0
+        cost_fn = None
+        if self.control_variate is not None:
+            cv = self.control_variate.bind(self, ctx, jax.random.fold_in(key, 1), num_samples)
+            cost = fx - cv.beta * cv.h_values(xs)
+            offset = cv.beta * cv.expected(ctx)
+            cost_fn = lambda ys, ctx0: ctx0.f(ys) - cv.beta * cv.h_values(ys)  # noqa: E731
+        out = box * cost + offset
         if self.baseline is None:
-            return box * fx
-        b = jax.lax.stop_gradient(
-            jnp.broadcast_to(self.baseline(jax.lax.stop_gradient(fx), ctx=ctx, xs=xs), fx.shape)
-        )
-        return box * fx + (1.0 - box) * b
+            return out
+        cost_sg = jax.lax.stop_gradient(cost)
+        if getattr(self.baseline, "takes_key", False):
+            b = self.baseline(
+                cost_sg, ctx=ctx, xs=xs, key=jax.random.fold_in(key, 2), cost_fn=cost_fn
+            )
+        else:
+            b = self.baseline(cost_sg, ctx=ctx, xs=xs)
+        if isinstance(b, PerParameter):
+            # Gradient −b_d · ∂_d log p for each parameter d of the distribution; every higher
+            # derivative has expectation zero (it is DiCE's magic box of a reparameterised θ).
+            return out + (1.0 - magic_box(ctx.log_prob(xs, dist=b.scaled(ctx.dist))))
+        b = jax.lax.stop_gradient(jnp.broadcast_to(b, fx.shape))
+        return out + (1.0 - box) * b
+
+
+@dataclasses.dataclass(frozen=True)
+class PerParameter:
+    """A per-coordinate baseline: one value ``b_d`` for each parameter of the distribution.
+
+    ``scales`` is a list aligned with ``jax.tree_util.tree_leaves(dist)`` (None for leaves that
+    are not floats); each entry has the shape of the leaf of one copy of θ. The score-function
+    surrogate evaluates ``log p`` at ``φ̄ + b ⊙ (φ − φ̄)`` (``φ̄ = stop_gradient(φ)``), whose
+    gradient is ``b ⊙ ∇φ log p``.
+    """
+
+    scales: list[Any]
+
+    def scaled(self, dist: Any) -> Any:
+        leaves, treedef = jax.tree_util.tree_flatten(dist)
+        if len(leaves) != len(self.scales):
+            raise RuntimeError("PerParameter baseline does not match the distribution's leaves.")
+        new = []
+        for leaf, b in zip(leaves, self.scales, strict=True):
+            if b is None:
+                new.append(leaf)
+                continue
+            b = jax.lax.stop_gradient(jnp.broadcast_to(b, jnp.shape(leaf)))
+            fixed = jax.lax.stop_gradient(leaf)
+            new.append(fixed + b * (leaf - fixed))
+        return jax.tree_util.tree_unflatten(treedef, new)

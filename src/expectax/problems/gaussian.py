@@ -22,8 +22,19 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from expectax.estimators import Pathwise, ScoreFunction
+from expectax.baselines import LeaveOneOut
+from expectax.estimators import MeasureValued, Pathwise, ScoreFunction
 from expectax.problems import Problem
+
+#: What ``expectax compare`` runs on the one-dimensional Gaussian problems: the four families
+#: of Mohamed et al. (2020) — score function with and without a baseline, pathwise, and the
+#: coupled measure-valued estimator.
+GAUSSIAN_ESTIMATORS = (
+    ScoreFunction(),
+    ScoreFunction(baseline=LeaveOneOut()),
+    Pathwise(),
+    MeasureValued(),
+)
 
 __all__ = [
     "gaussian_cos",
@@ -80,7 +91,7 @@ def gaussian_quadratic(mu: float = 1.0, sigma: float = 1.0, k: float = 3.0) -> P
         params=_gauss_params(mu, sigma),
         exact_value=exact_value,
         exact_grad=exact_grad,
-        estimators=(ScoreFunction(), Pathwise()),
+        estimators=GAUSSIAN_ESTIMATORS,
     )
 
 
@@ -119,7 +130,7 @@ def gaussian_quadratic_theta(mu: float = 1.0, sigma: float = 1.0, k: float = 3.0
         params=params,
         exact_value=exact_value,
         exact_grad=exact_grad,
-        estimators=(ScoreFunction(), Pathwise()),
+        estimators=GAUSSIAN_ESTIMATORS,
     )
 
 
@@ -164,7 +175,7 @@ def gaussian_exp(mu: float = 1.0, sigma: float = 1.0, k: float = 1.0) -> Problem
         params=_gauss_params(mu, sigma),
         exact_value=exact_value,
         exact_grad=exact_grad,
-        estimators=(ScoreFunction(), Pathwise()),
+        estimators=GAUSSIAN_ESTIMATORS,
     )
 
 
@@ -202,7 +213,7 @@ def gaussian_cos(mu: float = 1.0, sigma: float = 1.0, k: float = 1.0) -> Problem
         params=_gauss_params(mu, sigma),
         exact_value=exact_value,
         exact_grad=exact_grad,
-        estimators=(ScoreFunction(), Pathwise()),
+        estimators=GAUSSIAN_ESTIMATORS,
     )
 
 
