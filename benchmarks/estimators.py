@@ -114,7 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     samples = (10, 1000) if args.quick else (10, 1000, 100_000)
     params = (2, 10_000) if args.quick else (2, 10_000, 1_000_000)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {platform.processor() or platform.machine()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cpu}")
     header = (
         f"{'estimator':<14}{'N':>8}{'P':>9}{'expectax':>12}{'floor':>12}{'time ratio':>12}"
         f"{'mem ratio':>11}"

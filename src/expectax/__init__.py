@@ -6,21 +6,48 @@
 suits your problem.
 """
 
-from expectax import diagnostics, problems
+from expectax import baselines, control_variates, diagnostics, problems, sampling
 from expectax.compare import Comparison, compare
-from expectax.estimators import Estimator, Pathwise, ScoreFunction
+from expectax.estimators import (
+    ARM,
+    REBAR,
+    RELAX,
+    VIMCO,
+    DisARM,
+    Estimator,
+    GumbelSoftmax,
+    MeasureValued,
+    Pathwise,
+    ScoreFunction,
+    StraightThrough,
+    SumAndSample,
+    UnorderedSet,
+)
 from expectax.expectation import expectation, per_sample_grads
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARM",
+    "REBAR",
+    "RELAX",
+    "VIMCO",
+    "DisARM",
+    "GumbelSoftmax",
+    "StraightThrough",
+    "SumAndSample",
+    "UnorderedSet",
     "Comparison",
     "Estimator",
+    "MeasureValued",
     "Pathwise",
     "ScoreFunction",
+    "baselines",
     "compare",
+    "control_variates",
     "diagnostics",
     "expectation",
     "per_sample_grads",
     "problems",
+    "sampling",
 ]

@@ -17,8 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from expectax.estimators import ScoreFunction
+from expectax.baselines import LeaveOneOut
+from expectax.estimators import ARM, DisARM, GumbelSoftmax, ScoreFunction, StraightThrough
+from expectax.estimators.base import joint_log_prob
 from expectax.problems import Problem
+
+#: What ``expectax compare`` runs: REINFORCE with and without the leave-one-out baseline, the
+#: antithetic ARM/DisARM pairs (2 evaluations of f per pair), and, for Bernoulli, the biased
+#: relaxations for contrast.
+_BERNOULLI_ESTIMATORS = (
+    ScoreFunction(),
+    ScoreFunction(baseline=LeaveOneOut()),
+    ARM(),
+    DisARM(),
+    GumbelSoftmax(),
+    StraightThrough(),
+)
+_CATEGORICAL_ESTIMATORS = (ScoreFunction(), ScoreFunction(baseline=LeaveOneOut()), DisARM())
 
 __all__ = ["bernoulli", "categorical", "enumerate_expectation"]
 
@@ -30,7 +45,7 @@ def enumerate_expectation(f, dist_fn, params, states) -> jax.Array:  # noqa: ANN
     Bernoullis gives the joint probability of each row. Differentiable in ``params``.
     """
     d = dist_fn(params)
-    log_p = jax.vmap(lambda s: jnp.sum(d.log_prob(s)))(states)
+    log_p = jax.vmap(lambda s: joint_log_prob(d, s, sample_ndim=0))(states)
     values = jax.vmap(lambda s: f(params, s))(states)
     return jnp.sum(jnp.exp(log_p) * values)
 
@@ -73,7 +88,7 @@ def bernoulli(d: int = 5, target: float = 0.45) -> Problem:
         params={"logits": jnp.linspace(-1.0, 1.0, d)},
         exact_value=exact_value,
         exact_grad=jax.grad(exact_value),
-        estimators=(ScoreFunction(),),
+        estimators=_BERNOULLI_ESTIMATORS,
     )
 
 
@@ -115,5 +130,5 @@ def categorical(num_categories: int = 6, target: float = 2.3) -> Problem:
         params={"logits": jnp.linspace(-0.5, 0.5, kk)},
         exact_value=exact_value,
         exact_grad=jax.grad(exact_value),
-        estimators=(ScoreFunction(),),
+        estimators=_CATEGORICAL_ESTIMATORS,
     )
