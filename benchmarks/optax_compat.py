@@ -1,0 +1,262 @@
+"""expectax.compat.optax_monte_carlo against optax 0.2.6's monte_carlo, in the same process.
+
+Needs optax 0.2.6 (the last release with ``optax.monte_carlo``) next to expectax, in a
+separate environment so that the library never depends on it::
+
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install -e . "optax==0.2.6" scikit-learn   # or: pip install -e ".[bench]"
+    .venv-bench/bin/python benchmarks/optax_compat.py            # --quick for a smoke run
+
+Three implementations of each per-sample Jacobian, all ``jax.jit``-compiled with the
+function, builder and sample count static:
+
+- ``optax``: ``optax.monte_carlo`` 0.2.6 (``jax.jacfwd`` for score function and pathwise);
+- ``compat``: ``expectax.compat.optax_monte_carlo`` (``expectax.per_sample_grads``);
+- ``floor``: a hand-written jitted version for the diagonal Gaussian (analytic score,
+  ``vmap(grad(f))`` for pathwise, the coupled weak-derivative pairs for measure-valued).
+
+Cases: (a) the diagonal-Gaussian test functions of Mohamed et al. (2020) in 100 dimensions;
+(b) the Bayesian-logistic-regression expected log joint with 50 samples, on scikit-learn's
+breast-cancer data (30 features + bias = 31 weights) and a synthetic 2000-weight problem.
+
+Time is the minimum over interleaved repeats (the three implementations alternate, so load
+on a shared machine hits them alike); memory is XLA's compiled ``temp + output`` bytes
+(``memory_analysis()``), the peak working memory of one call beyond its inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import expectax.compat.optax_monte_carlo as compat
+
+try:
+    from optax import monte_carlo as omc
+    from optax._src import utils as optax_utils
+except ImportError as err:  # pragma: no cover
+    raise SystemExit(
+        "This benchmark needs optax 0.2.6 (pip install 'optax==0.2.6'), the last release with "
+        f"optax.monte_carlo: {err}"
+    ) from err
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+ESTIMATORS = ("score_function", "pathwise", "measure_valued")
+
+
+# --------------------------------------------------------------------------- floors
+
+
+def floor_jacobians(name: str, f: Callable, n: int) -> Callable:
+    """Hand-written per-sample Jacobians for multi_normal(mean, log_scale)."""
+
+    def score_function(params, key):
+        mean, log_scale = params
+        sigma = jnp.exp(log_scale)
+        eps = jax.random.normal(key, (n, *mean.shape))
+        fx = jax.vmap(f)(eps * sigma + mean)[:, None]
+        return [fx * eps / sigma, fx * (eps**2 - 1.0)]
+
+    def pathwise(params, key):
+        mean, log_scale = params
+        sigma = jnp.exp(log_scale)
+        eps = jax.random.normal(key, (n, *mean.shape))
+        g = jax.vmap(jax.grad(f))(eps * sigma + mean)
+        return [g, g * eps * sigma]
+
+    def measure_valued(params, key):
+        mean, log_scale = params
+        sigma = jnp.exp(log_scale)
+        d = mean.shape[0]
+        kx, kw, km, ku = jax.random.split(key, 4)
+        x = mean + sigma * jax.random.normal(kx, (n, d))
+        w = jax.random.weibull_min(kw, math.sqrt(2.0), 2.0, (n, d))
+        m = jax.random.double_sided_maxwell(km, 0.0, 1.0, (n, d))
+        e = jax.random.uniform(ku, (n, d)) * m
+        eye = jnp.eye(d, dtype=bool)
+
+        def pairs(plus, minus):  # f with coordinate j of x_i replaced: (n, d) each
+            def one(xi, p, q):
+                xp = jnp.where(eye, p[:, None], xi[None, :])
+                xq = jnp.where(eye, q[:, None], xi[None, :])
+                return jax.vmap(f)(xp) - jax.vmap(f)(xq)
+
+            return jax.vmap(one)(x, plus, minus)
+
+        g_mean = pairs(mean + sigma * w, mean - sigma * w) / (math.sqrt(2 * math.pi) * sigma)
+        g_scale = pairs(mean + sigma * m, mean + sigma * e) / sigma
+        return [g_mean, g_scale * sigma]
+
+    return {
+        "score_function": score_function,
+        "pathwise": pathwise,
+        "measure_valued": measure_valued,
+    }[name]
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def gaussian_test_functions(dim: int) -> dict[str, Callable]:
+    """Mohamed et al. (2020), section 3: quadratic, exponentiated quadratic, cosine."""
+    k = 0.5
+    return {
+        f"quadratic D={dim}": lambda x: jnp.sum((x - k) ** 2),
+        f"exp-quadratic D={dim}": lambda x: jnp.exp(-k * jnp.sum(x**2)),
+        f"cosine D={dim}": lambda x: jnp.sum(jnp.cos(k * x)),
+    }
+
+
+def logistic_log_joint(features: np.ndarray, labels: np.ndarray) -> Callable:
+    """log N(w; 0, I) + Σ_n log σ(y_n x_nᵀ w), y ∈ {−1, +1}, x with a bias column."""
+    xs = jnp.asarray(np.hstack([features, np.ones((features.shape[0], 1))]), jnp.float32)
+    ys = jnp.asarray(2.0 * labels - 1.0, jnp.float32)
+
+    def f(w):
+        return -0.5 * jnp.sum(w**2) + jnp.sum(jax.nn.log_sigmoid(ys * (xs @ w)))
+
+    return f
+
+
+def breast_cancer() -> Callable:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    return logistic_log_joint(x, data.target.astype(np.float64))
+
+
+def synthetic(dim: int, n: int, seed: int = 0) -> Callable:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim - 1)) / math.sqrt(dim)
+    w = rng.normal(size=dim - 1)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-x @ w))).astype(np.float64)
+    return logistic_log_joint(x, y)
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def compiled(fn: Callable, params, key):
+    lowered = jax.jit(fn).lower(params, key)
+    exe = lowered.compile()
+    mem = exe.memory_analysis()
+    nbytes = None if mem is None else int(mem.temp_size_in_bytes + mem.output_size_in_bytes)
+    return exe, nbytes
+
+
+def bench_case(label: str, f: Callable, dim: int, n: int, names, repeats: int) -> list[dict]:
+    params = [jnp.full((dim,), 0.1, jnp.float32), jnp.full((dim,), -1.0, jnp.float32)]
+    key = jax.random.PRNGKey(0)
+    rows = []
+    for name in names:
+        impls = {
+            "optax": lambda p, k, name=name: getattr(omc, f"{name}_jacobians")(
+                f, p, optax_utils.multi_normal, k, n
+            ),
+            "compat": lambda p, k, name=name: getattr(compat, f"{name}_jacobians")(
+                f, p, compat.multi_normal, k, n
+            ),
+            "floor": floor_jacobians(name, f, n),
+        }
+        exes, mems, times = {}, {}, {k: math.inf for k in impls}
+        for impl, fn in impls.items():
+            exes[impl], mems[impl] = compiled(fn, params, key)
+            jax.block_until_ready(exes[impl](params, key))  # warm up
+        for r in range(repeats):
+            k = jax.random.fold_in(key, r)
+            for impl in impls:
+                t0 = time.perf_counter()
+                jax.block_until_ready(exes[impl](params, k))
+                times[impl] = min(times[impl], time.perf_counter() - t0)
+        # same key → same mean gradient up to Monte Carlo error (a sanity check, not a test)
+        means = {i: [np.asarray(j).mean(0) for j in exes[i](params, key)] for i in impls}
+        rows.append(
+            dict(
+                case=label,
+                estimator=name,
+                t_optax=times["optax"],
+                t_compat=times["compat"],
+                t_floor=times["floor"],
+                m_optax=mems["optax"],
+                m_compat=mems["compat"],
+                m_floor=mems["floor"],
+                agree=float(
+                    max(
+                        np.max(np.abs(a - b))
+                        for a, b in zip(means["optax"], means["compat"], strict=True)
+                    )
+                ),
+            )
+        )
+        print(fmt_row(rows[-1]), flush=True)
+    return rows
+
+
+def ratio(a, b) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+HEADER = (
+    f"{'case':<26} {'estimator':<15} {'optax ms':>9} {'compat ms':>9} {'floor ms':>9} "
+    f"{'speed-up':>8} {'vs floor':>8} {'mem optax/compat':>16} {'mem compat/floor':>16}"
+)
+
+
+def fmt_row(r: dict) -> str:
+    return (
+        f"{r['case']:<26} {r['estimator']:<15} {1e3 * r['t_optax']:9.2f} "
+        f"{1e3 * r['t_compat']:9.2f} {1e3 * r['t_floor']:9.2f} "
+        f"{ratio(r['t_optax'], r['t_compat']):>8} {ratio(r['t_compat'], r['t_floor']):>8} "
+        f"{ratio(r['m_optax'], r['m_compat']):>16} {ratio(r['m_compat'], r['m_floor']):>16}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=50, help="samples for case (b)")
+    parser.add_argument("--big-dim", type=int, default=2000, help="weights, synthetic (b)")
+    parser.add_argument("--big-data", type=int, default=100, help="data points, synthetic (b)")
+    parser.add_argument(
+        "--skip-big-mv", action="store_true", help="skip measure-valued on the synthetic problem"
+    )
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+    dim_a = 10 if args.quick else 100
+    big = 200 if args.quick else args.big_dim
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; min of {repeats} repeats")
+    print(HEADER)
+    rows = []
+    for label, f in gaussian_test_functions(dim_a).items():
+        rows += bench_case(label, f, dim_a, 100, ESTIMATORS, repeats)
+    rows += bench_case(
+        "BLR breast cancer D=31", breast_cancer(), 31, args.samples, ESTIMATORS, repeats
+    )
+    names = ESTIMATORS[:2] if args.skip_big_mv else ESTIMATORS
+    rows += bench_case(
+        f"BLR synthetic D={big}",
+        synthetic(big, args.big_data),
+        big,
+        args.samples,
+        names,
+        max(2, repeats // 5),
+    )
+    print("\nspeed-up = optax time / compat time; vs floor = compat time / floor time;")
+    print("memory = XLA temp + output bytes of the compiled call.")
+    print(f"largest |mean(optax) − mean(compat)| per row: {[round(r['agree'], 4) for r in rows]}")
+
+
+if __name__ == "__main__":
+    main()
