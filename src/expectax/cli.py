@@ -24,6 +24,7 @@ APPLICATIONS: dict[str, tuple[str, str]] = {
         "expectax.vi.blr",
         "Bayesian logistic regression on breast cancer: estimators and control variates",
     ),
+    "rl": ("expectax.rl.cli", "train REINFORCE (policy gradients) on a Gymnasium environment"),
 }
 
 DEFAULT_PROBLEM = "gaussian-quadratic"

@@ -1,0 +1,168 @@
+"""The trainer: outputs, checkpoints (resume after SIGKILL is bitwise identical), Ctrl-C, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from expectax.rl.cli import main
+from expectax.rl.train import Config, make_jax_trainer, train
+
+SMALL = dict(episodes=8, batch_episodes=4, eval_episodes=4, hidden=(8,))
+
+
+class _NaNEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.full(2, np.nan if self.t == 3 else 0.0, np.float32)
+        return obs, 1.0, False, False, {}
+
+
+gym.register("ExpectaxTestNaN-v0", entry_point=_NaNEnv, max_episode_steps=10)
+
+
+def test_unknown_env_lists_close_matches():
+    with pytest.raises(ValueError, match=r"unknown environment id 'CartPole-v9'.*CartPole-v1"):
+        train(Config(env_id="CartPole-v9"), progress=False)
+    assert main(["--env", "Acrobat-v1", "--quiet", "--out", os.devnull]) == 2
+
+
+def test_wrong_action_space_names_the_policy_that_fits():
+    with pytest.raises(ValueError, match="Pendulum.*|needs a Discrete.*--policy gaussian"):
+        train(Config(env_id="Pendulum-v1", policy="softmax", **SMALL), progress=False)
+    with pytest.raises(ValueError, match="backend 'jax' implements only CartPole-v1"):
+        train(Config(env_id="Acrobot-v1", backend="jax", **SMALL), progress=False)
+
+
+def test_non_finite_observation_is_a_clear_error():
+    with pytest.raises(ValueError, match="non-finite observation.*step 3 of training batch 0"):
+        train(Config(env_id="ExpectaxTestNaN-v0", **SMALL), progress=False)
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "jax"])
+def test_short_run_writes_outputs(tmp_path, backend):
+    res = train(Config(backend=backend, **SMALL), tmp_path, progress=False)
+    assert [int(e) for e in res["history"]["episodes"]] == [4, 8]
+    assert all(np.isfinite(res["history"]["eval_return"]))
+    assert (tmp_path / "log.csv").read_text().startswith("batch,episodes,train_return")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as data:  # no pickles inside
+        assert all(data[k].dtype != object for k in data.files)
+
+
+def test_jax_trainer_vmaps_over_seeds():
+    tr = make_jax_trainer(Config(backend="jax", **SMALL))
+    states = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), tr.init())
+    keys = jax.random.split(jax.random.key(0), 2)
+    states, metrics = jax.jit(jax.vmap(tr.step))(states, keys)
+    assert metrics["train_return"].shape == (2,)
+    assert int(states.episodes[0]) == 4
+    # different keys: different episodes, different parameters
+    w = jax.tree_util.tree_leaves(states.params)[0]
+    assert not np.array_equal(w[0], w[1])
+
+
+ARGS = [
+    "--episodes", "12", "--batch-episodes", "2", "--eval-every", "2", "--eval-episodes", "2",
+    "--hidden", "8", "--seed", "3", "--no-stop-when-solved", "--quiet", "--backend", "gymnasium",
+]  # fmt: skip
+
+
+def _cli(out, *extra):
+    cmd = [sys.executable, "-m", "expectax.rl.cli", *ARGS, "--out", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _batches_done(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return len(data["history_batch"])
+    except (OSError, KeyError, ValueError, EOFError):
+        return 0
+
+
+def _wait_for_batches(proc, path, n, timeout=90.0):
+    t0 = time.monotonic()
+    while _batches_done(path) < n:
+        assert proc is None or proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.05)
+
+
+def _final(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != "history_wall_time"}
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    ref = _cli(tmp_path / "ref")
+    killed = _cli(tmp_path / "killed", "--throttle", "1.0")
+    _wait_for_batches(killed, tmp_path / "killed" / "checkpoint.npz", 2)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert 2 <= _batches_done(tmp_path / "killed" / "checkpoint.npz") < 6  # killed part-way
+    resumed = _cli(tmp_path / "killed", "--resume")
+    for p in (ref, resumed):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    want = _final(tmp_path / "ref" / "checkpoint.npz")
+    assert len(want["history_batch"]) == 6
+    got = _final(tmp_path / "killed" / "checkpoint.npz")
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path):
+    config = Config(**SMALL, eval_every=0, stop_when_solved=False, seed=5)
+    want = train(config, tmp_path / "ref", progress=False)
+
+    def ctrl_c(row):  # a real SIGINT to this process after the first batch
+        if row["batch"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the KeyboardInterrupt arrives here
+
+    # checkpoint_every=100: the only checkpoint is the one Ctrl-C writes
+    run = tmp_path / "run"
+    res = train(config, run, progress=False, checkpoint_every=100, callback=ctrl_c)
+    assert res["interrupted"] and len(res["history"]["batch"]) == 1
+    assert _batches_done(run / "checkpoint.npz") == 1
+    res = train(config, run, resume=True, progress=False)
+    assert not res["interrupted"] and len(res["history"]["batch"]) == 2
+    got, want = jax.tree_util.tree_leaves(res["state"]), jax.tree_util.tree_leaves(want["state"])
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    train(Config(**SMALL), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different settings.*learning_rate"):
+        train(Config(learning_rate=0.5, **SMALL), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "env_id,backend,baseline",
+    [("Pendulum-v1", "gymnasium", "critic"), ("CartPole-v1", "jax", "moving_average")],
+)
+def test_other_baselines_and_gaussian_policy_run(env_id, backend, baseline):
+    cfg = Config(env_id=env_id, backend=backend, baseline=baseline, eval_every=0, **SMALL)
+    res = train(cfg, None, progress=False)
+    assert np.all(np.isfinite(res["history"]["loss"]))
+    if baseline == "critic":
+        assert "critic" in res["state"].params
