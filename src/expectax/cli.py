@@ -251,7 +251,9 @@ def _width() -> int:
     """Wide enough for the tables when output is not a terminal (piped, CI logs)."""
     import shutil
 
-    return max(shutil.get_terminal_size((120, 24)).columns, 100)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((160, 24)).columns
+    return 170
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
@@ -280,38 +282,47 @@ def _print_comparison(result: Any, problem: Any, console: Any) -> None:
     )
     summary = Table(title="estimators (Σ var: summed over coordinates; |z|: bias in SE)")
     summary.add_column("estimator", no_wrap=True)
-    for col in ("evals", "time", "Σ var", "var × time", "max |z|", "min SNR"):
+    for col in ("evals", "time", "Σ var", "var × time", "var × evals", "max |z|", "min SNR"):
         summary.add_column(col, justify="right", no_wrap=True)
-    summary.add_column("note")
+    summary.add_column("flag", no_wrap=True)
+    details: list[str] = []
     for r in result.reports:
         if r.error is not None:
-            summary.add_row(
-                r.name, "–", "–", "–", "–", "–", "–", f"[red]not applicable[/]: {r.error}"
-            )
+            summary.add_row(r.name, *["–"] * 7, "[red]n/a[/]")
+            details.append(f"[red]{r.name} is not applicable[/]: {r.error}")
             continue
         z = r.max_abs_z()
-        notes = []
+        flags, notes = [], []
         if not r.unbiased_by_design:
             notes.append("biased by design")
         if z is not None and z > result.bias_threshold:
-            notes.append(f"[red]significant bias (> {result.bias_threshold:.1f} SE)[/]")
-        if r.nonfinite:
-            notes.append(f"[red]{r.nonfinite} non-finite gradient estimates[/]")
-        if r.nonfinite_values:
-            notes.append(f"[red]{r.nonfinite_values} non-finite values of E[f][/]")
+            notes.append(f"[red]significant bias (|z| > {result.bias_threshold:.1f} SE)[/]")
+        if notes:
+            flags.append("[yellow]biased[/]")
+        if r.nonfinite or r.nonfinite_values:
+            flags.append("[red]NaN[/]")
+            notes.append(
+                f"[red]{r.nonfinite} non-finite gradient and {r.nonfinite_values} non-finite "
+                "value estimates[/]"
+            )
         if r.name == result.recommended:
-            notes.append("[green]recommended[/]")
+            flags.append("[green]best[/]")
+        if notes:
+            details.append(f"{r.name}: " + "; ".join(notes))
         summary.add_row(
             r.name,
             str(r.evaluations),
             _fmt_seconds(r.seconds),
             _fmt(r.total_variance),
             _fmt(r.work_variance),
+            _fmt(r.evaluation_variance),
             _fmt(z, ".2f") if z is not None else "no exact",
             _fmt(float(r.snr.min()) if r.snr is not None else None),
-            "; ".join(notes),
+            " ".join(flags),
         )
     console.print(summary)
+    for line in details:
+        console.print(f"  {line}")
     coords = Table(title="per coordinate: mean ± s.e. [variance]")
     coords.add_column("∂E/∂")
     if result.exact is not None:

@@ -49,6 +49,7 @@ class EstimatorReport:
     seconds: float | None = None
     evaluations: int | None = None
     work_variance: float | None = None
+    evaluation_variance: float | None = None
     nonfinite: int = 0
     nonfinite_values: int = 0
     estimates: np.ndarray | None = dataclasses.field(default=None, repr=False)
@@ -85,6 +86,7 @@ class EstimatorReport:
             "f_evaluations_per_estimate": self.evaluations,
             "total_variance": None if self.variance is None else self.total_variance,
             "work_normalised_variance": self.work_variance,
+            "evaluation_normalised_variance": self.evaluation_variance,
             "nonfinite_gradient_estimates": self.nonfinite,
             "nonfinite_value_estimates": self.nonfinite_values,
         }
@@ -173,7 +175,10 @@ def compare(
         \mathrm{SNR}_j = \frac{|\bar g_j|}{\sqrt{\mathrm{Var}_j}} .
 
     Work-normalised variance is ``Σ_j Var_j × seconds per estimate``: an estimator twice as slow
-    must halve the variance to break even, since you could average two cheaper estimates. The
+    must halve the variance to break even, since you could average two cheaper estimates.
+    Evaluation-normalised variance, ``Σ_j Var_j × evaluations of f per estimate``, is the same
+    comparison at an equal number of f evaluations, the fair count when f dominates the cost
+    (ARM and DisARM evaluate f twice per pair, ``MeasureValued`` 2 per parameter dimension). The
     recommendation is the estimator with the lowest work-normalised variance among those that are
     unbiased by design, produced only finite estimates, and (when ``exact_grad`` is given) show no
     significant bias (|z| below a Bonferroni-corrected 4-SE threshold on every coordinate).
@@ -275,6 +280,7 @@ def compare(
         report.evaluations = int(est.evaluations(num_samples, dist))
         if report.variance is not None:
             report.work_variance = report.total_variance * report.seconds
+            report.evaluation_variance = report.total_variance * report.evaluations
     recommended, reason = _recommend(reports, exact is not None, threshold)
     return Comparison(names, reports, exact, num_samples, repeats, recommended, reason, threshold)
 
