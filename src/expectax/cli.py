@@ -25,6 +25,10 @@ APPLICATIONS: dict[str, tuple[str, str]] = {
         "Bayesian logistic regression on breast cancer: estimators and control variates",
     ),
     "rl": ("expectax.rl.cli", "train REINFORCE (policy gradients) on a Gymnasium environment"),
+    "vae": (
+        "expectax.vi.vae",
+        "train a discrete VAE (Bernoulli latents) with each gradient estimator and compare them",
+    ),
 }
 
 DEFAULT_PROBLEM = "gaussian-quadratic"
