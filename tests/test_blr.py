@@ -47,3 +47,19 @@ def test_score_function_run(tmp_path):
 def test_bad_combination():
     with pytest.raises(ValueError, match="--estimator must be one of"):
         blr.make_estimator("reinforce", "none")
+
+
+def test_measure_valued_with_delta_method_runs(tmp_path):
+    from expectax import MeasureValued
+    from expectax.control_variates import DeltaMethod
+
+    est = blr.make_estimator("measure-valued", "delta")
+    assert isinstance(est, MeasureValued) and isinstance(est.control_variate, DeltaMethod)
+    args = _args(
+        tmp_path, estimator="measure-valued", control_variate="delta", steps=5, log_every=5
+    )
+    assert blr.run(args) == 0
+    with open(tmp_path / "blr_measure-valued_delta.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 5]
+    assert all(np.isfinite(float(r["elbo"])) for r in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -74,7 +75,17 @@ class MeasureValued(Estimator):
     the value: ``N (1 + 2 P)`` in all for P scalar parameters (a d-dimensional Normal has
     P = 2d; a batch of d Categoricals over K classes P = dK). :meth:`evaluations` reports this
     count, so ``compare`` charges it. It suits low-dimensional distributions, a
-    non-differentiable f, and discrete distributions.
+    non-differentiable f, and discrete distributions. The ``2 P`` perturbed points of a sample
+    are built by a select on the coordinate index and evaluated in a loop over chunks of
+    samples (``lax.map``), so the working memory stays near 1 MiB of points whatever N and D.
+
+    **Control variates**: with ``control_variate=DeltaMethod()`` or
+    ``ControlVariate(h, expected_h)`` the cost in every pair becomes ``f − β h`` (the
+    measure-valued estimate of ``∇E[h]`` on the *same* pairs is subtracted) and the exact
+    ``β ∇E_{p_θ}[h]`` is added back through ``expected_h``; β comes from a separate batch (or is
+    fixed), so the estimate stays unbiased. It pays when h follows f closely (for a quadratic f
+    and the delta method, β = 1 leaves no variance at all); it costs the evaluations of h at the
+    same points, plus the separate batch when β is fitted.
 
     **Higher derivatives are not supported**: the surrogate is linear in φ, so ``jax.hessian``
     of the expectation returns only the second derivatives of φ(θ) and of f, not an estimate of
@@ -83,6 +94,8 @@ class MeasureValued(Estimator):
     Args:
       coupling: share randomness between the positive and the negative part of each pair
         (a Python bool).
+      control_variate: ``None`` or a control variate from :mod:`expectax.control_variates`
+        (``DeltaMethod()``, ``ControlVariate(h, expected_h)``), as above.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpyro.distributions as dist
@@ -99,6 +112,7 @@ class MeasureValued(Estimator):
     """
 
     coupling: bool = static_field(default=True)
+    control_variate: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.coupling, bool):
@@ -106,56 +120,132 @@ class MeasureValued(Estimator):
                 f"MeasureValued(coupling=...) must be a Python bool, got {self.coupling!r}. "
                 "Write MeasureValued(coupling=True) or MeasureValued(coupling=False)."
             )
+        cv = self.control_variate
+        if cv is not None and not (hasattr(cv, "bind") and hasattr(cv, "extra_evaluations")):
+            raise TypeError(
+                "MeasureValued(control_variate=...) must be a control variate from "
+                "expectax.control_variates (DeltaMethod() or ControlVariate(h, expected_h)); "
+                f"got {type(cv).__name__}."
+            )
 
     def evaluations(self, num_samples: int, dist: Any = None) -> int:
         """Evaluations of f for one estimate: ``num_samples · (1 + 2 P)``, P scalar parameters.
 
-        Without ``dist`` the count assumes one scalar parameter (``3 · num_samples``).
+        Without ``dist`` the count assumes one scalar parameter (``3 · num_samples``). A control
+        variate whose coefficient is fitted adds its separate batch, at the same cost per sample.
         """
-        if dist is None:
-            return 3 * num_samples
-        base, shape = _unwrap(dist)
-        size = math.prod(shape)
-        family = _family(base)
-        per_coordinate = 1
-        if family == "Normal":
-            per_coordinate = 2
-        elif family == "Categorical":
-            per_coordinate = int(jnp.shape(base.probs)[-1])
-        return num_samples * (1 + 2 * size * per_coordinate)
+        per_sample = 3 if dist is None else 1 + 2 * _parameter_count(dist)
+        extra = 0
+        if self.control_variate is not None:
+            extra = int(self.control_variate.extra_evaluations(num_samples))
+        return (num_samples + extra) * per_sample
+
+    def cost_terms(self, dist: Any, g: Callable[[Any], Any], key: jax.Array, n: int) -> jax.Array:
+        """The plain measure-valued terms for a cost ``g(x)`` (no θ in g, no control variate).
+
+        Used to fit control-variate coefficients on a separate batch: every float leaf of
+        ``dist`` carries a leading axis of ``n`` (one copy of the distribution per sample), as
+        :func:`expectax.control_variates.optimal_coefficient` passes it.
+        """
+        ctx = Context(lambda _, x: g(x), dist, None, stacked=True)
+        return _surrogate(ctx, key, n, self.coupling, None)
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         if ctx.dist is None:
             raise TypeError("MeasureValued samples from dist_fn(params); dist_fn is None.")
-        base, shape = _unwrap(ctx.dist)
-        plan = _PLANS[_family(base)](base, shape, ctx.stacked, key, num_samples, self.coupling)
-        n, size = num_samples, math.prod(shape)
-        xs = jax.lax.stop_gradient(plan.x).reshape((n, *shape))
-        fx = ctx.f(xs)  # θ live: the value and the ∇θ f term
+        cv = None
+        if self.control_variate is not None:
+            _unwrap(ctx.dist)  # the unsupported-distribution error before the control variate's
+            cv = self.control_variate.bind(self, ctx, jax.random.fold_in(key, 1), num_samples)
+        return _surrogate(ctx, key, num_samples, self.coupling, cv)
 
-        plus = [_replace_coordinate(plan.x, g.plus) for g in plan.groups]
-        minus = [_replace_coordinate(plan.x, g.minus) for g in plan.groups]
-        points = jnp.concatenate(plus + minus, axis=1)
-        points = jax.lax.stop_gradient(points.reshape((n, points.shape[1], *shape)))
-        values = _f_points(ctx, points)  # (N, 2M)
-        half = values.shape[1] // 2
-        f_plus, f_minus = values[:, :half], values[:, half:]
 
-        total = fx
-        start = 0
-        for g in plan.groups:
-            slots = size * g.plus.shape[2]
-            diff = (f_plus[:, start : start + slots] - f_minus[:, start : start + slots]).reshape(
-                g.plus.shape
-            )
-            start += slots
-            grad = jax.lax.stop_gradient(g.c * diff)  # (N, D, S): ĝ_ij
-            live = g.phi - jax.lax.stop_gradient(g.phi)  # (N or 1, D, S), value 0
-            total = total + jnp.sum(live * grad, axis=(1, 2))
-        if plan.score_log_prob is not None:
-            lp = plan.score_log_prob(jax.lax.stop_gradient(plan.x))
-            total = total + (magic_box(lp) - 1.0) * jax.lax.stop_gradient(fx)
-        return total
+# --------------------------------------------------------------------------- the surrogate
+
+
+def _surrogate(ctx: Context, key: jax.Array, n: int, coupling: bool, cv: Any) -> jax.Array:
+    """The ``(N,)`` surrogate terms; ``cv`` a bound control variate or None.
+
+    With a control variate the cost is ``f − β h`` everywhere (value, pair differences, the
+    score-function part) and ``β E_{p_θ}[h]`` is added back with θ live, so the gradient is the
+    measure-valued estimate of ``∇E[f − β h]`` on the pairs plus the exact ``β ∇E[h]``.
+    """
+    base, shape = _unwrap(ctx.dist)
+    plan = _PLANS[_family(base)](base, shape, ctx.stacked, key, n, coupling)
+    x = _sg(plan.x)  # (N, D)
+    xs = x.reshape((n, *shape))
+    fx = ctx.f(xs)  # θ live: the value and the ∇θ f term
+    cost_x, offset = fx, 0.0
+    f_points = ctx.f_single
+    if cv is not None:
+        beta, h = cv.beta, cv.h
+        h_x = cv.h_values(xs)
+        cost_x = fx - beta * h_x
+        offset = beta * cv.expected(ctx)  # θ live: the exact β ∇E[h]
+        f_single = ctx.f_single
+
+        def f_points(p: Any, y: Any) -> jax.Array:
+            return f_single(p, y) - beta * h(y)
+
+    diffs = _pair_differences(ctx, f_points, x, shape, plan.groups)
+    total = cost_x + offset
+    for g, diff in zip(plan.groups, diffs, strict=True):
+        grad = _sg(g.c * diff)  # (N, D, S): ĝ_ij
+        live = g.phi - _sg(g.phi)  # (N or 1, D, S), value 0
+        total = total + jnp.sum(live * grad, axis=(1, 2))
+    if plan.score_log_prob is not None:
+        lp = plan.score_log_prob(x)
+        total = total + (magic_box(lp) - 1.0) * _sg(cost_x)
+    return total
+
+
+# The most point elements (all pairs of a chunk of samples) evaluated in one step of the loop
+# over samples in _pair_differences (1 MiB of float32: the chunk stays in cache).
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _pair_differences(
+    ctx: Context,
+    f_single: Callable[[Any, Any], Any],
+    x: jax.Array,
+    shape: tuple[int, ...],
+    groups: list[_Group],
+) -> list[jax.Array]:
+    """``f(x⁺_ij) − f(x⁻_ij)`` for each group, ``(N, D, S)`` each, gradients stopped.
+
+    Sample i's points are ``x_i`` with coordinate j set to the pair's value: built by a select
+    on the coordinate index (XLA fuses it into f's first use of x), the plus and the minus half
+    evaluated separately, nothing concatenated. θ's copy i (stop-gradient'd) goes with row i.
+    """
+    params = _sg(ctx.params)
+    d = x.shape[1]
+
+    def evaluate(p: Any, xi: jax.Array, values: jax.Array) -> jax.Array:
+        s = values.shape[1]
+        mask = jnp.eye(d, dtype=bool)[:, None, :]  # (D, 1, D): coordinate j of point (j, s)
+        pts = jnp.where(mask, values[:, :, None].astype(xi.dtype), xi)  # (D, S, D)
+        pts = pts.reshape((d * s, *shape))
+        return Context(f_single, None, p, debug=ctx.debug).f(pts).reshape(d, s)
+
+    def row(p: Any, xi: jax.Array, plus: list, minus: list) -> list[jax.Array]:
+        return [evaluate(p, xi, a) - evaluate(p, xi, b) for a, b in zip(plus, minus, strict=True)]
+
+    plus = [_sg(g.plus) for g in groups]
+    minus = [_sg(g.minus) for g in groups]
+    n = x.shape[0]
+    if n == 1:
+        return jax.vmap(row, in_axes=(ctx.params_axis, 0, 0, 0))(params, x, plus, minus)
+    # A loop over chunks of samples, never a single vmap over all of them: the loop's inputs
+    # are materialised once, where a vmap lets XLA fuse the sampling transforms (erf_inv, log,
+    # pow) into the select that builds the points and redo them for each of the D copies of a
+    # sample. The chunks bound the working memory too (at least two, at most
+    # _CHUNK_ELEMENTS point elements each).
+    per_row = 2 * d * sum(g.plus.shape[2] for g in groups) * d
+    target = max(1, min(n // 2, _CHUNK_ELEMENTS // per_row))
+    batch = max(b for b in range(1, target + 1) if n % b == 0)
+    if ctx.stacked:
+        return jax.lax.map(lambda a: row(*a), (params, x, plus, minus), batch_size=batch)
+    return jax.lax.map(lambda a: row(params, *a), (x, plus, minus), batch_size=batch)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -188,6 +278,18 @@ def _unwrap(dist: Any) -> tuple[Any, tuple[int, ...]]:
     return base, shape
 
 
+def _parameter_count(dist: Any) -> int:
+    """P: the scalar parameters that get a weak-derivative pair (Normal: 2 per coordinate)."""
+    base, shape = _unwrap(dist)
+    family = _family(base)
+    per_coordinate = 1
+    if family == "Normal":
+        per_coordinate = 2
+    elif family == "Categorical":
+        per_coordinate = int(jnp.shape(base.probs)[-1])
+    return math.prod(shape) * per_coordinate
+
+
 def _family(base: Any) -> str:
     for cls, name in _FAMILIES:
         if isinstance(base, cls):
@@ -213,24 +315,6 @@ def _col(p: Any, shape: tuple[int, ...], stacked: bool) -> jax.Array:
     """As :func:`_flat`, flattened to (lead, D, 1)."""
     p = _flat(p, shape, stacked)
     return p.reshape(p.shape[0], -1, 1)
-
-
-def _replace_coordinate(x: jax.Array, values: jax.Array) -> jax.Array:
-    """``out[i, j, s] = x[i]`` with coordinate j set to ``values[i, j, s]``: (N, D·S, D)."""
-    n, d, s = values.shape
-    eye = jnp.eye(d, dtype=bool)[None, :, None, :]
-    out = jnp.where(eye, values[..., None].astype(x.dtype), x[:, None, None, :])
-    return out.reshape(n, d * s, d)
-
-
-def _f_points(ctx: Context, points: jax.Array) -> jax.Array:
-    """f at ``points`` (N, M, *shape) with θ's copy i for row i, gradients stopped: (N, M)."""
-    params = jax.lax.stop_gradient(ctx.params)
-
-    def row(p: Any, xs: jax.Array) -> jax.Array:
-        return Context(ctx.f_single, None, p, stacked=False, debug=ctx.debug).f(xs)
-
-    return jax.vmap(row, in_axes=(ctx.params_axis, 0))(params, points)
 
 
 def _sg(x: jax.Array) -> jax.Array:
