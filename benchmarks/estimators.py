@@ -3,8 +3,9 @@
 The problem is a linear model with P weights: x ~ N(w·φ, 1) for a fixed feature vector φ, and
 f(x) = (x − 3)². For each estimator (score function, pathwise), each number of samples N and
 each parameter count P, both versions are jitted and timed in the same process, interleaved
-(the minimum over rounds of the median of a batch of calls), and their peak memory read from
-XLA's compiled memory analysis (temporaries + outputs + arguments).
+(the minimum over rounds of the median of a batch of calls), their peak memory read from
+XLA's compiled memory analysis (temporaries + outputs + arguments), and their optimised XLA
+programs compared operation by operation ("same XLA ops": then any time difference is noise).
 
 The floor is what an expert would write by hand for the same estimator: one batched draw,
 ``mean(stop_gradient(f(x)) · log p(x))`` for the score function and ``mean(f(μ + ε))`` for the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import re
 import statistics
 import time
 
@@ -71,6 +73,12 @@ def peak_bytes(fn, *args) -> int:
     )
 
 
+def op_sequence(fn, *args) -> list[str]:
+    """The operations of the optimised XLA program, in order, without names or metadata."""
+    text = fn.lower(*args).compile().as_text()
+    return re.findall(r"= \S+ ([a-z][\w-]*)\(", text)
+
+
 def time_batch(fn, params, keys) -> float:
     times = []
     for k in keys:
@@ -103,7 +111,10 @@ def bench(num_samples: int, num_params: int, rounds: int, calls: int):
             best_ours = min(best_ours, time_batch(ours, params, keys))
             best_floor = min(best_floor, time_batch(floor, params, keys))
         mem_ours, mem_floor = peak_bytes(ours, params, key), peak_bytes(floor, params, key)
-        rows.append((name, num_samples, num_params, best_ours, best_floor, mem_ours, mem_floor))
+        same = op_sequence(ours, params, key) == op_sequence(floor, params, key)
+        rows.append(
+            (name, num_samples, num_params, best_ours, best_floor, mem_ours, mem_floor, same)
+        )
     return rows
 
 
@@ -118,7 +129,7 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {cpu}")
     header = (
         f"{'estimator':<14}{'N':>8}{'P':>9}{'expectax':>12}{'floor':>12}{'time ratio':>12}"
-        f"{'mem ratio':>11}"
+        f"{'mem ratio':>11}{'same XLA ops':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -126,13 +137,14 @@ def main() -> None:
     for n in samples:
         for p in params:
             calls = 20 if n * p < 10**9 else 5
-            for name, n_, p_, t_ours, t_floor, m_ours, m_floor in bench(n, p, args.rounds, calls):
+            for row in bench(n, p, args.rounds, calls):
+                name, n_, p_, t_ours, t_floor, m_ours, m_floor, same = row
                 ratio = t_ours / t_floor
                 ratios.append(ratio)
                 mem = m_ours / m_floor if m_floor > 0 else float("nan")
                 print(
                     f"{name:<14}{n_:>8}{p_:>9}{t_ours * 1e6:>10.1f}µs{t_floor * 1e6:>10.1f}µs"
-                    f"{ratio:>11.3f}×{mem:>10.3f}×"
+                    f"{ratio:>11.3f}×{mem:>10.3f}×{'yes' if same else 'no':>14}"
                 )
     geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print("-" * len(header))
