@@ -187,3 +187,23 @@ def test_cli_errors(capsys):
         main(["compare", "--estimator", "nope"])
     with pytest.raises(SystemExit, match="--repeats must be at least 2"):
         main(["compare", "--repeats", "1"])
+
+
+def test_reason_names_the_winner_at_equal_evaluations_when_it_differs():
+    # MeasureValued spends 5 evaluations of f per sample here; per evaluation, pathwise wins.
+    result = ex.compare(
+        F,
+        DIST,
+        PARAMS,
+        [ex.Pathwise(), ex.MeasureValued()],
+        num_samples=8,
+        repeats=300,
+        exact_grad=EXACT,
+    )
+    pw, mv = result.report("Pathwise"), result.report("MeasureValued")
+    assert mv.evaluations == 5 * pw.evaluations
+    assert pw.evaluation_variance < mv.evaluation_variance
+    if result.recommended == "MeasureValued":
+        assert "at an equal number of f evaluations Pathwise is better" in result.reason
+    else:
+        assert "equal number of f evaluations" not in result.reason

@@ -311,6 +311,13 @@ def _recommend(
     why += ")"
     if have_exact:
         why += f"; its bias is within {threshold:.1f} SE of the exact gradient on every coordinate"
+    by_evals = min(eligible, key=lambda r: r.evaluation_variance)
+    if by_evals is not best:
+        why += (
+            f"; at an equal number of f evaluations {by_evals.name} is better "
+            f"({by_evals.evaluation_variance:.3g} vs {best.evaluation_variance:.3g} variance × "
+            "evaluations): prefer it when f is expensive"
+        )
     excluded = [r.name for r in reports if r not in eligible]
     if excluded:
         why += f"; not eligible: {', '.join(excluded)}"
