@@ -212,8 +212,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         return 0
     if args.figure == "paper":
         paper = importlib.import_module("expectax.paper")
-        paths = paper.reproduce_figures(args.out, seed=args.seed)
-        Console().print(f"wrote {paths}")
+        with Console(stderr=True).status("redrawing Figs. 2–3 of Mohamed et al. (2020)…"):
+            result = paper.reproduce_figures(args.out, seed=args.seed)
+        Console().print(f"wrote {result['csv']} and {', '.join(map(str, result['figures']))}")
         return 0
     if args.num_samples < 1:
         raise SystemExit("--num-samples must be at least 1")
