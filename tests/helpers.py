@@ -31,10 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from scipy import stats
 
 __all__ = [
+    "GAMMA_BETA_CASES",
     "as_numpy",
     "assert_unbiased",
     "bonferroni_k",
@@ -162,3 +165,23 @@ def tree_allclose(a: Any, b: Any, **kwargs: Any) -> bool:
     return all(
         np.allclose(np.asarray(x), np.asarray(y), **kwargs) for x, y in zip(la, lb, strict=True)
     )
+
+
+#: Shared unbiasedness cases ``(name, f, dist_fn, params, exact E[f] as a function of params)``
+#: for distributions both the score-function and the pathwise estimator serve.
+GAMMA_BETA_CASES = (
+    (
+        "gamma",
+        lambda p, x: x**2,
+        lambda p: dist.Gamma(p["a"], p["b"]),
+        {"a": jnp.array(2.5), "b": jnp.array(1.5)},
+        lambda p: p["a"] * (p["a"] + 1) / p["b"] ** 2,
+    ),
+    (
+        "beta",
+        lambda p, x: x**2,
+        lambda p: dist.Beta(p["a"], p["b"]),
+        {"a": jnp.array(2.0), "b": jnp.array(3.0)},
+        lambda p: p["a"] * (p["a"] + 1) / ((p["a"] + p["b"]) * (p["a"] + p["b"] + 1)),
+    ),
+)

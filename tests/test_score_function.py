@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from helpers import assert_unbiased, estimates
+from helpers import GAMMA_BETA_CASES, assert_unbiased, estimates
 
 import expectax as ex
 import expectax.problems as problems
@@ -40,20 +40,7 @@ CASES = [
         {"mu": jnp.array(0.8), "sigma": jnp.array(1.2)},
         lambda p: p["mu"] ** 2 + p["sigma"] ** 2,
     ),
-    (
-        "gamma",
-        lambda p, x: x**2,
-        lambda p: dist.Gamma(p["a"], p["b"]),
-        {"a": jnp.array(2.5), "b": jnp.array(1.5)},
-        lambda p: p["a"] * (p["a"] + 1) / p["b"] ** 2,
-    ),
-    (
-        "beta",
-        lambda p, x: x**2,
-        lambda p: dist.Beta(p["a"], p["b"]),
-        {"a": jnp.array(2.0), "b": jnp.array(3.0)},
-        lambda p: p["a"] * (p["a"] + 1) / ((p["a"] + p["b"]) * (p["a"] + p["b"] + 1)),
-    ),
+    *GAMMA_BETA_CASES,
     (
         "poisson",
         lambda p, x: (x - 1.0) ** 2,
