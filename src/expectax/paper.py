@@ -16,7 +16,7 @@ integration (the trapezoidal rule on a fine grid against Gaussian weights, Gauss
 on [0, 12] for the Weibull variable, and Gauss–Legendre over the uniform variable of the
 coupled scale pair).
 
-From the command line (the lead wires it as ``expectax compare --figure paper --out DIR``)::
+From the command line, ``expectax compare --figure paper --out DIR``, or::
 
     python -m expectax.paper --out figures/
 
