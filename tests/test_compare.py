@@ -207,3 +207,8 @@ def test_reason_names_the_winner_at_equal_evaluations_when_it_differs():
         assert "at an equal number of f evaluations Pathwise is better" in result.reason
     else:
         assert "equal number of f evaluations" not in result.reason
+
+
+def test_cli_without_a_command_runs_compare(capsys):
+    assert main(["--repeats", "20", "--json", "--estimator", "pathwise"]) == 0
+    assert json.loads(capsys.readouterr().out)["problem"] == "gaussian-quadratic"

@@ -63,6 +63,8 @@ def _application_modules() -> dict[str, tuple[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``expectax`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["compare", *argv]  # `expectax --num-samples 8` means `expectax compare ...`
     parser = _build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if args.command is None:
