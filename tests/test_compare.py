@@ -119,6 +119,7 @@ def test_array_diagnostics(strict_ranks):
     g = {"a": jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]])}
     np.testing.assert_allclose(diagnostics.variance(g)["a"], [1.0, 0.0])
     np.testing.assert_allclose(diagnostics.snr(g)["a"][0], 2.0)
+    assert float(diagnostics.snr(g)["a"][1]) == np.inf  # zero variance
     z = diagnostics.bias_zscore(g, {"a": jnp.array([1.0, 2.0])})["a"]
     np.testing.assert_allclose(z, [np.sqrt(3.0), 0.0])
     assert float(diagnostics.work_normalised_variance({"a": 2.0}, 0.5)["a"]) == 1.0

@@ -251,10 +251,7 @@ def compare(
         try:
             E = expectation(f, dist_fn, estimator=est, num_samples=num_samples)
             grad_fn = jax.jit(jax.grad(E))
-            keys = jax.random.split(sub, repeats)
-            values, stacked = jax.jit(jax.vmap(jax.value_and_grad(E), in_axes=(None, 0)))(
-                params, keys
-            )
+            values, stacked = diagnostics.estimate_value_and_grads(E, params, sub, repeats)
         except (ValueError, TypeError, NotImplementedError) as err:
             report.error = f"{type(err).__name__}: {err}"
             continue
@@ -266,14 +263,11 @@ def compare(
         good = g[finite_rows]
         if good.shape[0] >= 2:
             report.mean = good.mean(axis=0)
-            report.variance = good.var(axis=0, ddof=1)
-            report.standard_error = np.sqrt(report.variance / good.shape[0])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                sd = np.sqrt(report.variance)
-                report.snr = np.where(sd > 0, np.abs(report.mean) / sd, np.inf)
-                if exact is not None:
-                    diff = report.mean - exact
-                    report.bias_z = np.where(diff == 0, 0.0, diff / report.standard_error)
+            report.variance = np.asarray(diagnostics.variance(good), np.float64)
+            report.standard_error = np.asarray(diagnostics.standard_error(good), np.float64)
+            report.snr = np.asarray(diagnostics.snr(good), np.float64)
+            if exact is not None:
+                report.bias_z = np.asarray(diagnostics.bias_zscore(good, exact), np.float64)
         report.seconds = _time_estimate(grad_fn, params, jax.random.fold_in(sub, 1), time_budget)
         if dist is None and dist_fn is not None:
             dist = _build(dist_fn, params)

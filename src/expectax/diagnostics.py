@@ -22,6 +22,7 @@ __all__ = [
     "GradientMoments",
     "bias_zscore",
     "estimate_grads",
+    "estimate_value_and_grads",
     "flatten_names",
     "gradient_moments",
     "snr",
@@ -61,11 +62,14 @@ def snr(estimates: PyTree) -> PyTree:
     r"""Signal-to-noise ratio per coordinate, :math:`|\mathbb{E}[\hat g]| / \mathrm{sd}(\hat g)`.
 
     Estimated from the R estimates (Rainforth et al., 2018, "Tighter variational bounds are not
-    necessarily better", use the same definition).
+    necessarily better", use the same definition). A coordinate with zero variance has SNR ∞.
     """
-    return _tree_stat(
-        lambda g: jnp.abs(jnp.mean(g, axis=0)) / jnp.std(g, axis=0, ddof=1), estimates
-    )
+
+    def ratio(g: jax.Array) -> jax.Array:
+        sd = jnp.std(g, axis=0, ddof=1)
+        return jnp.where(sd > 0, jnp.abs(jnp.mean(g, axis=0)) / jnp.where(sd > 0, sd, 1.0), jnp.inf)
+
+    return _tree_stat(ratio, estimates)
 
 
 @jax.jit
@@ -106,8 +110,23 @@ def estimate_grads(
       A pytree like ``params`` whose leaves have a leading axis of ``repeats``.
     """
     E = expectation(f, dist_fn, estimator=estimator, num_samples=num_samples)
+    return estimate_value_and_grads(E, params, key, repeats)[1]
+
+
+def estimate_value_and_grads(
+    E: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, key: jax.Array, repeats: int
+) -> tuple[jax.Array, PyTree]:
+    """``repeats`` independent estimates of E's value and gradient (one jit, vmapped over keys).
+
+    Args:
+      E: an estimate ``E(params, key)`` from :func:`expectax.expectation`.
+
+    Returns:
+      ``(values, grads)``: values of shape ``(repeats,)`` and a pytree like ``params`` whose
+      leaves have a leading axis of ``repeats``.
+    """
     keys = jax.random.split(key, repeats)
-    return jax.jit(jax.vmap(jax.grad(E), in_axes=(None, 0)))(params, keys)
+    return jax.jit(jax.vmap(jax.value_and_grad(E), in_axes=(None, 0)))(params, keys)
 
 
 class GradientMoments(NamedTuple):
