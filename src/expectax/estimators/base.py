@@ -10,6 +10,7 @@ differentiate each one on its own (``per_sample_grads``); estimators never see w
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -17,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as nd
+from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import gammaln
 
 __all__ = [
     "Context",
     "Estimator",
+    "check_fixed_support",
     "magic_box",
     "pytree_dataclass",
     "joint_log_prob",
@@ -178,6 +181,54 @@ def log_prob(dist: Any, x: Any) -> jax.Array:
         log_comb = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
         return log_comb + x * dist.logits - n * jax.nn.softplus(dist.logits)
     return dist.log_prob(x)
+
+
+def check_fixed_support(dist: Any, owner: str) -> None:
+    """Refuse a distribution whose support depends on the parameters being differentiated.
+
+    The score function ``E[f ∇θ log p_θ]`` is the derivative of ``∫ f p_θ`` only when the
+    region of integration does not move with θ; for ``Uniform(0, θ)`` the Leibniz rule adds a
+    boundary term ``f(θ) p_θ(θ)`` that no sample sees, and the estimate is wrong (for f = x it
+    has the wrong sign). numpyro describes the support as a constraint whose bounds are pytree
+    leaves (``interval(low, high)``, ``greater_than(low)``, …). Each bound that is traced
+    passes through an identity with a custom JVP rule: when a derivative with respect to the
+    bound is taken (``jax.grad``, ``jax.jvp``, also through ``jax.jit``), the rule runs at trace
+    time and raises ``ValueError``. Bounds that do not depend on the differentiated inputs get a
+    symbolic-zero tangent and pass, so a plain ``jit`` or a fixed support costs nothing.
+    """
+    try:
+        support = dist.support
+    except Exception:  # noqa: BLE001 - a custom distribution without a support
+        return
+    if support is None:
+        return
+    for leaf in jax.tree_util.tree_leaves(support):
+        if isinstance(leaf, jax.core.Tracer) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            _support_guard(owner, type(dist).__name__, leaf)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _support_guard(owner: str, dist_name: str, bound: jax.Array) -> jax.Array:
+    return bound
+
+
+def _support_guard_jvp(owner: str, dist_name: str, primals: tuple, tangents: tuple) -> tuple:
+    (bound,), (tangent,) = primals, tangents
+    if not isinstance(tangent, SymbolicZero):
+        raise ValueError(
+            f"{owner}: the support of {dist_name} depends on the parameters being "
+            "differentiated (a bound of dist.support is a function of params). The score "
+            "function E[f ∇θ log p] then misses the boundary term of the Leibniz rule and the "
+            "gradient is wrong. Reparameterise so that the support is fixed and use "
+            "ex.Pathwise(): e.g. Uniform(low, high) is low + (high − low)·Uniform(0, 1) "
+            "(numpyro's Uniform has rsample, so estimator=ex.Pathwise() works directly), or "
+            "write the path with ex.Pathwise.from_transform(dist.Uniform(0., 1.), "
+            "lambda p, u: p * u)."
+        )
+    return bound, tangent
+
+
+_support_guard.defjvp(_support_guard_jvp, symbolic_zeros=True)
 
 
 def _check_finite(values: jax.Array, what: str) -> None:

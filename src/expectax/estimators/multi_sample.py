@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from expectax.estimators.base import Context, Estimator, magic_box, pytree_dataclass
+from expectax.estimators.base import (
+    Context,
+    Estimator,
+    check_fixed_support,
+    magic_box,
+    pytree_dataclass,
+)
 from expectax.estimators.relaxed import _is_categorical, categorical_logits, log_prob
 
 __all__ = ["VIMCO", "SumAndSample", "UnorderedSet"]
@@ -68,6 +74,7 @@ class VIMCO(Estimator):
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         k = num_samples
+        check_fixed_support(ctx.dist, "VIMCO")
         xs = jax.lax.stop_gradient(ctx.dist.sample(key, (k,)))
         fx = ctx.f(xs)
         f_sg = jax.lax.stop_gradient(fx)

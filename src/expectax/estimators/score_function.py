@@ -13,6 +13,7 @@ from expectax import sampling
 from expectax.estimators.base import (
     Context,
     Estimator,
+    check_fixed_support,
     joint_log_prob,
     magic_box,
     pytree_dataclass,
@@ -46,6 +47,14 @@ class ScoreFunction(Estimator):
 
     When ``p`` does not depend on θ the score term vanishes and the estimator reduces to the
     Leibniz rule ``E_p[∇θ f_θ(x)]``.
+
+    **The support of p_θ must not depend on θ.** Differentiating ``∫ f p_θ dx`` under the
+    integral sign needs a fixed region of integration; for ``Uniform(0, θ)`` the Leibniz rule
+    adds a boundary term ``f(θ)/θ`` that no sample sees (for f = x the estimate has the wrong
+    sign). A support whose bounds are traced and differentiated (numpyro's ``interval``,
+    ``greater_than``, ``less_than``, … with bounds computed from params) raises ``ValueError``
+    at trace time; reparameterise instead (``Uniform(0, θ) = θ · Uniform(0, 1)``) and use
+    :class:`Pathwise`.
 
     Args:
       baseline: ``None`` (no baseline) or a baseline from :mod:`expectax.baselines`
@@ -121,6 +130,7 @@ class ScoreFunction(Estimator):
                 "i (biasing the gradient). Use baselines.Optimal(), MovingAverage or Constant "
                 "with antithetic=True/qmc=True, or i.i.d. sampling with LeaveOneOut()."
             )
+        check_fixed_support(ctx.dist, "ScoreFunction")
         xs = jax.lax.stop_gradient(self._draw(ctx.dist, key, num_samples))
         fx = ctx.f(xs)
         log_p = ctx.log_prob(xs)
