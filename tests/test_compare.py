@@ -1,6 +1,10 @@
-"""compare(): the right recommendation, the bias test, non-finite reporting, and its CLI."""
+"""compare(): the right recommendation, ties, the bias test, non-finite reporting, errors.
+
+The command line is tested in test_cli.py.
+"""
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +14,7 @@ import pytest
 
 import expectax as ex
 from expectax import diagnostics
-from expectax.cli import main
+from expectax.compare import EstimatorReport, _recommend, _total_variance_se
 from expectax.estimators.base import pytree_dataclass
 
 F = lambda p, x: (x - 2.0) ** 2  # noqa: E731
@@ -125,71 +129,6 @@ def test_array_diagnostics(strict_ranks):
     assert float(diagnostics.work_normalised_variance({"a": 2.0}, 0.5)["a"]) == 1.0
 
 
-# ----------------------------------------------------------------------------- the CLI
-
-
-def test_cli_default_json(capsys):
-    assert main(["compare", "--repeats", "50", "--json"]) == 0
-    payload = json.loads(capsys.readouterr().out)
-    assert payload["problem"] == "gaussian-quadratic"
-    assert {e["name"] for e in payload["estimators"]} == {
-        "ScoreFunction",
-        "ScoreFunction(baseline=LeaveOneOut())",
-        "Pathwise",
-        "MeasureValued",
-    }
-    measure_valued = payload["estimators"][3]
-    assert measure_valued["f_evaluations_per_estimate"] == 16 * (1 + 2 * 2)  # 2 per parameter
-    # pathwise and measure-valued are within a few per cent of each other in variance × time
-    # here (which wins depends on the timing); the score functions are an order worse
-    assert payload["recommended"] in {"Pathwise", "MeasureValued"}
-    assert payload["exact_grad"] is not None
-
-
-def test_cli_table_plot_and_user_problem(tmp_path, capsys):
-    problem_file = tmp_path / "my_problem.py"
-    problem_file.write_text(
-        "import jax.numpy as jnp\n"
-        "import numpyro.distributions as dist\n"
-        "problem = {\n"
-        "    'f': lambda p, x: jnp.exp(-x ** 2),\n"
-        "    'dist_fn': lambda p: dist.Normal(p['mu'], p['sigma']),\n"
-        "    'params': {'mu': jnp.array(0.5), 'sigma': jnp.array(1.0)},\n"
-        "}\n"
-    )
-    png = tmp_path / "est.png"
-    code = main(
-        [
-            "compare",
-            "--problem",
-            f"{problem_file}:problem",
-            "--repeats",
-            "30",
-            "--num-samples",
-            "4",
-            "--plot",
-            str(png),
-            "--seed",
-            "3",
-        ]
-    )
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "Recommendation:" in out and "no exact" in out
-    assert png.stat().st_size > 1000
-
-
-def test_cli_errors(capsys):
-    with pytest.raises(SystemExit, match="gaussian-quadratic"):
-        main(["compare", "--problem", "gaussian-quadratc", "--repeats", "10"])
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["compare", "--problem", "nowhere.py:p"])
-    with pytest.raises(SystemExit, match="unknown 'nope'"):
-        main(["compare", "--estimator", "nope"])
-    with pytest.raises(SystemExit, match="--repeats must be at least 2"):
-        main(["compare", "--repeats", "1"])
-
-
 def test_reason_names_the_winner_at_equal_evaluations_when_it_differs():
     # MeasureValued spends 5 evaluations of f per sample here; per evaluation, pathwise wins.
     result = ex.compare(
@@ -210,6 +149,176 @@ def test_reason_names_the_winner_at_equal_evaluations_when_it_differs():
         assert "equal number of f evaluations" not in result.reason
 
 
-def test_cli_without_a_command_runs_compare(capsys):
-    assert main(["--repeats", "20", "--json", "--estimator", "pathwise"]) == 0
-    assert json.loads(capsys.readouterr().out)["problem"] == "gaussian-quadratic"
+# ----------------------------------------------------------------------------- ties
+
+
+def _report(name, work, rel, evals_var, evaluations=16):
+    """A report with the given variance × time (relative SE ``rel``) and variance × evals."""
+    variance = evals_var / evaluations
+    return EstimatorReport(
+        name=name,
+        unbiased_by_design=True,
+        variance=np.array([variance]),
+        seconds=work / variance,
+        seconds_se=0.0,
+        total_variance_se=rel * variance,
+        evaluations=evaluations,
+        work_variance=work,
+        evaluation_variance=evals_var,
+    )
+
+
+def test_a_difference_within_the_noise_is_a_tie_broken_by_variance_times_evaluations():
+    # B is 10 % better per second, but each work-normalised variance is known to ±8 %:
+    # log(1.1) = 0.095 < 2·√(0.08² + 0.08²) = 0.23, a tie; A needs 5× fewer evaluations.
+    a, b = _report("A", 1.1e-4, 0.08, 20.0), _report("B", 1.0e-4, 0.08, 100.0, evaluations=80)
+    name, reason, tied = _recommend([a, b], have_exact=False, threshold=4.0)
+    assert name == "A" and tied == ["B", "A"]
+    assert "tied on variance × time" in reason
+    assert "tie is broken by variance × evaluations, lowest for A (20 vs 100 for B)" in reason
+    # the same 10 % with ±1 % uncertainties is a real difference: B wins on time
+    a, b = _report("A", 1.1e-4, 0.01, 20.0), _report("B", 1.0e-4, 0.01, 100.0, evaluations=80)
+    name, reason, tied = _recommend([a, b], have_exact=False, threshold=4.0)
+    assert name == "B" and tied == ["B"]
+    assert "beyond 2 combined standard errors" in reason
+    assert "at an equal number of f evaluations A is better" in reason
+
+
+def test_total_variance_standard_error_is_calibrated():
+    # Gaussian estimates, P independent unit-variance coordinates: Var(Σ s²_j) = 2P/(R−1).
+    rng = np.random.default_rng(0)
+    r, p, trials = 200, 3, 400
+    g = rng.standard_normal((trials, r, p))
+    totals = g.var(axis=1, ddof=1).sum(axis=1)
+    ses = np.array([_total_variance_se(x) for x in g])
+    exact_se = math.sqrt(2 * p / (r - 1))
+    # the spread of the totals over trials, and the mean estimated SE, both match the exact SE
+    # (SE of a standard deviation from `trials` draws: sd/√(2(trials−1)))
+    assert abs(totals.std(ddof=1) - exact_se) < 5 * exact_se / math.sqrt(2 * (trials - 1))
+    assert abs(ses.mean() - exact_se) < 5 * ses.std(ddof=1) / math.sqrt(trials)
+
+
+def test_default_problem_ties_pathwise_and_measure_valued_and_recommends_pathwise():
+    problem = ex.problems.get_problem("gaussian-quadratic")
+    result = ex.compare(
+        problem.f,
+        problem.dist_fn,
+        problem.params,
+        list(problem.estimators),
+        exact_grad=problem.exact_grad,
+    )
+    # their variances × time differ by ~5 %, inside the variances' own ±6 % sampling error
+    assert result.recommended == "Pathwise"
+    assert set(result.tied) == {"Pathwise", "MeasureValued"}
+    for r in result.reports:
+        assert r.seconds_se > 0 and r.total_variance_se > 0
+        assert r.work_variance_rel_se >= r.total_variance_se / r.total_variance
+
+
+def test_to_json_is_strict_json_with_inf_as_a_string():
+    # f ignores k, so ∂E/∂k is exactly 0 in every estimate: zero variance, SNR ∞
+    params = {"mu": jnp.array(1.0), "k": jnp.array(0.0)}
+    result = ex.compare(
+        lambda p, x: x**2, lambda p: dist.Normal(p["mu"], 1.0), params, ex.Pathwise(), repeats=20
+    )
+    assert math.isinf(result.report("Pathwise").snr[0])  # leaves sorted: k first
+
+    def refuse(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    payload = json.loads(result.to_json(), parse_constant=refuse)
+    assert payload["estimators"][0]["snr"][0] == "inf"
+    assert float(payload["estimators"][0]["snr"][0]) == math.inf
+
+
+# ----------------------------------------------------------------------------- mistakes
+
+
+def test_a_single_estimator_is_accepted():
+    result = ex.compare(F, DIST, PARAMS, ex.Pathwise(), num_samples=4, repeats=20)
+    assert [r.name for r in result.reports] == ["Pathwise"]
+
+
+def test_no_estimator_could_run_is_said():
+    result = ex.compare(
+        lambda p, b: jnp.sum(b),
+        lambda p: dist.Bernoulli(logits=p),
+        jnp.zeros(3),
+        [ex.Pathwise()],
+        num_samples=4,
+        repeats=20,
+    )
+    assert result.recommended is None
+    assert "no estimator could run" in result.reason
+
+
+def _raise_type_error(p, x):
+    return x + "a"
+
+
+CATALOGUE = [
+    # (what, kwargs overriding the good call, exception, message)
+    ("num_samples 0", {"num_samples": 0}, ValueError, "num_samples must be at least 1, got 0"),
+    ("num_samples float", {"num_samples": 2.5}, TypeError, "num_samples must be an int ≥ 1"),
+    ("num_samples str", {"num_samples": "16"}, TypeError, "num_samples must be an int ≥ 1"),
+    ("f raises", {"f": _raise_type_error}, TypeError, r"f\(params, x\) failed on a sample"),
+    ("f one argument", {"f": lambda x: x}, TypeError, r"f\(params, x\) failed.*positional"),
+    ("f not callable", {"f": 3.0}, TypeError, "f must be a function"),
+    ("f returns None", {"f": lambda p, x: None}, TypeError, "must return a scalar.*NoneType"),
+    ("f returns tuple", {"f": lambda p, x: (x, x)}, TypeError, "must return a scalar.*tuple"),
+    (
+        "f returns vector",
+        {"f": lambda p, x: jnp.stack([x, x])},
+        TypeError,
+        r"must return a scalar for one sample x, got shape \(2,\)",
+    ),
+    (
+        "dist_fn fails",
+        {"dist_fn": lambda p: dist.Normal(p["nope"], 1.0)},
+        TypeError,
+        r"dist_fn\(params\) failed with KeyError",
+    ),
+    (
+        "dist_fn not a distribution",
+        {"dist_fn": lambda p: p["mu"]},
+        TypeError,
+        r"dist_fn\(params\) must return a distribution",
+    ),
+    (
+        "exact_grad structure",
+        {"exact_grad": {"mu": -2.0}},
+        ValueError,
+        "exact_grad must have the structure of params",
+    ),
+    (
+        "exact_grad shape",
+        {"exact_grad": {"mu": [1.0, 2.0], "sigma": 2.0}},
+        ValueError,
+        r"exact_grad: an entry of shape \(2,\) does not match its parameter's shape \(\)",
+    ),
+    (
+        "exact_grad raises",
+        {"exact_grad": lambda p: p["nope"]},
+        ValueError,
+        r"exact_grad\(params\) failed with KeyError",
+    ),
+    ("estimator class", {"estimators": ex.Pathwise}, TypeError, r"ex\.Pathwise\(\) with paren"),
+    ("estimators int", {"estimators": 42}, TypeError, "estimators must be a list"),
+    ("estimators empty", {"estimators": []}, ValueError, "estimators is empty"),
+    ("estimator str", {"estimators": ["score"]}, TypeError, "estimators: estimator must be"),
+    ("huge seed", {"seed": 10**30}, ValueError, "seed must be a 64-bit integer"),
+    ("float seed", {"seed": 1.5}, TypeError, "seed must be an int"),
+    ("repeats 1", {"repeats": 1}, ValueError, "repeats must be an int ≥ 2"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [c[1:] for c in CATALOGUE],
+    ids=[c[0] for c in CATALOGUE],
+)
+def test_mistakes_raise_a_clear_error(overrides, error, message):
+    kwargs = {"f": F, "dist_fn": DIST, "params": PARAMS, "num_samples": 4, "repeats": 10}
+    kwargs.update(overrides)
+    with pytest.raises(error, match=message):
+        ex.compare(**kwargs)

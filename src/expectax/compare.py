@@ -4,7 +4,10 @@ Runs every candidate estimator ``repeats`` times on the user's f, p_θ and θ, a
 estimator the mean gradient, its bias in standard errors against an exact gradient (when one is
 known), per-coordinate variance, signal-to-noise ratio, time per estimate (jitted, after
 warm-up), f evaluations per estimate, and work-normalised variance (variance × time). The
-recommendation is the unbiased estimator with the lowest work-normalised variance.
+recommendation is the unbiased estimator with the lowest work-normalised variance; estimators
+whose work-normalised variances differ by less than the measurement's own uncertainty (the
+variance's sampling error and the timing noise) are tied, and a tie goes to the lowest
+variance × evaluations.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from expectax import diagnostics
 from expectax.estimators.base import Estimator
 from expectax.estimators.pathwise import Pathwise
 from expectax.estimators.score_function import ScoreFunction
-from expectax.expectation import _build, _check_estimator, expectation
+from expectax.expectation import _build, _check_callable, _check_estimator, expectation
 
 __all__ = ["Comparison", "EstimatorReport", "compare"]
 
@@ -32,6 +34,18 @@ PyTree = Any
 #: |bias z-score| above this (after a Bonferroni correction, see ``_bias_threshold``) marks an
 #: estimator as biased on the problem.
 BIAS_Z = 4.0
+
+#: Two work-normalised variances are tied when their log-ratio is below this many combined
+#: standard errors (the variances' sampling errors and the times' errors, in relative terms).
+TIE_Z = 2.0
+
+#: Timing: rounds of interleaved blocks of calls (every estimator once per round, so a change
+#: of machine load hits all of them alike); the time is the median over rounds of each block's
+#: median call, its uncertainty the spread of the rounds.
+TIMING_ROUNDS = 8
+
+#: Seeds accepted by ``jax.random.key``: a signed 64-bit integer.
+SEED_RANGE = (-(2**63), 2**63)
 
 
 @dataclasses.dataclass
@@ -47,6 +61,8 @@ class EstimatorReport:
     bias_z: np.ndarray | None = None
     snr: np.ndarray | None = None
     seconds: float | None = None
+    seconds_se: float | None = None
+    total_variance_se: float | None = None
     evaluations: int | None = None
     work_variance: float | None = None
     evaluation_variance: float | None = None
@@ -62,6 +78,15 @@ class EstimatorReport:
     @property
     def total_variance(self) -> float:
         return float(np.sum(self.variance)) if self.variance is not None else math.nan
+
+    @property
+    def work_variance_rel_se(self) -> float | None:
+        """Relative standard error of ``work_variance``: variance's and time's, combined."""
+        if self.work_variance is None or self.seconds_se is None or self.total_variance_se is None:
+            return None
+        rel_v = self.total_variance_se / self.total_variance if self.total_variance > 0 else 0.0
+        rel_t = self.seconds_se / self.seconds if self.seconds else 0.0
+        return math.hypot(rel_v, rel_t)
 
     def max_abs_z(self) -> float | None:
         if self.bias_z is None:
@@ -83,9 +108,12 @@ class EstimatorReport:
             "bias_z": arr(self.bias_z),
             "snr": arr(self.snr),
             "seconds_per_estimate": self.seconds,
+            "seconds_per_estimate_se": self.seconds_se,
             "f_evaluations_per_estimate": self.evaluations,
             "total_variance": None if self.variance is None else self.total_variance,
+            "total_variance_se": self.total_variance_se,
             "work_normalised_variance": self.work_variance,
+            "work_normalised_variance_rel_se": self.work_variance_rel_se,
             "evaluation_normalised_variance": self.evaluation_variance,
             "nonfinite_gradient_estimates": self.nonfinite,
             "nonfinite_value_estimates": self.nonfinite_values,
@@ -104,6 +132,7 @@ class Comparison:
     recommended: str | None
     reason: str
     bias_threshold: float
+    tied: list[str] = dataclasses.field(default_factory=list)
 
     def report(self, name: str) -> EstimatorReport:
         for r in self.reports:
@@ -120,8 +149,30 @@ class Comparison:
             "bias_threshold_z": self.bias_threshold,
             "estimators": [r.to_dict() for r in self.reports],
             "recommended": self.recommended,
+            "tied_on_work_normalised_variance": self.tied,
             "reason": self.reason,
         }
+
+    def to_json(self, **kwargs: Any) -> str:
+        """:meth:`to_dict` as strict JSON (``json.dumps(..., **kwargs)``).
+
+        JSON has no infinity or NaN, so non-finite numbers are written as the strings
+        ``"inf"``, ``"-inf"`` and ``"nan"`` (``float()`` reads them back): an SNR of ``"inf"``
+        is a coordinate whose estimates have zero variance. Missing values are ``null``.
+        """
+        import json
+
+        return json.dumps(_json_safe(self.to_dict()), allow_nan=False, **kwargs)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def _bias_threshold(num_coordinates: int) -> float:
@@ -132,27 +183,180 @@ def _bias_threshold(num_coordinates: int) -> float:
     return max(BIAS_Z, NormalDist().inv_cdf(1 - alpha / (2 * max(num_coordinates, 1))))
 
 
-def _time_estimate(fn: Callable[..., Any], params: PyTree, key: jax.Array, budget: float) -> float:
-    """Median wall time of one jitted call after warm-up, repeating for about ``budget`` s."""
+def _time_estimators(
+    fns: list[Callable[..., Any] | None], params: PyTree, key: jax.Array, budget: float
+) -> list[tuple[float, float] | None]:
+    """Median seconds per call and its standard error, for each jitted ``fn`` (None: skipped).
+
+    After compiling and warming up every function, ``TIMING_ROUNDS`` rounds each time one block
+    of calls per function, in an order that rotates from round to round, so that a change of
+    machine load during the measurement falls on every estimator alike. A block has about
+    ``budget / TIMING_ROUNDS`` seconds of calls (at least one); its time is the median call.
+    The result is the median over rounds, with standard error ``1.2533 · sd / √rounds`` of the
+    rounds' log-times (the median's asymptotic efficiency), converted back to seconds.
+    """
     keys = jax.random.split(key, 64)
-    jax.block_until_ready(fn(params, keys[0]))  # compile
-    jax.block_until_ready(fn(params, keys[1]))  # warm
-    times: list[float] = []
-    start = time.perf_counter()
-    i = 2
-    while len(times) < 5 or (time.perf_counter() - start < budget and len(times) < 200):
+    live = [i for i, fn in enumerate(fns) if fn is not None]
+    per_call: dict[int, int] = {}
+    for i in live:
+        fn = fns[i]
+        jax.block_until_ready(fn(params, keys[0]))  # compile
+        jax.block_until_ready(fn(params, keys[1]))  # warm
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, keys[i % 64]))
-        times.append(time.perf_counter() - t0)
-        i += 1
-    return float(np.median(times))
+        jax.block_until_ready(fn(params, keys[2]))
+        single = max(time.perf_counter() - t0, 1e-7)
+        per_call[i] = int(min(500, max(1, round(budget / TIMING_ROUNDS / single))))
+    blocks: dict[int, list[float]] = {i: [] for i in live}
+    for rnd in range(TIMING_ROUNDS):
+        order = live[rnd % len(live) :] + live[: rnd % len(live)] if live else []
+        for i in order:
+            fn, times = fns[i], []
+            for c in range(per_call[i]):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(params, keys[(rnd + c) % 64]))
+                times.append(time.perf_counter() - t0)
+            blocks[i].append(float(np.median(times)))
+    out: list[tuple[float, float] | None] = [None] * len(fns)
+    for i in live:
+        b = np.asarray(blocks[i])
+        median = float(np.median(b))
+        rel_se = 1.2533 * float(np.std(np.log(b), ddof=1)) / math.sqrt(len(b))
+        out[i] = (median, median * rel_se)
+    return out
+
+
+def _total_variance_se(g: np.ndarray) -> float:
+    """Standard error of ``Σ_j Var_j`` from R estimates ``g`` of shape ``(R, P)``.
+
+    ``Σ_j Var_j = Σ_r d_r / (R − 1)`` with ``d_r = ‖g_r − ḡ‖²``; its standard error is
+    ``sd(d) · √R / (R − 1)``. This needs no normality and includes the covariance between
+    coordinates.
+    """
+    r = g.shape[0]
+    d = np.sum((g - g.mean(axis=0)) ** 2, axis=1)
+    return float(np.std(d, ddof=1) * math.sqrt(r) / (r - 1))
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}.")
+    lo, hi = SEED_RANGE
+    if not lo <= int(seed) < hi:
+        raise ValueError(
+            f"seed must be a 64-bit integer (from -2**63 to 2**63 - 1, what jax.random.key "
+            f"accepts); got {seed}. Use a smaller seed, e.g. seed % 2**32."
+        )
+    return int(seed)
+
+
+def _as_estimators(estimators: Any) -> list[Estimator]:
+    if estimators is None:
+        return [ScoreFunction(), Pathwise()]
+    if isinstance(estimators, Estimator) or (
+        isinstance(estimators, type) and issubclass(estimators, Estimator)
+    ):
+        estimators = [estimators]  # one estimator: compare just it (a class is named below)
+    try:
+        estimators = list(estimators)
+    except TypeError:
+        raise TypeError(
+            "estimators must be a list of expectax estimators, e.g. [ex.ScoreFunction(), "
+            f"ex.Pathwise()]; got {type(estimators).__name__}."
+        ) from None
+    if not estimators:
+        raise ValueError("estimators is empty: pass at least one, e.g. [ex.ScoreFunction()].")
+    for est in estimators:
+        try:
+            _check_estimator(est)
+        except TypeError as err:
+            raise TypeError(f"estimators: {err}") from None
+    return estimators
+
+
+def _exact_vector(exact_grad: Any, params: PyTree, flat: Callable[[PyTree], Any]) -> np.ndarray:
+    if callable(exact_grad):
+        try:
+            tree = exact_grad(params)
+        except Exception as err:  # noqa: BLE001 - re-raised with context
+            raise ValueError(
+                f"exact_grad(params) failed with {type(err).__name__}: {err}. Pass a function "
+                "of params returning a pytree like params, or the gradient itself."
+            ) from err
+    else:
+        tree = exact_grad
+    want = jax.tree_util.tree_structure(params)
+    try:
+        leaves = want.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"exact_grad must have the structure of params: expected {want}, got "
+            f"{jax.tree_util.tree_structure(tree)}. Give one entry per parameter, e.g. "
+            '{"mu": -2.0, "sigma": 2.0} for params {"mu": ..., "sigma": ...}.'
+        ) from None
+    out = []
+    for leaf, p in zip(leaves, jax.tree_util.tree_leaves(params), strict=True):
+        try:
+            value = np.asarray(leaf, dtype=np.float64)
+            out.append(np.broadcast_to(value, np.shape(p)))
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"exact_grad: an entry of shape {np.shape(leaf)} does not match its parameter's "
+                f"shape {np.shape(p)}; give the exact gradient with the parameter's shape (or a "
+                "scalar)."
+            ) from None
+    return np.asarray(flat(jax.tree_util.tree_unflatten(want, out)), dtype=np.float64)
+
+
+def _check_problem(f: Any, dist_fn: Any, params: PyTree, num_samples: Any, key: jax.Array) -> Any:
+    """The user's f, dist_fn and num_samples, checked once before any estimator runs.
+
+    These mistakes would make every estimator fail alike, so they raise instead of being
+    reported per estimator. Returns the distribution at ``params`` (None without dist_fn).
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+        raise TypeError(
+            f"num_samples must be an int ≥ 1 (samples per gradient estimate), got "
+            f"{num_samples!r} of type {type(num_samples).__name__}."
+        )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+    _check_callable(f, "f", "f(params, x) -> scalar")
+    if dist_fn is None:
+        return None
+    _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution")
+    dist = _build(dist_fn, params)
+
+    def one(p: PyTree, k: jax.Array) -> Any:
+        return f(p, _build(dist_fn, p).sample(k))
+
+    try:
+        out = jax.eval_shape(one, params, key)
+    except (ValueError, TypeError) as err:
+        if str(err).startswith("dist_fn("):
+            raise
+        raise type(err)(
+            f"f(params, x) failed on a sample x of dist_fn(params) with {type(err).__name__}: "
+            f"{err} (f must take params and one sample, and return a scalar)."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - re-raised with context
+        raise TypeError(
+            f"f(params, x) failed on a sample x of dist_fn(params) with {type(err).__name__}: "
+            f"{err} (f must take params and one sample, and return a scalar)."
+        ) from err
+    if out is None or isinstance(out, (tuple, list, dict)) or getattr(out, "shape", ()) != ():
+        got = type(out).__name__ if not hasattr(out, "shape") else f"shape {out.shape}"
+        raise TypeError(
+            f"f(params, x) must return a scalar for one sample x, got {got}; reduce it inside "
+            "f (e.g. return jnp.sum(...))."
+        )
+    return dist
 
 
 def compare(
     f: Callable[[PyTree, Any], Any],
     dist_fn: Callable[[PyTree], Any] | None,
     params: PyTree,
-    estimators: Sequence[Estimator] | None = None,
+    estimators: Sequence[Estimator] | Estimator | None = None,
     *,
     num_samples: int = 16,
     repeats: int = 500,
@@ -183,18 +387,32 @@ def compare(
     unbiased by design, produced only finite estimates, and (when ``exact_grad`` is given) show no
     significant bias (|z| below a Bonferroni-corrected 4-SE threshold on every coordinate).
 
+    Both factors of the work-normalised variance are measurements with an uncertainty: the
+    variance's sampling error (from the R estimates) and the timing noise (the spread of
+    interleaved timing rounds). Estimators whose work-normalised variance is within
+    ``TIE_Z = 2`` combined standard errors (of the log-ratio) of the best one's are *tied*, and
+    the tie goes to the lowest variance × evaluations, a quantity free of timing noise; the
+    reason says so. So the recommendation does not flip between identical runs when two
+    estimators differ by less than the noise.
+
+    Mistakes that would make every estimator fail (``num_samples`` not an int ≥ 1, ``f`` or
+    ``dist_fn`` raising, a wrong ``exact_grad`` structure) raise ``TypeError``/``ValueError``
+    at once; an estimator that cannot serve the problem is reported in its row.
+
     Args:
       f, dist_fn: as in :func:`expectax.expectation`.
       params: θ at which to compare.
-      estimators: the candidates; default ``[ScoreFunction(), Pathwise()]``. An estimator that
-        cannot serve the problem (e.g. ``Pathwise`` on a discrete distribution) is reported with
-        its error instead of stopping the comparison.
+      estimators: the candidates (a list, or one estimator); default
+        ``[ScoreFunction(), Pathwise()]``. An estimator that cannot serve the problem (e.g.
+        ``Pathwise`` on a discrete distribution) is reported with its error instead of stopping
+        the comparison.
       num_samples: samples per gradient estimate (the N you would train with).
       repeats: independent estimates per estimator (R ≥ 2).
       exact_grad: the exact gradient (a pytree like params, or a function of params), if known.
       key: a ``jax.random`` key; default ``jax.random.key(seed)``.
-      seed: used when ``key`` is None.
-      time_budget: seconds spent timing each estimator (at least 5 timed calls).
+      seed: used when ``key`` is None (a 64-bit integer).
+      time_budget: about the seconds spent timing each estimator (at least one call in each of
+        ``TIMING_ROUNDS = 8`` rounds).
       progress: optional callback receiving a status line per estimator.
 
     Returns:
@@ -214,27 +432,14 @@ def compare(
         raise ValueError(
             f"repeats must be an int ≥ 2 (variances need two estimates); got {repeats!r}."
         )
-    estimators = list(estimators) if estimators is not None else [ScoreFunction(), Pathwise()]
-    if not estimators:
-        raise ValueError("estimators is empty: pass at least one, e.g. [ex.ScoreFunction()].")
-    for est in estimators:
-        _check_estimator(est)
-    key = jax.random.key(seed) if key is None else key
+    estimators = _as_estimators(estimators)
+    key = jax.random.key(_check_seed(seed)) if key is None else key
+    dist = _check_problem(f, dist_fn, params, num_samples, key)
     names, flat = diagnostics.flatten_names(params)
-    exact = None
-    if exact_grad is not None:
-        tree = exact_grad(params) if callable(exact_grad) else exact_grad
-        tree = jax.tree_util.tree_map(
-            lambda e, p: jnp.broadcast_to(
-                jnp.asarray(e, dtype=jnp.result_type(float)), jnp.shape(p)
-            ),
-            tree,
-            params,
-        )
-        exact = np.asarray(flat(tree))
+    exact = None if exact_grad is None else _exact_vector(exact_grad, params, flat)
     threshold = _bias_threshold(len(names))
-    dist = None
     reports: list[EstimatorReport] = []
+    grad_fns: list[Callable[..., Any] | None] = []
     seen: dict[str, int] = {}
     for i, est in enumerate(estimators):
         name = est.name
@@ -247,14 +452,17 @@ def compare(
             progress(f"{name}: {repeats} estimates × {num_samples} samples")
         report = EstimatorReport(name=name, unbiased_by_design=bool(est.unbiased))
         reports.append(report)
+        grad_fns.append(None)
         sub = jax.random.fold_in(key, i)
         try:
             E = expectation(f, dist_fn, estimator=est, num_samples=num_samples)
-            grad_fn = jax.jit(jax.grad(E))
             values, stacked = diagnostics.estimate_value_and_grads(E, params, sub, repeats)
         except (ValueError, TypeError, NotImplementedError) as err:
+            # f, dist_fn and num_samples passed the checks above: this estimator cannot serve
+            # the problem (e.g. Pathwise on a discrete distribution); report it in its row.
             report.error = f"{type(err).__name__}: {err}"
             continue
+        grad_fns[-1] = jax.jit(jax.grad(E))
         g = np.asarray(flat(stacked), dtype=np.float64)
         finite_rows = np.all(np.isfinite(g), axis=1)
         report.nonfinite = int(np.sum(~finite_rows))
@@ -266,22 +474,42 @@ def compare(
             report.variance = np.asarray(diagnostics.variance(good), np.float64)
             report.standard_error = np.asarray(diagnostics.standard_error(good), np.float64)
             report.snr = np.asarray(diagnostics.snr(good), np.float64)
+            report.total_variance_se = _total_variance_se(good)
             if exact is not None:
                 report.bias_z = np.asarray(diagnostics.bias_zscore(good, exact), np.float64)
-        report.seconds = _time_estimate(grad_fn, params, jax.random.fold_in(sub, 1), time_budget)
-        if dist is None and dist_fn is not None:
-            dist = _build(dist_fn, params)
         report.evaluations = int(est.evaluations(num_samples, dist))
+    if progress is not None and any(fn is not None for fn in grad_fns):
+        progress(f"timing {sum(fn is not None for fn in grad_fns)} estimators (interleaved)")
+    timings = _time_estimators(grad_fns, params, jax.random.fold_in(key, 2**31), time_budget)
+    for report, timing in zip(reports, timings, strict=True):
+        if timing is None:
+            continue
+        report.seconds, report.seconds_se = timing
         if report.variance is not None:
             report.work_variance = report.total_variance * report.seconds
             report.evaluation_variance = report.total_variance * report.evaluations
-    recommended, reason = _recommend(reports, exact is not None, threshold)
-    return Comparison(names, reports, exact, num_samples, repeats, recommended, reason, threshold)
+    recommended, reason, tied = _recommend(reports, exact is not None, threshold)
+    return Comparison(
+        names, reports, exact, num_samples, repeats, recommended, reason, threshold, tied
+    )
+
+
+def _tied(best: EstimatorReport, other: EstimatorReport) -> bool:
+    """Whether ``other``'s work-normalised variance is within TIE_Z combined SEs of ``best``'s."""
+    if best.work_variance <= 0:
+        return other.work_variance <= 0
+    sigma = math.hypot(best.work_variance_rel_se or 0.0, other.work_variance_rel_se or 0.0)
+    return math.log(other.work_variance / best.work_variance) <= TIE_Z * sigma
+
+
+def _pm(r: EstimatorReport) -> str:
+    rel = r.work_variance_rel_se
+    return f"{r.work_variance:.3g}" + ("" if rel is None else f" ± {rel * r.work_variance:.2g}")
 
 
 def _recommend(
     reports: list[EstimatorReport], have_exact: bool, threshold: float
-) -> tuple[str | None, str]:
+) -> tuple[str | None, str, list[str]]:
     eligible: list[EstimatorReport] = []
     for r in reports:
         if not r.ok or r.work_variance is None or not r.unbiased_by_design:
@@ -291,18 +519,41 @@ def _recommend(
             continue
         eligible.append(r)
     if not eligible:
-        return None, (
+        if all(r.error is not None for r in reports):
+            return None, "no estimator could run on this problem (see each one's error)", []
+        return (
+            None,
             "no estimator qualifies: none ran with finite estimates, is unbiased by design "
-            "and passed the bias test"
+            "and passed the bias test",
+            [],
         )
     eligible.sort(key=lambda r: r.work_variance)
-    best = eligible[0]
-    why = f"lowest variance × time among unbiased estimators ({best.work_variance:.3g}"
-    if len(eligible) > 1:
-        runner = eligible[1]
-        ratio = runner.work_variance / best.work_variance if best.work_variance > 0 else math.inf
-        why += f" vs {runner.work_variance:.3g} for {runner.name}, {ratio:.3g}× better"
-    why += ")"
+    lowest = eligible[0]
+    tied = [r for r in eligible if r is lowest or _tied(lowest, r)]
+    best = min(tied, key=lambda r: r.evaluation_variance)
+    if len(tied) > 1:
+        listing = ", ".join(f"{r.name} {_pm(r)}" for r in tied)
+        others = [r for r in tied if r is not best]
+        runner = min(others, key=lambda r: r.evaluation_variance)
+        why = (
+            f"tied on variance × time ({listing}: differences within {TIE_Z:g} combined "
+            "standard errors of the variances' sampling error and the timing noise), and the "
+            f"tie is broken by variance × evaluations, lowest for {best.name} "
+            f"({best.evaluation_variance:.3g} vs {runner.evaluation_variance:.3g} for "
+            f"{runner.name})"
+        )
+    else:
+        why = f"lowest variance × time among unbiased estimators ({_pm(best)}"
+        if len(eligible) > 1:
+            runner = eligible[1]
+            ratio = (
+                runner.work_variance / best.work_variance if best.work_variance > 0 else math.inf
+            )
+            why += (
+                f" vs {_pm(runner)} for {runner.name}, {ratio:.3g}× better, beyond "
+                f"{TIE_Z:g} combined standard errors"
+            )
+        why += ")"
     if have_exact:
         why += f"; its bias is within {threshold:.1f} SE of the exact gradient on every coordinate"
     by_evals = min(eligible, key=lambda r: r.evaluation_variance)
@@ -315,4 +566,4 @@ def _recommend(
     excluded = [r.name for r in reports if r not in eligible]
     if excluded:
         why += f"; not eligible: {', '.join(excluded)}"
-    return best.name, why
+    return best.name, why, [r.name for r in tied]
