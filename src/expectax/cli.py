@@ -89,6 +89,8 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="bias, variance, SNR and cost of gradient estimators on a problem",
         description="Compare gradient estimators on a built-in problem or your own. With no "
         f"arguments: the default problem ({DEFAULT_PROBLEM}).",
+        epilog="Exit status: 0 with a recommendation; 1 when no estimator qualifies or none "
+        "could run; 2 for a mistake in the arguments or the problem (one line on stderr).",
     )
     _configure_compare(cmp)
     cmp.set_defaults(run=_run_compare)
@@ -128,8 +130,12 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-samples", type=int, default=16, help="samples per gradient estimate")
     p.add_argument("--repeats", type=int, default=500, help="independent estimates each")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (a 64-bit integer)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print machine-readable JSON only (strict JSON: an infinite SNR is the string "inf")',
+    )
     p.add_argument("--plot", metavar="FILE.png", help="histogram of the estimates per estimator")
     p.add_argument(
         "--figure",
@@ -139,29 +145,60 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="expectax-figures", help="output folder for --figure")
 
 
+class _UsageError(Exception):
+    """A mistake in the command line or the problem file: printed as one line, exit status 2."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str) -> int:
+    print(f"expectax compare: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
 def _load_problem(spec: str) -> Any:
     """A built-in problem by name, or ``path/to/file.py:name`` from a user's file."""
     from expectax import problems
 
-    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+    if spec.endswith(".py") and ":" not in spec:
+        raise _UsageError(
+            f"--problem: say which object of {spec} to load, as {spec}:name (e.g. {spec}:problem)"
+        )
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
         path_str, attr = spec.rsplit(":", 1)
         path = Path(path_str)
         if not path.is_file():
-            raise SystemExit(f"--problem: no such file {path_str!r}")
+            raise _UsageError(f"--problem: no such file {path_str!r}")
         module_spec = importlib.util.spec_from_file_location(f"expectax_user_{path.stem}", path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except SyntaxError as err:
+            raise _UsageError(
+                f"--problem: {path_str} has a syntax error at line {err.lineno}: {err.msg}"
+            ) from None
+        except Exception as err:  # noqa: BLE001 - the user's file: report in one line
+            raise _UsageError(
+                f"--problem: running {path_str} failed with {type(err).__name__}: {err}"
+            ) from None
         if not hasattr(module, attr):
             found = [n for n in vars(module) if not n.startswith("_")]
-            raise SystemExit(f"--problem: {path_str} defines no {attr!r}; it defines {found}")
+            raise _UsageError(f"--problem: {path_str} defines no {attr!r}; it defines {found}")
         obj = getattr(module, attr)
         if callable(obj) and not isinstance(obj, problems.Problem):
-            obj = obj()
+            try:
+                obj = obj()
+            except Exception as err:  # noqa: BLE001 - the user's function: one line
+                raise _UsageError(
+                    f"--problem: {path_str}:{attr}() failed with {type(err).__name__}: {err}"
+                ) from None
         if isinstance(obj, dict):
             missing = {"f", "dist_fn", "params"} - set(obj)
             if missing:
-                raise SystemExit(f"--problem: the dict {attr!r} lacks keys {sorted(missing)}")
+                raise _UsageError(f"--problem: the dict {attr!r} lacks keys {sorted(missing)}")
             obj = problems.Problem(
                 name=obj.get("name", attr),
                 description=obj.get("description", f"{path.name}:{attr}"),
@@ -173,7 +210,7 @@ def _load_problem(spec: str) -> Any:
                 estimators=tuple(obj.get("estimators", ())),
             )
         if not isinstance(obj, problems.Problem):
-            raise SystemExit(
+            raise _UsageError(
                 f"--problem: {attr!r} must be an expectax.problems.Problem, a dict with f, "
                 f"dist_fn and params, or a function returning one; got {type(obj).__name__}"
             )
@@ -181,7 +218,7 @@ def _load_problem(spec: str) -> Any:
     try:
         return problems.get_problem(spec)
     except ValueError as err:
-        raise SystemExit(f"--problem: {err}") from err
+        raise _UsageError(f"--problem: {err}") from None
 
 
 def _estimators_from_args(names: list[str] | None, problem: Any) -> list[Any]:
@@ -194,7 +231,7 @@ def _estimators_from_args(names: list[str] | None, problem: Any) -> list[Any]:
     out = []
     for name in names:
         if name not in ESTIMATOR_CHOICES:
-            raise SystemExit(
+            raise _UsageError(
                 f"--estimator: unknown {name!r}; choose from {', '.join(ESTIMATOR_CHOICES)}"
             )
         module, build = ESTIMATOR_CHOICES[name]
@@ -203,26 +240,59 @@ def _estimators_from_args(names: list[str] | None, problem: Any) -> list[Any]:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    """``expectax compare``: exit 0 with a recommendation, 1 without one, 2 for a mistake."""
+    try:
+        return _compare_command(args)
+    except _UsageError as err:
+        return _fail(str(err))
+    except (ValueError, TypeError) as err:  # compare()'s checks of f, dist_fn, params, ...
+        return _fail(f"{type(err).__name__}: {err}")
+
+
+def _check_out_dir(out: str) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise _UsageError(f"--out: {out} exists and is not a folder; give a folder for --figure")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _UsageError(f"--out: cannot create the folder {out}: {err.strerror}") from None
+
+
+def _compare_command(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
+    from rich.text import Text
+
+    from expectax.compare import _check_seed
 
     if args.list_problems:
         from expectax import problems
 
-        console = Console()
+        console = Console(width=_width())
         for name in problems.list_problems():
-            console.print(f"[bold]{name}[/]: {problems.get_problem(name).description}")
+            console.print(
+                Text.assemble((name, "bold"), ": ", problems.get_problem(name).description)
+            )
         return 0
+    try:
+        _check_seed(args.seed)
+    except ValueError as err:
+        raise _UsageError(f"--seed: {err}") from None
     if args.figure == "paper":
+        _check_out_dir(args.out)
         paper = importlib.import_module("expectax.paper")
         with Console(stderr=True).status("redrawing Figs. 2–3 of Mohamed et al. (2020)…"):
             result = paper.reproduce_figures(args.out, seed=args.seed)
-        Console().print(f"wrote {result['csv']} and {', '.join(map(str, result['figures']))}")
+        Console(width=_width()).print(
+            Text(f"wrote {result['csv']} and {', '.join(map(str, result['figures']))}")
+        )
         return 0
     if args.num_samples < 1:
-        raise SystemExit("--num-samples must be at least 1")
+        raise _UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.repeats < 2:
-        raise SystemExit("--repeats must be at least 2 (variances need two estimates)")
-    from expectax.compare import compare
+        raise _UsageError("--repeats must be at least 2 (variances need two estimates)")
+    from expectax.compare import _json_safe, compare
 
     problem = _load_problem(args.problem)
     estimators = _estimators_from_args(args.estimator, problem)
@@ -237,7 +307,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             exact_grad=problem.exact_grad,
             seed=args.seed,
-            progress=lambda line: status.update(line),
+            progress=lambda line: status.update(escape(line)),
         )
     if args.plot:
         from expectax.plots import plot_comparison
@@ -246,21 +316,29 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.json:
         payload = {"problem": problem.name, "description": problem.description}
         payload.update(result.to_dict())
-        print(json.dumps(payload, indent=2))
-        return 0
-    _print_comparison(result, problem, Console(width=_width()))
-    if args.plot:
-        Console().print(f"plot written to {args.plot}")
-    return 0
+        print(json.dumps(_json_safe(payload), indent=2, allow_nan=False))
+    else:
+        _print_comparison(result, problem)
+        if args.plot:
+            Console(width=_width()).print(Text(f"plot written to {args.plot}"))
+    if all(r.error is not None for r in result.reports):
+        errors = "; ".join(f"{r.name}: {r.error}" for r in result.reports)
+        print(
+            f"expectax compare: no estimator could run on this problem ({_one_line(errors)})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0 if result.recommended is not None else 1
 
 
-def _width() -> int:
-    """Wide enough for the tables when output is not a terminal (piped, CI logs)."""
+def _width(natural: int = 0) -> int:
+    """The console width: the terminal's, or when output is not a terminal (piped, CI logs) a
+    width at which nothing is cut: at least 120 and at least ``natural``, the tables' width."""
     import shutil
 
     if sys.stdout.isatty():
         return shutil.get_terminal_size((160, 24)).columns
-    return 170
+    return max(120, natural)
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
@@ -269,88 +347,124 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return format(x, spec)
 
 
-def _fmt_seconds(seconds: float | None) -> str:
+def _fmt_seconds(seconds: float | None, se: float | None = None) -> str:
     if seconds is None:
         return "–"
     if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
+        scale, unit, spec = 1e6, "µs", ".0f"
+    elif seconds < 1:
+        scale, unit, spec = 1e3, "ms", ".1f"
+    else:
+        scale, unit, spec = 1.0, "s", ".2f"
+    text = format(seconds * scale, spec)
+    if se is not None:
+        text += " ± " + format(se * scale, ".2g" if se * scale < 1 else spec)
+    return f"{text} {unit}"
 
 
-def _print_comparison(result: Any, problem: Any, console: Any) -> None:
+def _print_comparison(result: Any, problem: Any, console: Any = None) -> None:
+    """The tables and the recommendation. All text is rich ``Text`` (never markup), so square
+    brackets in names and descriptions print as written."""
+    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console.print(f"[bold]{problem.name}[/]: {problem.description}")
-    console.print(
-        f"{result.repeats} independent estimates per estimator, {result.num_samples} samples "
-        "each; variances are of one estimate."
+    header = [
+        Text.assemble((problem.name, "bold"), ": ", problem.description),
+        Text(
+            f"{result.repeats} independent estimates per estimator, {result.num_samples} "
+            "samples each; variances are of one estimate."
+        ),
+    ]
+    summary = Table(
+        title=Text("estimators (Σ var: summed over coordinates; |z|: bias in SE; ± one SE)")
     )
-    summary = Table(title="estimators (Σ var: summed over coordinates; |z|: bias in SE)")
     summary.add_column("estimator", no_wrap=True)
     for col in ("evals", "time", "Σ var", "var × time", "var × evals", "max |z|", "min SNR"):
         summary.add_column(col, justify="right", no_wrap=True)
     summary.add_column("flag", no_wrap=True)
-    details: list[str] = []
+    details: list[Text] = []
     for r in result.reports:
         if r.error is not None:
-            summary.add_row(r.name, *["–"] * 7, "[red]n/a[/]")
-            details.append(f"[red]{r.name} is not applicable[/]: {r.error}")
+            summary.add_row(Text(r.name), *["–"] * 7, Text("n/a", "red"))
+            details.append(Text.assemble((f"{r.name} is not applicable", "red"), ": ", r.error))
             continue
         z = r.max_abs_z()
-        flags, notes = [], []
+        flags: list[Text] = []
+        notes: list[Text] = []
         if not r.unbiased_by_design:
-            notes.append("biased by design")
+            notes.append(Text("biased by design"))
         if z is not None and z > result.bias_threshold:
-            notes.append(f"[red]significant bias (|z| > {result.bias_threshold:.1f} SE)[/]")
+            notes.append(Text(f"significant bias (|z| > {result.bias_threshold:.1f} SE)", "red"))
         if notes:
-            flags.append("[yellow]biased[/]")
+            flags.append(Text("biased", "yellow"))
         if r.nonfinite or r.nonfinite_values:
-            flags.append("[red]NaN[/]")
+            flags.append(Text("NaN", "red"))
             notes.append(
-                f"[red]{r.nonfinite} non-finite gradient and {r.nonfinite_values} non-finite "
-                "value estimates[/]"
+                Text(
+                    f"{r.nonfinite} non-finite gradient and {r.nonfinite_values} non-finite "
+                    "value estimates",
+                    "red",
+                )
             )
         if r.name == result.recommended:
-            flags.append("[green]best[/]")
+            flags.append(Text("best", "green"))
+        elif r.name in result.tied:
+            flags.append(Text("tied"))
         if notes:
-            details.append(f"{r.name}: " + "; ".join(notes))
+            details.append(Text(f"{r.name}: ") + Text("; ").join(notes))
+        rel = r.work_variance_rel_se
+        work = _fmt(r.work_variance)
+        if rel is not None and r.work_variance is not None:
+            work += f" ± {rel * r.work_variance:.2g}"
+        var = _fmt(r.total_variance)
+        if r.total_variance_se is not None:
+            var += f" ± {r.total_variance_se:.2g}"
         summary.add_row(
-            r.name,
+            Text(r.name),
             str(r.evaluations),
-            _fmt_seconds(r.seconds),
-            _fmt(r.total_variance),
-            _fmt(r.work_variance),
+            _fmt_seconds(r.seconds, r.seconds_se),
+            var,
+            work,
             _fmt(r.evaluation_variance),
             _fmt(z, ".2f") if z is not None else "no exact",
             _fmt(float(r.snr.min()) if r.snr is not None else None),
-            " ".join(flags),
+            Text(" ").join(flags),
         )
-    console.print(summary)
-    for line in details:
-        console.print(f"  {line}")
-    coords = Table(title="per coordinate: mean ± s.e. [variance]")
+    coords = Table(title=Text("per coordinate: mean ± s.e. [variance]"))
     coords.add_column("∂E/∂")
     if result.exact is not None:
         coords.add_column("exact", justify="right")
     ran = [r for r in result.reports if r.mean is not None]
     for r in ran:
-        coords.add_column(r.name, justify="right")
+        coords.add_column(Text(r.name), justify="right")
     for j, name in enumerate(result.coordinates[:20]):
-        row = [name]
+        row: list[Any] = [Text(name)]
         if result.exact is not None:
             row.append(_fmt(float(result.exact[j]), ".4g"))
         for r in ran:
-            row.append(f"{r.mean[j]:.4g} ± {r.standard_error[j]:.2g} [{r.variance[j]:.3g}]")
+            row.append(Text(f"{r.mean[j]:.4g} ± {r.standard_error[j]:.2g} [{r.variance[j]:.3g}]"))
         coords.add_row(*row)
+    if console is None:
+        wide = Console(width=100_000)
+        natural = max(wide.measure(t).maximum for t in (summary, coords))
+        console = Console(width=_width(natural))
+    for line in header:
+        console.print(line)
+    console.print(summary)
+    for line in details:
+        console.print(Text("  ") + line)
     console.print(coords)
     if len(result.coordinates) > 20:
-        console.print(f"({len(result.coordinates) - 20} more coordinates in --json)")
+        console.print(Text(f"({len(result.coordinates) - 20} more coordinates in --json)"))
     if result.recommended is None:
-        console.print(f"[bold red]No recommendation[/]: {result.reason}.")
+        console.print(Text.assemble(("No recommendation", "bold red"), f": {result.reason}."))
     else:
-        console.print(f"[bold green]Recommendation: {result.recommended}[/] — {result.reason}.")
+        console.print(
+            Text.assemble(
+                (f"Recommendation: {result.recommended}", "bold green"), f" — {result.reason}."
+            )
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
