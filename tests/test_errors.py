@@ -9,6 +9,7 @@ import numpyro.distributions as dist
 import pytest
 
 import expectax as ex
+from expectax.expectation import debug_errors
 
 F = lambda p, x: (x - 1.0) ** 2
 NORMAL = lambda p: dist.Normal(p["mu"], p["sigma"])
@@ -134,11 +135,10 @@ SQRT_PARAMS = {"mu": jnp.array(0.5), "sigma": jnp.array(1.0), "c": jnp.array(0.0
 
 
 def _raises_fpe(fn, *args):
-    """FloatingPointError, or (under jit) a JaxRuntimeError carrying its message."""
-    with pytest.raises(Exception, match=r"debug check: .*NaN or inf") as info:
-        jax.block_until_ready(fn(*args))
-    err = info.value
-    assert isinstance(err, FloatingPointError) or "FloatingPointError" in str(err)
+    """The documented FloatingPointError: directly, or under jit through debug_errors."""
+    with pytest.raises(FloatingPointError, match=r"^expectax debug check: .*NaN or inf"):
+        with debug_errors():
+            jax.block_until_ready(fn(*args))
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -158,7 +158,7 @@ def test_debug_raises_for_nan_gradient(estimator, jit):
 
 
 def test_debug_in_per_sample_grads():
-    with pytest.raises(Exception, match="debug check"):
+    with pytest.raises(FloatingPointError, match="debug check"):
         jax.block_until_ready(
             ex.per_sample_grads(
                 SQRT_F, NORMAL, SQRT_PARAMS, KEY, estimator=ex.Pathwise(), num_samples=4, debug=True
@@ -171,3 +171,22 @@ def test_no_debug_means_no_error():
     assert np.isnan(jax.jit(E)(PARAMS, KEY))
     g = jax.jit(jax.grad(_expect(f=SQRT_F)))(SQRT_PARAMS, KEY)
     assert not np.isfinite(g["c"])
+
+
+def test_debug_eager_raises_the_type_itself():
+    """Outside jit no wrapper is needed, also when chunks run in a compiled lax.map."""
+    E = _expect(f=NAN_F, debug=True, chunk_size=4)
+    with pytest.raises(FloatingPointError, match="debug check: f"):
+        E(PARAMS, KEY)
+
+
+def test_debug_errors_passes_other_errors_through():
+    with pytest.raises(KeyError):
+        with debug_errors():
+            raise KeyError("x")
+
+    @debug_errors()
+    def fine():
+        return 1
+
+    assert fine() == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions.distribution as numpyro_dist
 
-from expectax.estimators.base import Context, Estimator, _check_finite
+from expectax.estimators import base as _base
+from expectax.estimators.base import Context, Estimator, _check_finite, check_parameters
 
-__all__ = ["expectation", "per_sample_grads"]
+__all__ = ["debug_errors", "expectation", "per_sample_grads"]
 
 PyTree = Any
 
@@ -48,10 +49,16 @@ def expectation(
       chunk_size: if given, samples are processed ``chunk_size`` at a time with ``lax.map`` (chunk
         ``j`` drawn with ``jax.random.fold_in(key, j)``), bounding memory for large N. Must divide
         ``num_samples``. Pass the same value to :func:`per_sample_grads` to get the same samples.
-      debug: if true, NaN or inf in the values of f or in the gradient with respect to params
-        raise ``FloatingPointError`` at run time (off by default: the fast path has no checks).
-        Debug mode wraps params in a ``custom_vjp`` to check the gradient, so use it with
-        reverse mode (``jax.grad``); forward mode and ``jax.hessian`` need ``debug=False``.
+      debug: if true, run-time checks (off by default: the fast path has no checks): NaN or
+        inf in the values of f, in the log-density of the samples or in the gradient with
+        respect to params raise ``FloatingPointError``, and parameters outside their numpyro
+        constraint (a negative scale, probs outside [0, 1]) raise ``ValueError``, also under
+        ``jit`` where numpyro cannot check values. Called outside ``jit``, ``E`` raises these
+        types itself; under a ``jax.jit`` of your own JAX reports any run-time exception as
+        ``jax.errors.JaxRuntimeError``, so wrap the call in :func:`debug_errors` to get the
+        ``FloatingPointError``/``ValueError`` back. Debug mode wraps params in a ``custom_vjp``
+        to check the gradient, so use it with reverse mode (``jax.grad``); forward mode and
+        ``jax.hessian`` need ``debug=False``.
 
     Returns:
       ``E(params, key) -> scalar``: its value is the Monte Carlo estimate of ``J(θ)``, and
@@ -82,8 +89,11 @@ def expectation(
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
 
     def chunk_mean(params: PyTree, key: jax.Array) -> jax.Array:
-        with _validation(params, debug):
-            ctx = Context(f, _build(dist_fn, params), params, stacked=False, debug=debug)
+        with _validation(params, debug, dist_fn):
+            dist = _build(dist_fn, params)
+            if debug and dist is not None:
+                check_parameters(dist)
+            ctx = Context(f, dist, params, stacked=False, debug=debug)
             return jnp.mean(_terms(estimator, ctx, key, chunk))
 
     def E(params: PyTree, key: jax.Array) -> jax.Array:
@@ -96,6 +106,8 @@ def expectation(
         return jnp.mean(jax.lax.map(lambda k: chunk_mean(params, k), keys))
 
     E.__doc__ = f"Monte Carlo estimate of E[f] with {estimator.name}, {num_samples} samples."
+    if debug:
+        return _translating(E)
     return E
 
 
@@ -153,16 +165,24 @@ def per_sample_grads(
                 stacked = _checked_grad(stacked)
             with _validation(stacked, debug):
                 dist = None if dist_fn is None else _build_stacked(dist_fn, stacked)
+                if debug and dist is not None:
+                    check_parameters(dist)
                 ctx = Context(f, dist, stacked, stacked=True, debug=debug)
                 return jnp.sum(_terms(estimator, ctx, key, chunk))
 
         return jax.grad(total)(stacked)
 
-    if num_chunks == 1:
-        return chunk_grads(key)
-    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_chunks))
-    grads = jax.lax.map(chunk_grads, keys)
-    return jax.tree_util.tree_map(lambda g: g.reshape((num_samples, *g.shape[2:])), grads)
+    def run() -> PyTree:
+        if num_chunks == 1:
+            return chunk_grads(key)
+        keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_chunks))
+        grads = jax.lax.map(chunk_grads, keys)
+        return jax.tree_util.tree_map(lambda g: g.reshape((num_samples, *g.shape[2:])), grads)
+
+    if debug and _concrete((params, key)):
+        with debug_errors():
+            return jax.block_until_ready(run())
+    return run()
 
 
 # --------------------------------------------------------------------------- checks
@@ -178,23 +198,94 @@ def _terms(estimator: Estimator, ctx: Context, key: jax.Array, n: int) -> jax.Ar
     return terms
 
 
-def _validation(params: PyTree, debug: bool) -> contextlib.AbstractContextManager[None]:
-    """numpyro's argument and support checks: on in debug mode and for concrete params.
+@contextlib.contextmanager
+def _validation(
+    params: PyTree, debug: bool, dist_fn: Callable[[PyTree], Any] | None = None
+) -> Iterator[None]:
+    """numpyro's argument and support checks, as the user's numpyro setting asks.
 
     The context must cover both building the distribution and using it: numpyro reads the
     default when ``log_prob`` runs, not only when the distribution is built.
 
-    numpyro validates by default, and its support check in ``log_prob`` (a ``where`` over the
-    samples) made small score-function estimates several times slower than a hand-written
-    surrogate, for samples that are in the support by construction. So traced (jit, grad)
-    calls build the distribution with validation off, while concrete calls (e.g. ``compare``'s
-    first look, or ``E(params, key)`` run eagerly) and ``debug=True`` keep numpyro's clear
-    errors for invalid parameters such as a negative scale.
+    - The user turned validation off (``numpyro.enable_validation(False)``): off.
+    - ``debug=True``, or concrete params (an eager call, ``compare``'s first look): on, so
+      invalid parameters such as a negative scale get numpyro's clear errors.
+    - Traced params with validation on (numpyro's default): ``dist_fn(params)`` is built once
+      with validation on, so numpyro checks the parameters wherever their values are known
+      (an eager ``jax.grad``; under ``jit`` numpyro cannot check values, and the discarded
+      build costs nothing once compiled), then the distribution the estimator uses is built
+      with validation off. That skips only numpyro's support mask in ``log_prob`` (a ``where``
+      over the samples, for samples that the estimator drew from the distribution itself and
+      that are in its support by construction), which made small score-function estimates
+      several times slower than a hand-written surrogate.
     """
-    concrete = not any(
-        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)
-    )
-    return numpyro_dist.validation_enabled(debug or concrete)
+    user = numpyro_dist._VALIDATION_ENABLED
+    if not user and not debug:
+        with numpyro_dist.validation_enabled(False):
+            yield
+        return
+    if debug or _concrete(params):
+        with numpyro_dist.validation_enabled(True):
+            yield
+        return
+    if dist_fn is not None:
+        with numpyro_dist.validation_enabled(True):
+            _build(dist_fn, params)
+    with numpyro_dist.validation_enabled(False):
+        yield
+
+
+def _concrete(tree: PyTree) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+class debug_errors(contextlib.ContextDecorator):  # noqa: N801 - used like a function
+    """Turn expectax's debug checks that failed under ``jit`` back into their own exceptions.
+
+    JAX reports an exception raised at run time inside a compiled function (the host callback
+    of a ``debug=True`` check) as ``jax.errors.JaxRuntimeError``, whatever its type. Inside
+    this context (or in a function decorated with it) such an error is re-raised as the
+    ``FloatingPointError`` or ``ValueError`` the check raised, with its message; other errors
+    pass unchanged. Block on the result inside the context (JAX dispatches asynchronously)::
+
+        E = ex.expectation(f, dist_fn, estimator=ex.ScoreFunction(), num_samples=64,
+                           debug=True)
+        step = jax.jit(jax.grad(E))
+        with debug_errors():
+            grads = jax.block_until_ready(step(params, key))
+
+    ``E`` itself does this when it is called outside any transformation, and so does
+    :func:`per_sample_grads` with ``debug=True``.
+    """
+
+    def __enter__(self) -> debug_errors:
+        _base._last_debug_error[0] = None
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, (FloatingPointError, ValueError)):
+            return False
+        if _base.DEBUG_MARK not in str(exc):
+            return False
+        original = _base._last_debug_error[0]
+        _base._last_debug_error[0] = None
+        if original is not None and str(original) in str(exc):
+            raise type(original)(str(original)) from None
+        message = str(exc)[str(exc).index(_base.DEBUG_MARK) :].split("\n")[0]
+        raise FloatingPointError(message) from None
+
+
+def _translating(E: Callable[[PyTree, jax.Array], jax.Array]) -> Callable:
+    """``E`` for ``debug=True``: called concretely, blocks and re-raises checks' own errors."""
+
+    def checked(params: PyTree, key: jax.Array) -> jax.Array:
+        if not _concrete((params, key)):
+            return E(params, key)
+        with debug_errors():
+            return jax.block_until_ready(E(params, key))
+
+    checked.__doc__ = E.__doc__
+    return checked
 
 
 def _build(dist_fn: Callable[[PyTree], Any] | None, params: PyTree) -> Any:

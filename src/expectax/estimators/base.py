@@ -25,6 +25,7 @@ __all__ = [
     "Context",
     "Estimator",
     "check_fixed_support",
+    "check_parameters",
     "magic_box",
     "pytree_dataclass",
     "joint_log_prob",
@@ -137,8 +138,12 @@ class Context:
         """Joint log-density of each sample under ``dist`` (default: ``self.dist``), shape ``(N,)``.
 
         Batch dimensions of the distribution are summed: a sample is the whole ``x`` passed to f.
+        With ``debug`` a NaN or inf log-density raises at run time (invalid parameters).
         """
-        return joint_log_prob(self.dist if dist is None else dist, xs)
+        value = joint_log_prob(self.dist if dist is None else dist, xs)
+        if self.debug:
+            _check_finite(value, "log p_θ(x), the log-density of the samples,")
+        return value
 
 
 def joint_log_prob(dist: Any, x: Any, sample_ndim: int = 1) -> jax.Array:
@@ -231,18 +236,78 @@ def _support_guard_jvp(owner: str, dist_name: str, primals: tuple, tangents: tup
 _support_guard.defjvp(_support_guard_jvp, symbolic_zeros=True)
 
 
+DEBUG_MARK = "expectax debug check:"
+
+# The exception a debug check raised most recently. Under ``jit`` JAX reports an exception from
+# a host callback as ``JaxRuntimeError`` (the original type is lost);
+# :func:`expectax.expectation.debug_errors` looks it up here to re-raise it as it was.
+_last_debug_error: list[BaseException | None] = [None]
+
+
+def _raise_debug(err: BaseException) -> None:
+    _last_debug_error[0] = err
+    raise err
+
+
 def _check_finite(values: jax.Array, what: str) -> None:
     def callback(v: np.ndarray) -> None:
         v = np.asarray(v)
         if not np.all(np.isfinite(v)):
             bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
-            raise FloatingPointError(
-                f"expectax debug check: {what} produced NaN or inf in {bad} of {np.size(v)} "
-                "values. Look for log/sqrt/division of values outside their domain in f or "
-                "dist_fn (run without jit to find the line)."
+            _raise_debug(
+                FloatingPointError(
+                    f"{DEBUG_MARK} {what} produced NaN or inf in {bad} of {np.size(v)} "
+                    "values. Look for log/sqrt/division of values outside their domain in f or "
+                    "dist_fn (run without jit to find the line)."
+                )
             )
 
     jax.debug.callback(callback, values)
+
+
+def check_parameters(dist: Any) -> None:
+    """Run-time check (``debug=True``) that each parameter satisfies its numpyro constraint.
+
+    numpyro checks ``arg_constraints`` only for concrete values; under ``jit`` or ``vmap`` it
+    cannot, and e.g. a negative scale then gives a NaN log-density whose score is finite (the
+    magic box is 1 whatever ``log p`` is). This puts the same checks in the computation, with a
+    host callback that raises ``ValueError`` at run time. Wrappers (``Independent``,
+    ``.expand()``, masked and transformed distributions) are searched through ``base_dist``.
+    """
+    seen = 0
+    while dist is not None and seen < 16:
+        constraints = getattr(dist, "arg_constraints", None) or {}
+        for name, constraint in constraints.items():
+            if name not in vars(dist) and isinstance(
+                getattr(type(dist), name, None), nd.util.lazy_property
+            ):
+                continue  # e.g. probs of a distribution built from logits
+            try:
+                value = getattr(dist, name)
+                valid = jnp.asarray(constraint(value))
+            except Exception:  # noqa: BLE001 - a constraint that cannot be evaluated here
+                continue
+            _check_valid(valid, type(dist).__name__, name, constraint)
+        dist = getattr(dist, "base_dist", None)
+        seen += 1
+
+
+def _check_valid(valid: jax.Array, dist_name: str, name: str, constraint: Any) -> None:
+    def callback(v: np.ndarray) -> None:
+        v = np.asarray(v)
+        if not np.all(v):
+            bad = int(np.size(v) - np.count_nonzero(v))
+            _raise_debug(
+                ValueError(
+                    f"{DEBUG_MARK} dist_fn(params) built {dist_name} with {name} outside its "
+                    f"constraint ({type(constraint).__name__.lstrip('_')}) in {bad} of "
+                    f"{np.size(v)} values, e.g. a negative scale or probs outside [0, 1]. "
+                    "Map unconstrained parameters into the support (jax.nn.softplus or exp for "
+                    "a scale, jax.nn.sigmoid or logits= for probabilities)."
+                )
+            )
+
+    jax.debug.callback(callback, valid)
 
 
 class Estimator:
