@@ -48,15 +48,17 @@ Differences from optax 0.2.6, all deliberate:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.stats import norm
 
-from expectax.estimators.base import Estimator
 from expectax.estimators.pathwise import Pathwise
 from expectax.estimators.score_function import ScoreFunction
 from expectax.expectation import per_sample_grads
@@ -191,107 +193,313 @@ def _gaussian(loc: jax.Array, log_scale: jax.Array) -> dist.Distribution:
     return base.to_event(ndim) if ndim else base
 
 
-@jax.tree_util.register_pytree_node_class
-class _BuilderDistribution:
-    """Adapts an optax-style builder to expectax's distribution protocol.
+_ORDER = "(function, params, dist_builder, rng, num_samples)"
 
-    ``builder(*params)`` must return an object with ``sample(shape, key=...)`` and
-    ``log_prob(x)``. ``per_sample_grads`` vmaps the construction over one copy of ``params`` per
-    sample; the copies are recognised by their extra leading axis, and sample ``i`` is then
-    drawn from (and scored under) copy ``i``. Each sample gets its own split key so that both
-    cases draw the same samples.
+
+def _positional(params: Any, fn: str) -> tuple[Any, ...]:
+    """The arguments ``dist_builder(*params)`` receives, as optax passed them.
+
+    optax took any pytree that unpacks positionally: a list or tuple ``[mean, log_scale]``, or
+    a single array, whose rows become the arguments (``jnp.array([.3])`` passes one scalar).
     """
-
-    has_rsample = True
-
-    def __init__(self, params: Params, builder: Callable[..., Any], ndims: Any = None):
-        self.params = params
-        self.builder = builder
-        if ndims is None:
-            ndims = tuple(jnp.ndim(leaf) for leaf in jax.tree_util.tree_leaves(params))
-        self.ndims = ndims
-
-    def tree_flatten(self) -> tuple[tuple[Any], tuple[Any, Any]]:
-        return (self.params,), (self.builder, self.ndims)
-
-    @classmethod
-    def tree_unflatten(cls, aux: tuple[Any, Any], children: Sequence[Any]) -> _BuilderDistribution:
-        obj = object.__new__(cls)
-        obj.params = children[0]
-        obj.builder, obj.ndims = aux
-        return obj
-
-    @property
-    def _stacked(self) -> bool:
-        leaves = jax.tree_util.tree_leaves(self.params)
-        return any(jnp.ndim(leaf) > n for leaf, n in zip(leaves, self.ndims, strict=True))
-
-    def _one(self, params: Params) -> Any:
-        return self.builder(*params)
-
-    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
-        (n,) = sample_shape
-        keys = jax.random.split(key, n)
-        if self._stacked:
-            return jax.vmap(lambda p, k: self._one(p).sample((), key=k))(self.params, keys)
-        return jax.vmap(lambda k: self._one(self.params).sample((), key=k))(keys)
-
-    rsample = sample
-
-    def log_prob(self, xs: jax.Array) -> jax.Array:
-        if self._stacked:
-            return jax.vmap(lambda p, x: self._one(p).log_prob(x))(self.params, xs)
-        return jax.vmap(lambda x: self._one(self.params).log_prob(x))(xs)
-
-
-def _dist_fn(dist_builder: Callable[..., Any]) -> Callable[[Params], Any]:
-    if _is_multi_normal(dist_builder):
-        return lambda params: _gaussian(*params)
-    return lambda params: _BuilderDistribution(params, dist_builder)
-
-
-def _check_params(params: Any, fn: str) -> None:
-    if not isinstance(params, (list, tuple)):
+    if isinstance(params, Mapping):
         raise TypeError(
-            f"{fn}: params must be a list (or tuple) of arrays passed positionally to "
-            f"dist_builder, e.g. params=[mean, log_scale]; got {type(params).__name__}. For "
-            "dicts or other pytrees use the native API, expectax.per_sample_grads."
+            f"{fn}: params is unpacked positionally, dist_builder(*params), so a dict would pass "
+            f"its keys; got a dict with keys {list(params)}. Pass a list such as "
+            "[mean, log_scale], or use the native API, expectax.per_sample_grads, which takes "
+            "any pytree."
         )
+    if callable(params) and not hasattr(params, "shape"):
+        raise TypeError(
+            f"{fn}: params must be the parameters (a list of arrays, or one array), got the "
+            f"function {getattr(params, '__name__', type(params).__name__)}. The argument order "
+            f"is {_ORDER}."
+        )
+    if isinstance(params, (list, tuple)):
+        return tuple(params)
+    if hasattr(params, "shape"):
+        if jnp.ndim(params) == 0:
+            raise TypeError(
+                f"{fn}: params is unpacked positionally, dist_builder(*params), so it must be a "
+                "list of arrays or an array with at least one axis; got a 0-d array. Wrap it: "
+                "params=[theta] (or jnp.array([theta]))."
+            )
+        return tuple(params)
+    raise TypeError(
+        f"{fn}: params must be a list (or tuple) of arrays passed positionally to dist_builder, "
+        f"e.g. params=[mean, log_scale], or one array; got {type(params).__name__}."
+    )
 
 
 def _check_builder(dist_builder: Any, fn: str) -> None:
+    if isinstance(dist_builder, dist.Distribution) or (
+        not isinstance(dist_builder, type)
+        and hasattr(dist_builder, "sample")
+        and hasattr(dist_builder, "log_prob")
+    ):
+        raise TypeError(
+            f"{fn}: dist_builder must be a function that builds the distribution from the "
+            f"parameters, called as dist_builder(*params); got a {type(dist_builder).__name__} "
+            "distribution itself. Pass the builder, e.g. multi_normal with params=[mean, "
+            "log_scale], or lambda loc, log_scale: numpyro.distributions.Normal(loc, "
+            "jnp.exp(log_scale)).to_event(1)."
+        )
     if not callable(dist_builder):
         raise TypeError(
             f"{fn}: dist_builder must be a function building a distribution from the "
-            f"parameters, e.g. multi_normal; got {type(dist_builder).__name__}."
+            f"parameters, e.g. multi_normal; got {type(dist_builder).__name__}. The argument "
+            f"order is {_ORDER}."
         )
 
 
-def _draw(dist_builder: Callable[..., Any], params: Params, rng: jax.Array, n: int) -> jax.Array:
-    """The samples the Jacobian functions draw for ``rng``."""
-    return _dist_fn(dist_builder)(params).sample(rng, (n,))
+def _check_function(function: Any, fn: str) -> None:
+    if not callable(function):
+        raise TypeError(
+            f"{fn}: function must be f(x), a function of one sample returning a scalar; got "
+            f"{type(function).__name__}. The argument order is {_ORDER}."
+        )
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check
+        return
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p for p in signature.parameters.values() if p.kind in kinds]
+    required = [p.name for p in positional if p.default is inspect.Parameter.empty]
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in signature.parameters.values())
+    if len(required) > 1:
+        raise TypeError(
+            f"{fn}: function must take one sample, f(x); it has {len(required)} required "
+            f"arguments ({', '.join(required)}). For f(params, x) use the native API, "
+            "expectax.per_sample_grads(f, dist_fn, params, key, estimator=..., num_samples=...), "
+            "or pass lambda x: f(params, x) (here f must not depend on the parameters)."
+        )
+    if not positional and not varargs:
+        raise TypeError(f"{fn}: function must take one sample, f(x); it takes no arguments.")
+
+
+def _check_rng(rng: Any, fn: str) -> None:
+    if isinstance(rng, jax.Array):
+        if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape == ():
+            return
+        if rng.dtype == jnp.uint32 and rng.shape == (2,):
+            return  # a legacy jax.random.PRNGKey
+    raise TypeError(
+        f"{fn}: rng must be one jax.random key, e.g. jax.random.PRNGKey(0) or "
+        f"jax.random.key(0); got {type(rng).__name__} with dtype {getattr(rng, 'dtype', '?')} "
+        f"and shape {getattr(rng, 'shape', '?')}. The argument order is {_ORDER}."
+    )
+
+
+def _check_num_samples(num_samples: Any, fn: str) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
+        raise TypeError(
+            f"{fn}: num_samples must be a Python int, got {type(num_samples).__name__}. The "
+            f"argument order is {_ORDER}; under jax.jit make it static (static_argnums)."
+        )
+    if num_samples < 1:
+        raise ValueError(f"{fn}: num_samples must be at least 1, got {num_samples}.")
+    return int(num_samples)
+
+
+def _build(dist_builder: Callable[..., Any], params: Any, fn: str) -> Any:
+    """``dist_builder(*params)``, with an error that says how params was unpacked."""
+    args = _positional(params, fn)
+    try:
+        built = dist_builder(*args)
+    except TypeError as err:
+        name = getattr(dist_builder, "__name__", type(dist_builder).__name__)
+        raise TypeError(
+            f"{fn}: dist_builder(*params) failed: {err}. params is unpacked positionally: "
+            f"{name} was called with {len(args)} argument(s), one per element of params (one "
+            "per row of an array). E.g. multi_normal needs params=[mean, log_scale]."
+        ) from err
+    if not (hasattr(built, "sample") and hasattr(built, "log_prob")):
+        raise TypeError(
+            f"{fn}: dist_builder(*params) must return a distribution with sample(shape, key) "
+            f"and log_prob(x); got {type(built).__name__}."
+        )
+    return built
+
+
+def _key_keyword(sample: Callable[..., Any]) -> str | None:
+    """How the distribution's ``sample`` takes its key: ``key=`` (optax 0.2.x), ``seed=``
+    (older optax and TensorFlow Probability), or positionally after the shape."""
+    try:
+        parameters = inspect.signature(sample).parameters
+    except (TypeError, ValueError):
+        return "key"
+    if "key" in parameters:
+        return "key"
+    if "seed" in parameters:
+        return "seed"
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "key"
+    return None
+
+
+def _sample(built: Any, n: int, rng: jax.Array) -> Any:
+    """All ``n`` samples in one call, as optax drew them: ``sample((n,), key=rng)``."""
+    if isinstance(built, dist.Distribution):  # numpyro: sample(key, sample_shape)
+        return built.sample(rng, (n,))
+    keyword = _key_keyword(built.sample)
+    if keyword is None:
+        return built.sample((n,), rng)
+    return built.sample((n,), **{keyword: rng})
+
+
+def _draw(dist_builder: Callable[..., Any], params: Any, rng: jax.Array, n: int, fn: str) -> Any:
+    """The samples the Jacobian functions draw for ``rng``: ``builder(*params).sample((n,),
+    key=rng)``, as optax drew them."""
+    return _sample(_build(dist_builder, params, fn), n, rng)
+
+
+def _unpack(params: Any) -> tuple[Any, ...]:
+    return tuple(params)
+
+
+def _depends_on_inputs(fun: Callable[[Any], Any], params: Any) -> bool:
+    """Whether ``fun``'s output can carry a tangent of ``params``, read off the JVP's jaxpr.
+
+    Conservative: an equation that takes any tangent-dependent input counts as producing
+    tangent-dependent outputs, so ``False`` means the Jacobian is zero by construction (a
+    ``stop_gradient`` or a sampler that does not use the parameters).
+    """
+    primals = jax.tree_util.tree_leaves(params)
+
+    def tangent_out(*leaves: Any) -> Any:
+        k = len(leaves) // 2
+        tree = jax.tree_util.tree_structure(params)
+        p = jax.tree_util.tree_unflatten(tree, leaves[:k])
+        t = jax.tree_util.tree_unflatten(tree, leaves[k:])
+        return jax.jvp(fun, (p,), (t,))[1]
+
+    closed = jax.make_jaxpr(tangent_out)(*primals, *primals)
+    jaxpr = closed.jaxpr
+    live = set(jaxpr.invars[len(primals) :])
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, jex_core.Var) and v in live for v in eqn.invars):
+            live.update(eqn.outvars)
+    return any(isinstance(v, jex_core.Var) and v in live for v in jaxpr.outvars)
+
+
+def _check_reparameterised(
+    built: Any, dist_builder: Callable[..., Any], params: Any, rng: jax.Array, n: int, fn: str
+) -> None:
+    """optax returned Jacobians of exactly zero for a sampler without a pathwise derivative;
+    refuse instead."""
+    name = type(built).__name__
+    advice = (
+        "Use score_function_jacobians (any distribution with a log_prob), or a builder whose "
+        "sample is a differentiable function of the parameters, e.g. mean + exp(log_scale) · ε."
+    )
+    if getattr(built, "has_rsample", True) is False:
+        raise ValueError(
+            f"{fn}: dist_builder(*params) returned {name}, which is not reparameterisable "
+            f"(has_rsample is False), so its pathwise Jacobian would be exactly zero. {advice}"
+        )
+    kind = getattr(built, "reparameterization_type", None)  # TensorFlow Probability
+    if kind is not None and "NOT" in str(kind).upper():
+        raise ValueError(
+            f"{fn}: dist_builder(*params) returned {name} with reparameterization_type {kind}, "
+            f"so its pathwise Jacobian would be exactly zero. {advice}"
+        )
+
+    def draw(p: Any) -> Any:
+        return _sample(dist_builder(*_unpack(p)), n, rng)
+
+    shapes = jax.eval_shape(draw, params)
+    if not all(jnp.issubdtype(s.dtype, jnp.inexact) for s in jax.tree_util.tree_leaves(shapes)):
+        dtypes = sorted({str(s.dtype) for s in jax.tree_util.tree_leaves(shapes)})
+        raise ValueError(
+            f"{fn}: {name}.sample returns {'/'.join(dtypes)} values, which have no derivative "
+            f"with respect to the parameters (optax returned a Jacobian of exactly zero). "
+            f"{advice}"
+        )
+    if not _depends_on_inputs(draw, params):
+        raise ValueError(
+            f"{fn}: the samples of {name} do not depend differentiably on params (its sample "
+            "stops the gradient or ignores the parameters), so the pathwise Jacobian would be "
+            f"exactly zero (optax returned that silently). {advice}"
+        )
+
+
+def _check_inputs(
+    function: Any, params: Any, dist_builder: Any, rng: Any, num_samples: Any, fn: str
+) -> int:
+    _positional(params, fn)
+    _check_function(function, fn)
+    _check_builder(dist_builder, fn)
+    _check_rng(rng, fn)
+    return _check_num_samples(num_samples, fn)
 
 
 def _jacobians(
-    estimator: Estimator,
+    kind: str,
     fn: str,
     function: Callable[[jax.Array], Any],
-    params: Params,
+    params: Any,
     dist_builder: Callable[..., Any],
     rng: jax.Array,
     num_samples: int,
-) -> Params:
-    _check_params(params, fn)
-    _check_builder(dist_builder, fn)
-    grads = per_sample_grads(
-        lambda _, x: function(x),
-        _dist_fn(dist_builder),
-        params,
-        rng,
-        estimator=estimator,
-        num_samples=num_samples,
+) -> Any:
+    """Per-sample Jacobians with the structure of ``params``, drawn as optax drew them.
+
+    Three routes, one result: ``multi_normal`` and builders returning a numpyro distribution go
+    through :func:`expectax.per_sample_grads` (one backward pass for all samples; for
+    ``multi_normal`` the samples are optax's for the same key); any other builder runs optax's
+    own algorithm, all samples from one ``builder(*params).sample((n,), key=rng)`` call.
+    """
+    n = _check_inputs(function, params, dist_builder, rng, num_samples, fn)
+    if _is_multi_normal(dist_builder):
+        args = _positional(params, fn)
+        if len(args) != 2:
+            raise TypeError(
+                f"{fn}: multi_normal takes params=[mean, log_scale] (two arrays, passed "
+                f"positionally); got params with {len(args)} element(s)."
+            )
+        dist_fn: Callable[[Any], Any] = lambda p: _gaussian(*_unpack(p))  # noqa: E731
+    else:
+        built = _build(dist_builder, params, fn)
+        if kind == "pathwise":
+            _check_reparameterised(built, dist_builder, params, rng, n, fn)
+        if not isinstance(built, dist.Distribution):
+            return _optax_jacobians(kind, function, params, dist_builder, rng, n)
+        dist_fn = lambda p: dist_builder(*_unpack(p))  # noqa: E731
+    estimator = ScoreFunction() if kind == "score_function" else Pathwise()
+    return per_sample_grads(
+        lambda _, x: function(x), dist_fn, params, rng, estimator=estimator, num_samples=n
     )
-    return type(params)(grads) if isinstance(params, tuple) else list(grads)
+
+
+def _optax_jacobians(
+    kind: str,
+    function: Callable[[jax.Array], Any],
+    params: Any,
+    dist_builder: Callable[..., Any],
+    rng: jax.Array,
+    n: int,
+) -> Any:
+    """optax 0.2.6's algorithm for a builder of the user's own (the same samples, the same
+    numbers): score function as ``f(x_i) ∇θ log p(x_i)`` on one stopped draw (per-sample
+    reverse mode, where optax used ``jax.jacfwd``); pathwise as ``jax.jacfwd`` of
+    ``vmap(f)(builder(*params).sample((n,), key=rng))``, exactly as optax computed it."""
+
+    def build(p: Any) -> Any:
+        return dist_builder(*_unpack(p))
+
+    if kind == "pathwise":
+        return jax.jacfwd(lambda p: jax.vmap(function)(_sample(build(p), n, rng)))(params)
+    samples = jax.lax.stop_gradient(_sample(build(params), n, rng))
+    values = jax.vmap(function)(samples)
+    if jnp.shape(values) != (n,):
+        raise TypeError(
+            "function must return a scalar for each sample: f(x) returned shape "
+            f"{jnp.shape(values)[1:]}."
+        )
+    scores = jax.vmap(jax.grad(lambda p, x: build(p).log_prob(x)), in_axes=(None, 0))(
+        params, samples
+    )
+    return jax.tree_util.tree_map(lambda g: values.reshape((n,) + (1,) * (g.ndim - 1)) * g, scores)
 
 
 # --------------------------------------------------------------------------- estimators
@@ -338,7 +546,7 @@ def score_function_jacobians(
       learning", JMLR 21(132), section 4.
     """
     return _jacobians(
-        ScoreFunction(),
+        "score_function",
         "score_function_jacobians",
         function,
         params,
@@ -389,7 +597,7 @@ def pathwise_jacobians(
       JMLR 21(132), section 5.
     """
     return _jacobians(
-        Pathwise(), "pathwise_jacobians", function, params, dist_builder, rng, num_samples
+        "pathwise", "pathwise_jacobians", function, params, dist_builder, rng, num_samples
     )
 
 
@@ -445,11 +653,12 @@ def measure_valued_jacobians(
             "expectax.per_sample_grads(..., estimator=expectax.MeasureValued()) with a numpyro "
             "distribution."
         )
-    _check_params(params, fn)
-    if len(params) != 2:
+    n = _check_inputs(function, params, dist_builder, rng, num_samples, fn)
+    args = _positional(params, fn)
+    if len(args) != 2:
         raise ValueError(
             f"{fn}: params must be [mean, log_scale] (two arrays) for multi_normal; got "
-            f"{len(params)} arrays."
+            f"{len(args)} element(s)."
         )
     try:
         from expectax.estimators.measure_valued import MeasureValued
@@ -458,8 +667,13 @@ def measure_valued_jacobians(
             "measure_valued_jacobians needs expectax.estimators.measure_valued.MeasureValued, "
             "which this installation lacks."
         ) from err
-    return _jacobians(
-        MeasureValued(coupling=coupling), fn, function, params, dist_builder, rng, num_samples
+    return per_sample_grads(
+        lambda _, x: function(x),
+        lambda p: _gaussian(*_unpack(p)),
+        params,
+        rng,
+        estimator=MeasureValued(coupling=coupling),
+        num_samples=n,
     )
 
 
@@ -649,8 +863,12 @@ def control_variates_jacobians(
     ``expectax.ScoreFunction(control_variate=DeltaMethod())``.
     """
     fn = "control_variates_jacobians"
-    _check_params(params, fn)
-    _check_builder(dist_builder, fn)
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(
+            f"{fn}: params must be a list (or tuple) of arrays passed positionally to "
+            f"dist_builder, e.g. params=[mean, log_scale]; got {type(params).__name__}."
+        )
+    num_samples = _check_inputs(function, params, dist_builder, rng, num_samples, fn)
     stochastic_cv, expected_value_cv, update_state_cv = control_variate_from_function(function)
     if estimate_cv_coeffs:
         cv_coeffs = estimate_control_variate_coefficients(
@@ -666,7 +884,7 @@ def control_variates_jacobians(
     else:
         cv_coeffs = [1.0] * len(params)
 
-    samples = jax.lax.stop_gradient(_draw(dist_builder, params, rng, num_samples))
+    samples = jax.lax.stop_gradient(_draw(dist_builder, params, rng, num_samples, fn))
     new_state = update_state_cv(params, samples, control_variate_state)
     state = control_variate_state
     fixed = jax.lax.stop_gradient(params)
