@@ -49,6 +49,10 @@ def expectation(
       chunk_size: if given, samples are processed ``chunk_size`` at a time with ``lax.map`` (chunk
         ``j`` drawn with ``jax.random.fold_in(key, j)``), bounding memory for large N. Must divide
         ``num_samples``. Pass the same value to :func:`per_sample_grads` to get the same samples.
+        Estimators whose samples form one joint estimate (``VIMCO``'s K-sample bound,
+        ``UnorderedSet`` and ``SumAndSample``'s draws without replacement) refuse it: chunks
+        would compute a different quantity. A ``LeaveOneOut`` baseline is then the mean of the
+        other samples of the same chunk (still unbiased, from fewer samples).
       debug: if true, run-time checks (off by default: the fast path has no checks): NaN or
         inf in the values of f, in the log-density of the samples or in the gradient with
         respect to params raise ``FloatingPointError``, and parameters outside their numpyro
@@ -369,6 +373,14 @@ def _check_chunks(num_samples: int, chunk_size: Any, estimator: Estimator) -> tu
             f"chunk_size must divide num_samples={num_samples} and be at least "
             f"{estimator.min_samples()}; got chunk_size={chunk_size}. Pick a divisor of "
             "num_samples, or None for a single chunk."
+        )
+    if chunk_size < num_samples and estimator.joint_samples:
+        raise ValueError(
+            f"chunk_size={chunk_size}: {estimator.name} combines all num_samples={num_samples} "
+            "samples into one estimate (not a mean of independent parts), so chunks would "
+            f"silently compute a different quantity (the mean of {num_samples // chunk_size} "
+            f"estimates of {chunk_size} samples). Use chunk_size=None, or num_samples="
+            f"{chunk_size} and average several calls if that is what you want."
         )
     return num_samples // chunk_size, chunk_size
 

@@ -319,10 +319,15 @@ class Estimator:
     - ``unbiased``: whether the gradient estimate is unbiased (relaxations are not).
     - ``needs_dist``: whether a ``dist_fn`` is required (``Pathwise.from_transform`` brings its
       own sampler).
+    - ``joint_samples``: whether the ``num_samples`` samples form one joint estimate that is
+      not a mean of independent parts (VIMCO's K-sample bound, sampling without
+      replacement); such estimators refuse ``chunk_size``, which would silently compute a
+      different quantity (the mean of bounds of ``chunk_size`` samples).
     """
 
     unbiased: ClassVar[bool] = True
     needs_dist: ClassVar[bool] = True
+    joint_samples: ClassVar[bool] = False
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         """Per-sample surrogate terms, shape ``(num_samples,)``.

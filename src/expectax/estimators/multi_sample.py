@@ -69,6 +69,8 @@ class VIMCO(Estimator):
       Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders", ICLR.
     """
 
+    joint_samples = True
+
     def min_samples(self) -> int:
         return 2
 
@@ -165,6 +167,8 @@ class UnorderedSet(Estimator):
       and where to find them: the Gumbel-top-k trick", ICML.
     """
 
+    joint_samples = True
+
     def min_samples(self) -> int:
         return 2
 
@@ -235,6 +239,8 @@ class SumAndSample(Estimator):
       Liu, Regier, Tripuraneni, Jordan & McAuliffe (2019), "Rao-Blackwellized stochastic
       gradients for discrete distributions", ICML.
     """
+
+    joint_samples = True
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         k = num_samples
