@@ -134,6 +134,17 @@ class Context:
             _check_finite(values, "f(params, x)")
         return values
 
+    def f_control(self, xs: Any, params: Any = None) -> jax.Array:
+        """f at relaxed (continuous) inputs, for a control variate such as REBAR's ``η f(σ(z/λ))``.
+
+        The same as :meth:`f` for one distribution. In a stochastic program the site's
+        downstream cost is a step function of a relaxed input when discrete sites follow it
+        (their draws flip), so :mod:`expectax.programs` holds those sites at fixed values here:
+        any function of ``z`` independent of the estimator's own noise is a valid control
+        variate, and a continuous one keeps the reparameterised correction unbiased.
+        """
+        return self.f(xs, params)
+
     def log_prob(self, xs: Any, dist: Any = None) -> jax.Array:
         """Joint log-density of each sample under ``dist`` (default: ``self.dist``), shape ``(N,)``.
 

@@ -138,7 +138,9 @@ class REBAR(Estimator):
         temperature = jnp.exp(self.log_temperature)
         relaxed = jax.nn.sigmoid(z / temperature)
         frozen = jax.lax.stop_gradient(ctx.params)
-        return self.eta * ctx.f(relaxed, params=frozen) + self._network(jax.nn.sigmoid(z))
+        return self.eta * ctx.f_control(relaxed, params=frozen) + self._network(
+            jax.nn.sigmoid(z)
+        )
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         name = type(self).__name__
