@@ -46,6 +46,8 @@ __all__ = [
     "json_safe",
     "mean_se",
     "plot_panels",
+    "positive_float",
+    "positive_int",
     "prepare_out",
     "progress",
     "seed_arg",
@@ -100,6 +102,11 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+#: argparse ``type=`` for a positive int / a positive finite float (one-line usage errors).
+positive_int = _positive(int)
+positive_float = _positive(float)
+
+
 def add_common_flags(
     parser: argparse.ArgumentParser,
     *,
@@ -120,16 +127,16 @@ def add_common_flags(
     """
     if lr is not None:
         parser.add_argument(
-            "--lr", type=_positive(float), default=lr, help=f"learning rate (default {lr:g})"
+            "--lr", type=positive_float, default=lr, help=f"learning rate (default {lr:g})"
         )
     if steps is not None:
         parser.add_argument(
-            "--steps", type=_positive(int), default=steps, help=f"{steps_help} (default {steps})"
+            "--steps", type=positive_int, default=steps, help=f"{steps_help} (default {steps})"
         )
     if num_samples is not None:
         parser.add_argument(
             "--num-samples",
-            type=_positive(int),
+            type=positive_int,
             default=num_samples,
             help=f"{num_samples_help} (default {num_samples})",
         )
