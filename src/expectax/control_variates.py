@@ -60,7 +60,14 @@ def unstacked(ctx: Context) -> Context:
         params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
         if dist is not None:
             dist = jax.tree_util.tree_map(lambda leaf: leaf[0], dist)
-    return Context(ctx.f_single, dist, params, stacked=False, debug=ctx.debug)
+    return Context(
+        ctx.f_single,
+        dist,
+        params,
+        stacked=False,
+        debug=ctx.debug,
+        differentiates_f=ctx.differentiates_f,
+    )
 
 
 def float_leaves(dist: Any) -> tuple[list[Any], Any, list[bool]]:

@@ -97,7 +97,9 @@ def expectation(
             dist = _build(dist_fn, params)
             if debug and dist is not None:
                 check_parameters(dist)
-            ctx = Context(f, dist, params, stacked=False, debug=debug)
+            ctx = Context(
+                f, dist, params, stacked=False, debug=debug, differentiates_f=_diff(estimator)
+            )
             return jnp.mean(_terms(estimator, ctx, key, chunk))
 
     def E(params: PyTree, key: jax.Array) -> jax.Array:
@@ -171,7 +173,9 @@ def per_sample_grads(
                 dist = None if dist_fn is None else _build_stacked(dist_fn, stacked)
                 if debug and dist is not None:
                     check_parameters(dist)
-                ctx = Context(f, dist, stacked, stacked=True, debug=debug)
+                ctx = Context(
+                    f, dist, stacked, stacked=True, debug=debug, differentiates_f=_diff(estimator)
+                )
                 return jnp.sum(_terms(estimator, ctx, key, chunk))
 
         return jax.grad(total)(stacked)
@@ -190,6 +194,10 @@ def per_sample_grads(
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def _diff(estimator: Estimator) -> str | None:
+    return estimator.name if estimator.differentiates_f else None
 
 
 def _terms(estimator: Estimator, ctx: Context, key: jax.Array, n: int) -> jax.Array:

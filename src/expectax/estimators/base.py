@@ -96,6 +96,9 @@ class Context:
         and ``dist`` was built from the stacked copies.
       stacked: see ``params``.
       debug: if true, values of ``f`` are checked for NaN and inf at run time.
+      differentiates_f: the name of the estimator when it differentiates f with respect to
+        its argument x (pathwise, relaxations, REBAR/RELAX), else ``None``. Then an integer
+        or bool f, whose derivative is zero, is refused instead of converted to float.
     """
 
     f_single: Callable[[Any, Any], Any]
@@ -103,6 +106,7 @@ class Context:
     params: Any
     stacked: bool = False
     debug: bool = False
+    differentiates_f: str | None = None
 
     @property
     def params_axis(self) -> int | None:
@@ -120,7 +124,7 @@ class Context:
         """
         params = self.params if params is None else params
         values = jax.vmap(self.f_single, in_axes=(self.params_axis, 0))(params, xs)
-        values = jnp.asarray(values)
+        values = _as_values(values, self.differentiates_f)
         leading = jax.tree_util.tree_leaves(xs)[0].shape[0]
         if values.shape != (leading,):
             raise TypeError(
@@ -155,6 +159,44 @@ class Context:
         if self.debug:
             _check_finite(value, "log p_θ(x), the log-density of the samples,")
         return value
+
+
+def _as_values(values: Any, differentiates_f: str | None) -> jax.Array:
+    """f's batched output as an array, refusing what would silently give a wrong gradient.
+
+    The rule: f returns one real scalar. Complex values are refused everywhere (the imaginary
+    part would be lost); integer and bool values are converted to float for estimators that
+    never differentiate f (score function, measure-valued, ARM, …) and refused by those that
+    do, for which the derivative of a piecewise-constant integer is zero.
+    """
+    if values is None:
+        raise TypeError(
+            "f(params, x) returned None; it must return a scalar for each sample (did the "
+            "function forget its `return`?)."
+        )
+    if isinstance(values, (tuple, list, dict)):
+        raise TypeError(
+            f"f(params, x) returned a {type(values).__name__}; it must return one scalar for "
+            "each sample. If f also computes auxiliary values, return only the quantity whose "
+            "expectation you want (e.g. f = lambda p, x: loss_and_aux(p, x)[0])."
+        )
+    values = jnp.asarray(values)
+    dtype = values.dtype
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"f(params, x) returned complex values ({dtype}); expectax estimates the "
+            "expectation of a real scalar and would drop the imaginary part. Estimate the "
+            "real and the imaginary part separately (jnp.real(f(p, x)), jnp.imag(f(p, x)))."
+        )
+    if differentiates_f is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"f(params, x) returned {dtype} values, but {differentiates_f} differentiates f "
+            "with respect to x, and an integer- or bool-valued f has derivative zero: the "
+            "gradient would be silently wrong (zero, or too small). Return a float from a "
+            "differentiable f, or use an estimator that never differentiates f: "
+            "ex.ScoreFunction(), ex.MeasureValued(), or for Bernoulli/Categorical ex.DisARM()."
+        )
+    return values
 
 
 def joint_log_prob(dist: Any, x: Any, sample_ndim: int = 1) -> jax.Array:
@@ -334,11 +376,14 @@ class Estimator:
       not a mean of independent parts (VIMCO's K-sample bound, sampling without
       replacement); such estimators refuse ``chunk_size``, which would silently compute a
       different quantity (the mean of bounds of ``chunk_size`` samples).
+    - ``differentiates_f``: whether the gradient differentiates f with respect to x (pathwise,
+      relaxations, REBAR/RELAX); such estimators refuse an integer- or bool-valued f.
     """
 
     unbiased: ClassVar[bool] = True
     needs_dist: ClassVar[bool] = True
     joint_samples: ClassVar[bool] = False
+    differentiates_f: ClassVar[bool] = False
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         """Per-sample surrogate terms, shape ``(num_samples,)``.

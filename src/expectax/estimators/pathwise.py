@@ -59,6 +59,8 @@ class Pathwise(Estimator):
       Mohamed et al. (2020), JMLR 21(132), section 5.
     """
 
+    differentiates_f = True
+
     base: Any = static_field(default=None, repr=False)
     transform: Callable[[Any, Any], Any] | None = static_field(default=None, repr=False)
     control_variate: Any = None

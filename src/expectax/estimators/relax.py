@@ -109,6 +109,8 @@ class REBAR(Estimator):
       gradient estimates for discrete latent variable models", NeurIPS.
     """
 
+    differentiates_f = True
+
     log_temperature: Any = math.log(0.5)
     eta: Any = 1.0
 
@@ -138,9 +140,7 @@ class REBAR(Estimator):
         temperature = jnp.exp(self.log_temperature)
         relaxed = jax.nn.sigmoid(z / temperature)
         frozen = jax.lax.stop_gradient(ctx.params)
-        return self.eta * ctx.f_control(relaxed, params=frozen) + self._network(
-            jax.nn.sigmoid(z)
-        )
+        return self.eta * ctx.f_control(relaxed, params=frozen) + self._network(jax.nn.sigmoid(z))
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         name = type(self).__name__
@@ -253,7 +253,7 @@ class RELAX(REBAR):
 def _mean_terms(
     estimator: Estimator, f: Callable, dist_fn: Callable, params: PyTree, key: jax.Array, n: int
 ) -> jax.Array:
-    ctx = Context(f, dist_fn(params), params)
+    ctx = Context(f, dist_fn(params), params, differentiates_f=estimator.name)
     return jnp.mean(estimator.terms(ctx, key, n))
 
 

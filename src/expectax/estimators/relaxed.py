@@ -222,6 +222,7 @@ class GumbelSoftmax(Estimator):
     """
 
     unbiased = False
+    differentiates_f = True
 
     temperature: Any = 0.5
     straight_through: bool = static_field(default=False)
@@ -298,6 +299,7 @@ class StraightThrough(Estimator):
     """
 
     unbiased = False
+    differentiates_f = True
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         name = "StraightThrough"
