@@ -867,12 +867,26 @@ def test_control_variates_with_a_custom_builder_draw_as_optax():
     np.testing.assert_allclose(new_state[0], expected[0], rtol=1e-6)
 
 
-if __name__ == "__main__":  # print optax 0.2.6's numbers (see the command above OPTAX_026)
+if __name__ == "__main__":  # needs optax 0.2.6; see the command above OPTAX_026
     import pprint
+    import sys
     import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from optax import monte_carlo
     from optax._src import utils
 
-    pprint.pprint(agreement_numbers(monte_carlo, utils.multi_normal), width=96, compact=True)
+    if "--compare" not in sys.argv:  # the numbers pasted into OPTAX_026
+        pprint.pprint(agreement_numbers(monte_carlo, utils.multi_normal), width=96, compact=True)
+        raise SystemExit
+    # --compare: expectax against optax side by side, max |ours − optax| / max |optax| per case
+    print(f"jax {jax.__version__}; key {7}; relative difference = max|Δ| / max|optax|")
+    worst = 0.0
+    for n in (AGREE_N, 1000):
+        for case in AGREE_CASES:
+            ours = _flat(case_jacobians(mc, mc.multi_normal, case, n=n, key=7))
+            theirs = _flat(case_jacobians(monte_carlo, utils.multi_normal, case, n=n, key=7))
+            rel = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
+            worst = max(worst, rel)
+            print(f"n={n:<5} {case:<38} {rel:.1e}")
+    print(f"largest: {worst:.1e}")

@@ -11,16 +11,22 @@ programs written against it running: change one import and nothing else::
     import expectax.compat.optax_monte_carlo as utils
 
 Every function has optax 0.2.6's signature, argument order, defaults, return structure and
-shapes: ``params`` is a positional list such as ``[mean, log_scale]``, ``dist_builder(*params)``
-builds the distribution, ``function(x)`` takes one sample, and a Jacobian function returns a
-list with one ``(num_samples, *param.shape)`` array per parameter, whose mean over the first
-axis is the gradient estimate of :math:`\nabla_\theta \mathbb{E}_{p(x;\theta)} f(x)`.
+shapes: ``params`` is unpacked positionally, ``dist_builder(*params)`` (a list or tuple such as
+``[mean, log_scale]``, or one array whose rows are the arguments), ``function(x)`` takes one
+sample, and a Jacobian function returns the structure of ``params`` (a list for a list, a tuple
+for a tuple, an array for an array) with a leading ``num_samples`` axis on each part, whose mean
+over that axis is the gradient estimate of
+:math:`\nabla_\theta \mathbb{E}_{p(x;\theta)} f(x)`.
 
-Underneath, the Jacobians come from :func:`expectax.per_sample_grads` with
-:class:`expectax.ScoreFunction`, :class:`expectax.Pathwise` and
-:class:`expectax.MeasureValued`: one backward pass for all samples, where optax ran one
-forward-mode pass per parameter element (``jax.jacfwd``). With :func:`multi_normal` the samples
-are bit-for-bit those optax drew for the same key.
+The samples are optax's for the same key, for every builder: all ``num_samples`` of them come
+from one ``dist_builder(*params).sample((num_samples,), key=rng)`` call (``seed=`` where the
+distribution's ``sample`` takes that, as older optax and TensorFlow Probability did), so the
+score-function and pathwise Jacobians equal optax 0.2.6's to float32 rounding
+(``tests/test_compat_optax.py`` pins optax's numbers). With :func:`multi_normal`, or a builder
+returning a numpyro distribution, the Jacobians come from :func:`expectax.per_sample_grads` with
+:class:`expectax.ScoreFunction`, :class:`expectax.Pathwise` and :class:`expectax.MeasureValued`:
+one backward pass for all samples, where optax ran one forward-mode pass per parameter element
+(``jax.jacfwd``). Any other builder runs optax's own algorithm on its distribution.
 
 Where the native API does better (see ``docs/migrating-from-optax-monte-carlo.md``):
 
@@ -42,8 +48,11 @@ Differences from optax 0.2.6, all deliberate:
   *given* and returns the updated state; optax updated the state first, so a moving-average
   baseline had already seen the current samples, which biases the score-function gradient.
   The returned state is the same as optax's.
-- Builders other than :func:`multi_normal` are sampled one draw per split key (optax drew all
-  samples from one key); the estimates have the same distribution.
+- :func:`pathwise_jacobians` refuses a builder whose samples have no derivative with respect to
+  the parameters (integer samples, ``has_rsample`` false, a ``stop_gradient`` in ``sample``);
+  optax returned a Jacobian of exactly zero for them.
+- A builder may return a numpyro distribution (optax's ``sample((n,), key=...)`` call failed on
+  numpyro's ``sample(key, sample_shape)``).
 """
 
 from __future__ import annotations
@@ -78,6 +87,8 @@ __all__ = [
 ]
 
 Params = Sequence[jax.Array]
+# what the Jacobian functions unpack, dist_builder(*params): a list, a tuple or one array
+PositionalParams = Sequence[jax.Array] | jax.Array
 CvState = Any
 ComputeCv = Callable[[Params, jax.Array, CvState], jax.Array]
 CvExpectedValue = Callable[[Params, CvState], jax.Array]
@@ -507,11 +518,11 @@ def _optax_jacobians(
 
 def score_function_jacobians(
     function: Callable[[jax.Array], float],
-    params: Params,
+    params: PositionalParams,
     dist_builder: Callable[..., Any],
     rng: jax.Array,
     num_samples: int,
-) -> Params:
+) -> PositionalParams:
     r"""Per-sample score-function (REINFORCE) gradient estimates.
 
     .. math::
@@ -524,16 +535,18 @@ def score_function_jacobians(
 
     Args:
       function: ``f(x)`` for one sample ``x``, returning a scalar; must not depend on θ.
-      params: a list of arrays, passed positionally: ``dist_builder(*params)``.
+      params: unpacked positionally, ``dist_builder(*params)``: a list or tuple of arrays, or
+        one array whose rows are the arguments.
       dist_builder: builds the distribution, e.g. :func:`multi_normal`; its result needs
-        ``sample(shape, key=...)`` and ``log_prob(x)``.
+        ``sample(shape, key=...)`` (or ``seed=``) and ``log_prob(x)``, or is a numpyro
+        distribution.
       rng: a ``jax.random`` key.
       num_samples: the number of samples ``N``.
 
     Returns:
-      A list like ``params``; element ``k`` has shape ``(num_samples, *params[k].shape)`` and
-      holds one gradient estimate per sample. Its mean over axis 0 is the gradient estimate;
-      the spread shows the estimator's variance.
+      The structure of ``params`` (a list, a tuple or an array); each part has shape
+      ``(num_samples, *part.shape)`` and holds one gradient estimate per sample. Its mean over
+      axis 0 is the gradient estimate; the spread shows the estimator's variance.
 
     Native API: ``expectax.per_sample_grads(f, dist_fn, params, key,
     estimator=expectax.ScoreFunction(), num_samples=N)``, or ``jax.grad`` of
@@ -558,11 +571,11 @@ def score_function_jacobians(
 
 def pathwise_jacobians(
     function: Callable[[jax.Array], float],
-    params: Params,
+    params: PositionalParams,
     dist_builder: Callable[..., Any],
     rng: jax.Array,
     num_samples: int,
-) -> Params:
+) -> PositionalParams:
     r"""Per-sample pathwise (reparameterisation) gradient estimates.
 
     .. math::
@@ -576,16 +589,24 @@ def pathwise_jacobians(
 
     Args:
       function: ``f(x)`` for one sample ``x``, returning a scalar; must not depend on θ.
-      params: a list of arrays, passed positionally: ``dist_builder(*params)``.
-      dist_builder: builds the distribution, e.g. :func:`multi_normal`.
+      params: unpacked positionally, ``dist_builder(*params)``, as in
+        :func:`score_function_jacobians`.
+      dist_builder: builds the distribution, e.g. :func:`multi_normal`; its samples must be a
+        differentiable function of the parameters.
       rng: a ``jax.random`` key.
       num_samples: the number of samples ``N``.
 
     Returns:
-      A list like ``params``; element ``k`` has shape ``(num_samples, *params[k].shape)``.
+      The structure of ``params``; each part has shape ``(num_samples, *part.shape)``.
 
-    One reverse-mode pass computes all ``N`` per-sample gradients (θ is copied per sample);
-    optax used ``jax.jacfwd``, one forward pass per parameter element.
+    Raises:
+      ValueError: if the builder's samples cannot carry a derivative (integer samples,
+        ``has_rsample`` false, a non-reparameterised TensorFlow Probability distribution, or a
+        ``sample`` that stops the gradient); optax returned a Jacobian of exactly zero there.
+
+    With :func:`multi_normal` (or a numpyro distribution) one reverse-mode pass computes all
+    ``N`` per-sample gradients (θ is copied per sample); optax used ``jax.jacfwd``, one forward
+    pass per parameter element, which is what runs for other builders.
 
     Native API: ``expectax.per_sample_grads(..., estimator=expectax.Pathwise())`` or
     ``jax.grad(expectax.expectation(f, dist_fn, estimator=expectax.Pathwise(), ...))``, which
