@@ -320,10 +320,10 @@ def _check_problem(f: Any, dist_fn: Any, params: PyTree, num_samples: Any, key: 
         )
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-    _check_callable(f, "f", "f(params, x) -> scalar")
+    _check_callable(f, "f", "f(params, x) -> scalar", 2)
     if dist_fn is None:
         return None
-    _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution")
+    _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
     dist = _build(dist_fn, params)
 
     def one(p: PyTree, k: jax.Array) -> Any:
