@@ -109,13 +109,13 @@ def test_optimum(data):
 
 
 def test_runs_several_seeds_writes_files_and_refuses_to_overwrite(tmp_path, capsys):
-    argv = ["--estimator", "pathwise", "--control-variate", "delta", "--steps", "40"]
+    argv = ["--estimator", "pathwise", "--steps", "40"]
     argv += ["--seed", "3", "4", "--variance-every", "20", "--json"]
     assert blr.run(_args(tmp_path, *argv)) == 0
     summary = json.loads(capsys.readouterr().out)
-    for name in ("blr_pathwise_delta_seed3.csv", "blr_pathwise_delta_seed4.csv", "blr_curves.png"):
+    for name in ("blr_pathwise_none_seed3.csv", "blr_pathwise_none_seed4.csv", "blr_curves.png"):
         assert (tmp_path / name).exists(), name
-    with open(tmp_path / "blr_pathwise_delta_seed3.csv") as fh:
+    with open(tmp_path / "blr_pathwise_none_seed3.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [0, 10, 20, 30, 40]
     elbo = [float(r["elbo"]) for r in rows]

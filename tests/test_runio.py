@@ -21,6 +21,13 @@ def test_atomic_write_interrupt_leaves_old_file(tmp_path):
         raise KeyboardInterrupt
     assert path.read_text() == "old,complete\n"
     assert sorted(os.listdir(tmp_path)) == ["summary.csv"]  # no temporary left behind
+    with runio.atomic_write(path) as fh:
+        fh.write("new\n")
+    assert path.read_text() == "new\n"
+    if os.name == "posix":  # the usual permissions, not mkstemp's 0600
+        mask = os.umask(0)
+        os.umask(mask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_atomic_write_interrupt_leaves_no_file(tmp_path):
