@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import operator
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -79,7 +82,7 @@ def expectation(
       >>> grads = jax.jit(jax.grad(E))(params, jax.random.key(0))
     """
     _check_estimator(estimator)
-    _check_callable(f, "f", "f(params, x) -> scalar")
+    _check_callable(f, "f", "f(params, x) -> scalar", 2)
     if dist_fn is None:
         if estimator.needs_dist:
             raise TypeError(
@@ -88,13 +91,15 @@ def expectation(
                 "Pathwise.from_transform(base, g) to supply the sampling path yourself."
             )
     else:
-        _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution")
+        _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
     num_samples = _check_num_samples(num_samples, estimator)
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
 
     def chunk_mean(params: PyTree, key: jax.Array) -> jax.Array:
         with _validation(params, debug, dist_fn):
             dist = _build(dist_fn, params)
+            if dist is not None:
+                _check_size(dist, chunk, num_samples, chunk_size is not None)
             if debug and dist is not None:
                 check_parameters(dist)
             ctx = Context(
@@ -153,13 +158,17 @@ def per_sample_grads(
       A pytree like ``params`` whose leaves have a leading axis of ``num_samples``.
     """
     _check_estimator(estimator)
-    _check_callable(f, "f", "f(params, x) -> scalar")
+    _check_callable(f, "f", "f(params, x) -> scalar", 2)
+    if dist_fn is not None:
+        _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
     num_samples = _check_num_samples(num_samples, estimator)
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
     _check_key(key)
     if dist_fn is None and estimator.needs_dist:
         raise TypeError(f"dist_fn is None, but {estimator.name} samples from dist_fn(params).")
-    _build(dist_fn, params)  # a clear error for params that do not fit dist_fn
+    dist = _build(dist_fn, params)  # a clear error for params that do not fit dist_fn
+    if dist is not None:
+        _check_size(dist, chunk, num_samples, chunk_size is not None)
 
     def chunk_grads(key: jax.Array) -> PyTree:
         stacked = jax.tree_util.tree_map(
@@ -350,9 +359,22 @@ def _check_estimator(estimator: Any) -> None:
         )
 
 
-def _check_callable(fn: Any, name: str, signature: str) -> None:
+def _check_callable(fn: Any, name: str, signature: str, arity: int) -> None:
     if not callable(fn):
         raise TypeError(f"{name} must be a function {signature}; got {type(fn).__name__}.")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins, some C extensions: nothing to check
+        return
+    try:
+        sig.bind(*range(arity))
+    except TypeError:
+        example = "lambda params, x: ..." if arity == 2 else "lambda params: ..."
+        raise TypeError(
+            f"{name} must be a function {signature} taking {arity} positional "
+            f"argument{'s' if arity > 1 else ''}; got {getattr(fn, '__name__', name)}{sig}. "
+            f"Write it as {example} (it may ignore params)."
+        ) from None
 
 
 def _check_num_samples(num_samples: Any, estimator: Estimator) -> int:
@@ -391,6 +413,52 @@ def _check_chunks(num_samples: int, chunk_size: Any, estimator: Estimator) -> tu
             f"{chunk_size} and average several calls if that is what you want."
         )
     return num_samples // chunk_size, chunk_size
+
+
+# One estimate's batch of samples may take at most this fraction of the memory: the estimate
+# keeps several arrays of that size (noise, samples, f values, log-densities, gradients).
+_MEMORY_FRACTION = 1 / 8
+
+
+def _memory_bytes() -> int:
+    """The default device's memory (its bytes_limit), or the host's physical memory on CPU."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def _check_size(dist: Any, chunk: int, num_samples: int, chunked: bool) -> None:
+    """Refuse a batch of samples that cannot fit, before XLA tries to allocate it."""
+    try:
+        shape = tuple(dist.batch_shape) + tuple(dist.event_shape)
+        leaves = [leaf for leaf in jax.tree_util.tree_leaves(dist) if hasattr(leaf, "dtype")]
+        itemsize = max(
+            [jax.dtypes.canonicalize_dtype(leaf.dtype).itemsize for leaf in leaves] + [4]
+        )
+    except Exception:  # noqa: BLE001 - not a numpyro distribution: nothing to estimate
+        return
+    per_sample = max(math.prod(shape), 1) * itemsize
+    limit = _memory_bytes() * _MEMORY_FRACTION
+    if chunk * per_sample <= limit:
+        return
+    fits = max(int(limit // per_sample), 1)
+    divisors = [d for d in range(1, min(fits, num_samples) + 1) if num_samples % d == 0]
+    hint = f"chunk_size={divisors[-1]}" if divisors else "a smaller num_samples"
+    what = f"chunk_size={chunk}" if chunked else f"num_samples={num_samples}"
+    raise ValueError(
+        f"{what} samples of {per_sample} bytes each (shape {shape}) take "
+        f"{chunk * per_sample / 2**30:.1f} GiB for one batch, and an estimate keeps several "
+        f"arrays of that size; this device has {_memory_bytes() / 2**30:.0f} GiB. Use "
+        f"{hint} (at most {fits} samples per chunk fit in {limit / 2**30:.1f} GiB), or "
+        "fewer samples."
+    )
 
 
 def _check_key(key: Any) -> None:

@@ -36,6 +36,8 @@ __all__ = ["check_num_samples", "location_scale", "sample", "standard_normal"]
 
 # Uniforms are clipped to [2^-24, 1 - 2^-24] before Φ^{-1}, so no point maps to ±inf.
 _U_EPS = 2.0**-24
+# scipy.stats.qmc.Sobol's direction numbers (Joe & Kuo) cover this many dimensions.
+_SOBOL_MAX_DIM = 21201
 
 
 def check_num_samples(num_samples: int, antithetic: bool, owner: str) -> None:
@@ -143,6 +145,13 @@ def standard_normal(
     check_num_samples(num_samples, antithetic, "standard_normal")
     n = num_samples // 2 if antithetic else num_samples
     d = max(math.prod(shape), 1)
+    if qmc and d > _SOBOL_MAX_DIM:
+        raise ValueError(
+            f"qmc=True draws Sobol points of dimension {d} (the noise of one sample, shape "
+            f"{tuple(shape)}), but scipy's Sobol sequence supports at most {_SOBOL_MAX_DIM} "
+            "dimensions. Use qmc=False (plain or antithetic=True sampling) for this "
+            "distribution."
+        )
     if qmc:
         u = jnp.clip(_sobol_uniforms(key, n, d), _U_EPS, 1.0 - _U_EPS)
         eps = jax.scipy.special.ndtri(u).astype(dtype).reshape((n, *shape))

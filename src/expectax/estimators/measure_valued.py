@@ -306,6 +306,8 @@ def _family(base: Any) -> str:
 def _flat(p: Any, shape: tuple[int, ...], stacked: bool) -> jax.Array:
     """A parameter broadcast to one sample's shape, with a leading axis (N if stacked, else 1)."""
     p = jnp.asarray(p)
+    if not jnp.issubdtype(p.dtype, jnp.floating):  # e.g. Poisson(3): noise needs floats
+        p = p.astype(jnp.result_type(float))
     if stacked:
         lead, own = p.shape[0], p.shape[1:]
         p = p.reshape((lead,) + (1,) * (len(shape) - len(own)) + own)

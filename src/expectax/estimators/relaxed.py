@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from expectax.estimators.base import Context, Estimator, pytree_dataclass, static_field
@@ -48,6 +49,12 @@ def _is_categorical(d: Any) -> bool:
     return isinstance(_unwrap(d), (dist.CategoricalLogits, dist.CategoricalProbs))
 
 
+def _float(x: Any) -> jax.Array:
+    """Integer parameters (``Bernoulli(probs=1)``) as floats: noise and gradients need them."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
+
+
 def _wrong_dist(estimator: str, d: Any, supported: str, alternatives: str) -> ValueError:
     return ValueError(
         f"{estimator} serves {supported} distributions, but dist_fn returned "
@@ -66,7 +73,7 @@ def bernoulli_logits(ctx: Context, num_samples: int, estimator: str, alternative
     if not _is_bernoulli(d):
         raise _wrong_dist(estimator, d, "Bernoulli", alternatives)
     shape = tuple(d.batch_shape) + tuple(d.event_shape)
-    logits = _unwrap(d).logits
+    logits = _float(_unwrap(d).logits)
     return jnp.broadcast_to(logits, (num_samples, *shape))
 
 
@@ -76,7 +83,7 @@ def categorical_logits(ctx: Context, num_samples: int, estimator: str, alternati
     if not _is_categorical(d):
         raise _wrong_dist(estimator, d, "Categorical", alternatives)
     shape = tuple(d.batch_shape) + tuple(d.event_shape)
-    logits = _unwrap(d).logits
+    logits = _float(_unwrap(d).logits)
     logits = logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
     return jnp.broadcast_to(logits, (num_samples, *shape, logits.shape[-1]))
 
@@ -175,6 +182,19 @@ _RELAXED_ALTERNATIVES = (
 )
 
 
+def _check_temperature(temperature: Any) -> None:
+    """Refuse a non-positive temperature whose value is known (not traced)."""
+    if isinstance(temperature, jax.core.Tracer) or not isinstance(
+        temperature, (int, float, np.ndarray, np.generic, jax.Array)
+    ):
+        return  # traced under jit, or a placeholder while JAX rebuilds the pytree
+    if isinstance(temperature, bool) or not np.all(np.asarray(temperature) > 0):
+        raise ValueError(
+            f"GumbelSoftmax: temperature must be > 0, got {temperature!r}; typical values are "
+            "0.1 to 1 (lower: less bias, more variance)."
+        )
+
+
 @pytree_dataclass
 class GumbelSoftmax(Estimator):
     r"""Gumbel-softmax / Concrete relaxation (biased), and its straight-through variant.
@@ -228,11 +248,7 @@ class GumbelSoftmax(Estimator):
     straight_through: bool = static_field(default=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.temperature, (int, float)) and not self.temperature > 0:
-            raise ValueError(
-                f"GumbelSoftmax: temperature must be > 0, got {self.temperature!r}; typical "
-                "values are 0.1 to 1 (lower: less bias, more variance)."
-            )
+        _check_temperature(self.temperature)
 
     @property
     def name(self) -> str:
@@ -247,6 +263,7 @@ class GumbelSoftmax(Estimator):
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         name = "GumbelSoftmax"
+        _check_temperature(self.temperature)
         if _is_bernoulli(ctx.dist):
             logits = bernoulli_logits(ctx, num_samples, name, _RELAXED_ALTERNATIVES)
             noise = jax.lax.stop_gradient(logistic_noise(key, logits.shape, logits.dtype))
