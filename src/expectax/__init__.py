@@ -6,7 +6,7 @@
 suits your problem.
 """
 
-from expectax import baselines, control_variates, diagnostics, problems, sampling
+from expectax import baselines, control_variates, diagnostics, problems, programs, sampling
 from expectax.compare import Comparison, compare
 from expectax.estimators import (
     ARM,
@@ -24,6 +24,7 @@ from expectax.estimators import (
     UnorderedSet,
 )
 from expectax.expectation import expectation, per_sample_grads
+from expectax.programs import program_expectation
 
 __version__ = "0.1.0"
 
@@ -49,5 +50,7 @@ __all__ = [
     "expectation",
     "per_sample_grads",
     "problems",
+    "program_expectation",
+    "programs",
     "sampling",
 ]

@@ -1,0 +1,10 @@
+"""ELBOs for numpyro models and guides, with per-site estimators and baselines.
+
+``expectax.infer.TraceGraph_ELBO`` is a drop-in for ``numpyro.infer.TraceGraph_ELBO`` (same
+constructor arguments and ``loss``; usable as ``loss=`` in ``numpyro.infer.SVI``): each ELBO
+is a stochastic program (:mod:`expectax.programs`) whose cost is ``log p − log q``.
+"""
+
+from expectax.infer.elbo import TraceGraph_ELBO
+
+__all__ = ["TraceGraph_ELBO"]

@@ -1,0 +1,797 @@
+r"""Expectations of stochastic programs: many random variables, an estimator per site.
+
+A *stochastic program* is a plain function ``program(params, *args, **kwargs)`` that draws with
+``numpyro.sample`` any number of times (in Python loops, inside ``numpyro.plate``, later draws
+depending on earlier ones) and adds costs: ``numpyro.factor``, observed sites (their
+log-density) and its return value. :func:`program_expectation` turns it into
+``E(params, key, *args, **kwargs)``, exactly as :func:`expectax.expectation` does for one
+distribution: the value is the Monte Carlo estimate of
+
+.. math::
+
+    J(\theta) = \mathbb{E}_{x \sim p_\theta}\Big[\sum_c c_\theta(x)\Big],
+
+and ``jax.grad(E)`` is an unbiased estimate of ``∇J`` that combines, per sample site, the
+estimator chosen for it:
+
+- ``Pathwise()``: the site is drawn with ``rsample`` and gradients flow through its value.
+- ``ScoreFunction(baseline=...)``: the site's value is a constant and its log-density enters
+  DiCE's magic box of every cost *downstream* of it (Schulman et al. 2015's
+  Rao-Blackwellisation: a cost that does not depend on the site does not multiply its score,
+  and inside a plate a local site sees only its own elements' costs). Baselines are per site:
+  ``LeaveOneOut()`` uses the other particles' downstream costs; ``Constant(c)``. The baseline
+  term of Mao et al. (2019) keeps ``jax.hessian`` unbiased.
+- any other estimator of expectax that serves the site's distribution (``DisARM()``,
+  ``ARM()``, ``RELAX()``, ``REBAR()``, ``MeasureValued()``, the relaxations): its own
+  ``terms`` are called with ``f`` = the site's downstream cost, computed by running the program
+  again with the site's value substituted (the other sites keep their random numbers, so the
+  evaluations share them). Costs local to the site's plate are evaluated for all plate
+  elements at once; these estimators give first derivatives (not Hessians).
+
+The dependency structure comes from numpyro's provenance tracking
+(:func:`numpyro.ops.provenance.eval_provenance`), as in numpyro's ``TraceGraph_ELBO``; plates
+give conditional independence. Nothing here is a second implementation of an estimator: the
+per-site estimators are the ones :func:`expectax.expectation` uses, and the one-site program
+``x = sample("x", p_θ); return f(θ, x)`` has the same expectation and estimator.
+
+References:
+  Schulman, Heess, Weber & Abbeel (2015), "Gradient estimation using stochastic computation
+  graphs". Foerster et al. (2018), "DiCE: the infinitely differentiable Monte Carlo
+  estimator". Mao et al. (2019), "A baseline for any order gradient estimation in stochastic
+  computation graphs". van Krieken, Tomczak & ten Teije (2021), "Storchastic: a framework for
+  general stochastic automatic differentiation".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as nd
+import numpyro.distributions.distribution as numpyro_dist
+from numpyro import handlers
+from numpyro.ops.provenance import eval_provenance
+from numpyro.primitives import Messenger
+
+from expectax.estimators.base import Context, Estimator, _check_finite, log_prob, magic_box
+
+__all__ = ["default_estimator", "program_expectation"]
+
+PyTree = Any
+RETURN = "_RETURN"
+
+
+# --------------------------------------------------------------------------- site roles
+
+
+def default_estimator(site: Mapping[str, Any], num_particles: int) -> Estimator:
+    """The estimator a site gets when none is chosen for it.
+
+    ``Pathwise()`` for a reparameterisable distribution (``fn.has_rsample``), otherwise the
+    score function with a leave-one-out baseline over the particles (plain score function when
+    there is a single particle).
+    """
+    from expectax import baselines
+    from expectax.estimators.pathwise import Pathwise
+    from expectax.estimators.score_function import ScoreFunction
+
+    if getattr(site["fn"], "has_rsample", False):
+        return Pathwise()
+    if num_particles >= 2:
+        return ScoreFunction(baseline=baselines.LeaveOneOut())
+    return ScoreFunction()
+
+
+def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
+    """How the program engine serves a site: ``pathwise``, ``score`` or ``blackbox``."""
+    from expectax import baselines
+    from expectax.estimators.multi_sample import VIMCO, SumAndSample, UnorderedSet
+    from expectax.estimators.pathwise import Pathwise
+    from expectax.estimators.score_function import ScoreFunction
+
+    if isinstance(estimator, type) and issubclass(estimator, Estimator):
+        raise TypeError(
+            f"site {name!r}: the estimator must be an instance, got the class "
+            f"{estimator.__name__}: write ex.{estimator.__name__}() with parentheses."
+        )
+    if not isinstance(estimator, Estimator):
+        raise TypeError(
+            f"site {name!r}: the estimator must be an expectax estimator such as "
+            f"ex.ScoreFunction() or ex.DisARM(); got {type(estimator).__name__}."
+        )
+    if isinstance(estimator, Pathwise):
+        if estimator.transform is not None or estimator.base is not None:
+            raise ValueError(
+                f"site {name!r}: Pathwise.from_transform brings its own sampler and cannot "
+                "serve a numpyro sample site; write the transform inside the program instead."
+            )
+        if estimator.control_variate is not None or estimator.antithetic or estimator.qmc:
+            raise ValueError(
+                f"site {name!r}: control variates and antithetic/QMC sampling are one-site "
+                "options of Pathwise; in a program use plain ex.Pathwise()."
+            )
+        if not getattr(fn, "has_rsample", False):
+            raise ValueError(
+                f"site {name!r}: Pathwise needs a reparameterisable distribution, but "
+                f"{type(fn).__name__} has no rsample. Use "
+                "ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut()) for this site (or "
+                "ex.DisARM() for a Bernoulli/Categorical site)."
+            )
+        return "pathwise"
+    if isinstance(estimator, ScoreFunction):
+        if estimator.control_variate is not None or estimator.antithetic or estimator.qmc:
+            raise ValueError(
+                f"site {name!r}: control variates and antithetic/QMC sampling are one-site "
+                "options of ScoreFunction; in a program use ScoreFunction(baseline=...) with "
+                "baselines.LeaveOneOut() or baselines.Constant(c)."
+            )
+        b = estimator.baseline
+        if b is not None and not isinstance(b, (baselines.LeaveOneOut, baselines.Constant)):
+            raise ValueError(
+                f"site {name!r}: in a program a score-function site takes baseline=None, "
+                "baselines.LeaveOneOut() (over the particles) or baselines.Constant(c); got "
+                f"{type(b).__name__}."
+            )
+        if isinstance(b, baselines.LeaveOneOut) and num_particles < 2:
+            raise ValueError(
+                f"site {name!r}: the leave-one-out baseline needs num_particles >= 2 (it "
+                f"averages the other particles); got num_particles={num_particles}."
+            )
+        return "score"
+    if isinstance(estimator, (VIMCO, UnorderedSet, SumAndSample)):
+        raise ValueError(
+            f"site {name!r}: {type(estimator).__name__} is a multi-sample estimator of one "
+            "distribution and cannot serve a single site of a program yet. Use ex.DisARM(), "
+            "ex.RELAX() or ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut()) for the "
+            "site; for VIMCO over a whole model use expectax.infer.VIMCO_ELBO."
+        )
+    return "blackbox"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Site:
+    """What the engine knows about one latent sample site (static, the same for every run)."""
+
+    name: str
+    role: str
+    estimator: Estimator
+    frames: tuple[Any, ...]
+    plate_dims: tuple[int, ...]  # the site's plate dims (negative), in batch order
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+def _name_hash(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+class _Sampler(Messenger):
+    """Draws every latent site as its estimator needs, with a key per site name.
+
+    Each site's key is ``fold_in(key, crc32(name))``: it does not depend on which other sites
+    ran or were substituted, so a run with one site substituted keeps every other site's
+    random numbers (common random numbers for the per-site estimators).
+    """
+
+    def __init__(self, fn, *, key, choose, substitutions, provenance=False):
+        self.key = key
+        self.choose = choose
+        self.substitutions = substitutions
+        self.provenance = provenance
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg.get("is_observed") or msg["value"] is not None:
+            return
+        name = msg["name"]
+        infer = msg.get("infer") or {}
+        if infer.get("enumerate") is not None:
+            raise ValueError(
+                f"site {name!r} has infer={{'enumerate': {infer['enumerate']!r}}}: expectax "
+                "estimates gradients by sampling and does not enumerate. Remove the "
+                "'enumerate' entry (the site is then sampled with its estimator), or use "
+                "numpyro.infer.TraceEnum_ELBO to sum the site out exactly."
+            )
+        role = self.choose(name, msg)
+        fn = msg["fn"]
+        shape = msg["kwargs"].get("sample_shape", ())
+        key = jax.random.fold_in(self.key, _name_hash(name))
+        if name in self.substitutions:
+            value = self.substitutions[name]
+            if self.provenance:  # the value depends on the site's parents, as in numpyro
+                value = value + 0 * fn.sample(key, shape)
+        elif role == "pathwise":
+            value = fn.rsample(key, shape)
+        else:
+            value = jax.lax.stop_gradient(fn.sample(key, shape))
+        msg["value"] = value
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+@dataclasses.dataclass
+class _Run:
+    """One run of a program: its latent sites and its cost terms, by name."""
+
+    sites: dict[str, dict[str, Any]]  # latent sample sites of the trace
+    costs: dict[Any, tuple[jax.Array, tuple[Any, ...]]]  # name -> (scaled value, frames)
+    traces: Any = None  # the numpyro traces, for checks (ELBO: model and guide)
+
+
+def _frames(site: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(site.get("cond_indep_stack", ()))
+
+
+def _masked(value: jax.Array, site: Mapping[str, Any]) -> jax.Array:
+    mask = site.get("mask")
+    if mask is not None and mask is not True:
+        value = jnp.where(mask, value, 0.0)
+    return value
+
+
+def _scaled(value: jax.Array, site: Mapping[str, Any]) -> jax.Array:
+    scale = site.get("scale")
+    value = _masked(value, site)
+    if scale is not None:
+        value = scale * value
+    return value
+
+
+def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
+    """``run(params, key, seed_key, choose, substitutions, provenance) -> _Run`` for a program."""
+
+    def run(params, key, seed_key, choose, substitutions, provenance=False) -> _Run:
+        sampler_program = _Sampler(
+            program,
+            key=key,
+            choose=choose,
+            substitutions=substitutions,
+            provenance=provenance,
+        )
+        with handlers.trace() as tr, handlers.seed(rng_seed=seed_key):
+            out = _call(functools.partial(sampler_program, params), args, kwargs)
+        sites, costs = {}, {}
+        for name, site in tr.items():
+            if site["type"] != "sample":
+                continue
+            if site.get("is_observed"):
+                value = log_prob(site["fn"], site["value"])
+                costs[name] = (_scaled(value, site), _frames(site))
+            else:
+                sites[name] = site
+        if out is not None:
+            costs[RETURN] = (_return_cost(out), ())
+        return _Run(sites, costs)
+
+    return run
+
+
+def _call(program: Callable, args: tuple, kwargs: dict) -> Any:
+    try:
+        return program(*args, **kwargs)
+    except jax.errors.ConcretizationTypeError as err:
+        raise _control_flow_error(err) from err
+
+
+def _control_flow_error(err: Exception) -> ValueError:
+    return ValueError(
+        "the program used the value of a random site in Python control flow (if/while/bool/"
+        "int on a traced value). expectax traces the program once for all particles, so every "
+        "run must draw the same sites: use jnp.where or jax.lax.cond instead of if, and "
+        "jax.lax.fori_loop/while_loop or a fixed-length loop instead of a data-dependent "
+        f"loop. JAX said: {str(err).splitlines()[0]}"
+    )
+
+
+def _return_cost(out: Any) -> jax.Array:
+    if isinstance(out, (tuple, list, dict)):
+        raise TypeError(
+            "the program must return a scalar cost (or None, with costs added by "
+            f"numpyro.factor); it returned a {type(out).__name__}. Return the sum of the terms."
+        )
+    value = jnp.asarray(out)
+    if value.shape != ():
+        raise TypeError(
+            f"the program must return a scalar cost or None; it returned shape {value.shape}. "
+            "Sum it (jnp.sum) or add it with numpyro.factor inside a plate."
+        )
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        if jnp.issubdtype(value.dtype, jnp.complexfloating):
+            raise TypeError("the program returned a complex cost; return a real scalar.")
+        value = value.astype(jnp.result_type(float))
+    return value
+
+
+# --------------------------------------------------------------------------- plates
+
+
+def _reduce(value: jax.Array, frames: tuple[Any, ...], target: tuple[Any, ...]) -> jax.Array:
+    """Sum ``value`` over every axis that is not a plate of both ``frames`` and ``target``.
+
+    The result keeps the shared plate axes at their (negative) positions, so it broadcasts
+    against an array laid out for ``target``'s plates.
+    """
+    value = jnp.asarray(value)
+    keep = {f.dim for f in frames if f in target}
+    axes = tuple(a for a in range(-value.ndim, 0) if a not in keep)
+    if axes:
+        value = value.sum(axis=axes, keepdims=True)
+    lowest = min(keep, default=0)
+    while value.ndim > -lowest:
+        value = value[0]
+    return value
+
+
+def _target_shape(frames: tuple[Any, ...]) -> tuple[int, ...]:
+    """The array shape laid out for these plates (sizes at their dims, 1 elsewhere)."""
+    if not frames:
+        return ()
+    depth = -min(f.dim for f in frames)
+    shape = [1] * depth
+    for f in frames:
+        shape[depth + f.dim] = f.size
+    return tuple(shape)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class _Engine:
+    """The estimator of one program: static structure, particles, surrogate."""
+
+    def __init__(self, *, num_particles, estimators, vectorize, debug):
+        self.num_particles = num_particles
+        self.estimators = dict(estimators or {})
+        self.vectorize = vectorize
+        self.debug = debug
+        self.builders: dict[str, Callable] = {}
+
+    # -- estimator choice
+    def _chooser(self, roles: dict[str, _Site] | None, record: dict[str, Any]):
+        def choose(name: str, msg: Mapping[str, Any]) -> str:
+            if roles is not None and name in roles:
+                return roles[name].role
+            infer = msg.get("infer") or {}
+            est = self.estimators.get(name, infer.get("estimator"))
+            if est is None:
+                est = default_estimator(msg, self.num_particles)
+            role = _role(est, name, msg["fn"], self.num_particles)
+            record[name] = (est, role)
+            return role
+
+        return choose
+
+    def structure(self, run, params, key, seed_key, check=None):
+        """Sites, roles and dependencies (static: found once per trace of the estimate)."""
+        record: dict[str, Any] = {}
+        first = run(params, key, seed_key, self._chooser(None, record), {})
+        if check is not None:
+            check(first)
+        unknown = set(self.estimators) - set(first.sites)
+        if unknown:
+            raise ValueError(
+                f"estimators names sites {sorted(unknown)} that the program does not draw "
+                f"(its latent sites are {sorted(first.sites)}); check the names."
+            )
+        sites = {}
+        for name, site in first.sites.items():
+            est, role = record[name]
+            frames = _frames(site)
+            sites[name] = _Site(name, role, est, frames, tuple(sorted(f.dim for f in frames)))
+        if not first.costs:
+            raise ValueError(
+                "the program has no cost: return a scalar, or add terms with numpyro.factor "
+                "or observed sites (obs=...)."
+            )
+        nonreparam = [n for n, s in sites.items() if s.role != "pathwise"]
+
+        def provenance_fn(**values):
+            roles = sites
+            r = run(params, key, seed_key, self._chooser(roles, {}), values, provenance=True)
+            out = {("cost", n): v for n, (v, _) in r.costs.items()}
+            for n in nonreparam:
+                s = r.sites[n]
+                out[("lp", n)] = log_prob(s["fn"], s["value"])
+            return out
+
+        latents = {
+            n: jax.ShapeDtypeStruct(
+                jnp.shape(first.sites[n]["value"]), jnp.result_type(first.sites[n]["value"])
+            )
+            for n in nonreparam
+        }
+        try:
+            deps = eval_provenance(provenance_fn, **latents) if nonreparam else {}
+        except jax.errors.ConcretizationTypeError as err:
+            raise _control_flow_error(err) from err
+        cost_deps = {n: frozenset(deps.get(("cost", n), ())) for n in first.costs}
+        lp_deps = {n: frozenset(deps.get(("lp", n), ())) for n in nonreparam}
+        cost_frames = {n: frames for n, (_, frames) in first.costs.items()}
+        return sites, cost_deps, lp_deps, cost_frames
+
+    # -- one particle
+    def particle(self, run, sites, params, key, seed_key):
+        chooser = self._chooser(sites, {})
+        r = run(params, key, seed_key, chooser, {})
+        self._check_same_sites(sites, r)
+        lps, fns, values = {}, {}, {}
+        for name, s in sites.items():
+            site = r.sites[name]
+            if s.role != "pathwise":
+                values[name] = site["value"]
+            if s.role == "score":
+                lp = _masked(log_prob(site["fn"], site["value"]), site)
+                lps[name] = _reduce(lp, s.frames, s.frames)
+            elif s.role == "blackbox":
+                builder, fns[name] = _elementwise(site["fn"], s, _sample_shape(site))
+                self.builders[name] = builder
+        costs = {n: v for n, (v, _) in r.costs.items()}
+        return {"lps": lps, "costs": costs, "fns": fns, "values": values}
+
+    @staticmethod
+    def _check_same_sites(sites: dict[str, _Site], r: _Run) -> None:
+        if set(r.sites) != set(sites):
+            raise ValueError(
+                "the program drew different sites in two runs "
+                f"({sorted(set(r.sites) ^ set(sites))} differ): every run must draw the same "
+                "sites (no Python control flow on random values or on the key)."
+            )
+
+    def map_particles(self, fn, keys):
+        if callable(self.vectorize):
+            return self.vectorize(fn, keys)
+        if self.vectorize:
+            return jax.vmap(fn)(keys)
+        return jax.lax.map(fn, keys)
+
+    # -- the estimate
+    def estimate(self, run, params, key, check=None):
+        key_sites, seed_key, key_est = jax.random.split(key, 3)
+        sites, cost_deps, lp_deps, cost_frames = self.structure(
+            run, params, key_sites, seed_key, check
+        )
+        n = self.num_particles
+        keys = jax.random.split(key_sites, n)
+        out = self.map_particles(lambda k: self.particle(run, sites, params, k, seed_key), keys)
+        costs, lps = out["costs"], out["lps"]
+        score = [s for s in sites.values() if s.role == "score"]
+        downstream = {s.name: [c for c in costs if s.name in cost_deps[c]] for s in sites.values()}
+        # baselines per score site, from the particles' downstream costs (stop-gradient)
+        base = {}
+        for s in score:
+            b = s.estimator.baseline
+            if b is None:
+                continue
+            d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
+            d = jax.lax.stop_gradient(d)
+            if type(b).__name__ == "LeaveOneOut":
+                base[s.name] = (jnp.sum(d, axis=0, keepdims=True) - d) / (n - 1)
+            else:
+                base[s.name] = jnp.broadcast_to(jnp.asarray(b.c, d.dtype), d.shape)
+
+        def surrogate(costs_p, lps_p, base_p):
+            total = 0.0
+            for c, v in costs_p.items():
+                frames_c = cost_frames[c]
+                logp = 0.0
+                for s in score:
+                    if s.name in cost_deps[c]:
+                        logp = logp + _reduce(lps_p[s.name], s.frames, frames_c)
+                total = total + jnp.sum(magic_box(jnp.asarray(logp)) * v)
+            for name, b in base_p.items():
+                s = sites[name]
+                anc = 0.0
+                for a in score:
+                    if a.name != name and a.name in lp_deps[name]:
+                        anc = anc + _reduce(lps_p[a.name], a.frames, s.frames)
+                term = (1.0 - magic_box(lps_p[name])) * magic_box(jnp.asarray(anc)) * b
+                total = total + jnp.sum(term)
+            return total
+
+        # its value is the mean over particles of the total cost (every magic box is 1 and
+        # every baseline term 0); its derivatives are the estimator
+        result = jnp.mean(jax.vmap(surrogate)(costs, lps, base))
+        # per-site estimators: their own terms, with f the site's downstream cost
+        for s in sites.values():
+            if s.role != "blackbox":
+                continue
+            site_key = jax.random.fold_in(key_est, _name_hash(s.name))
+            deps = (cost_deps, lp_deps, cost_frames)
+            t = self._blackbox(run, s, params, keys, seed_key, out, deps, sites, site_key)
+            result = result + (t - jax.lax.stop_gradient(t))
+        return result
+
+    def _blackbox(self, run, s, params, keys, seed_key, out, deps, sites, key):
+        """The site estimator's surrogate: Σ over plate elements, mean over particles.
+
+        Its ``f`` is the site's downstream cost with the site's value substituted, every other
+        site keeping its random numbers, θ held constant (the main surrogate carries ∇θ of the
+        costs): the estimator's gradient flows only into the site's distribution, and from
+        there into θ and upstream reparameterised values by the chain rule.
+        """
+        cost_deps, lp_deps, cost_frames = deps
+        n = self.num_particles
+        params_e = out["fns"][s.name]  # the elements' parameters, leaves (n, E, ...)
+        lead = jax.tree_util.tree_leaves(params_e)[0].shape[1]
+        params_e = jax.tree_util.tree_map(lambda v: v.reshape((n * lead, *v.shape[2:])), params_e)
+        flat = jax.vmap(self.builders[s.name])(params_e)  # one distribution per (particle, element)
+        main_values = out["values"][s.name]  # (n, *value shape)
+        value_shape = main_values.shape[1:]
+        down = [c for c in cost_deps if s.name in cost_deps[c]]
+        local = all(set(s.frames) <= set(cost_frames[c]) for c in down)
+        after = [a for a in lp_deps if a != s.name and s.name in lp_deps[a]]
+        if after and not s.estimator.unbiased:
+            raise ValueError(
+                f"site {s.name!r}: {s.estimator.name} relaxes the site, but discrete sites "
+                f"{after} depend on it, and their draws cannot be differentiated. Use "
+                "ex.DisARM(), ex.RELAX() or ex.ScoreFunction(baseline=...) for the site."
+            )
+        frozen = jax.lax.stop_gradient(params)
+        chooser = self._chooser(sites, {})
+
+        def downstream_cost(p, value, held):
+            with numpyro_dist.validation_enabled(False):
+                r = run(frozen, keys[p], seed_key, chooser, {**held, s.name: value})
+            self._check_same_sites(sites, r)
+            total = 0.0
+            for c in down:
+                v, frames = r.costs[c]
+                total = total + _reduce(v, frames, s.frames)
+            return jnp.broadcast_to(total, _target_shape(s.frames)).reshape(-1)  # (E,)
+
+        def held_values(p, control):
+            return {a: out["values"][a][p] for a in after} if control else {}
+
+        def single(control):
+            def f_single(row, x):
+                p, e = row["particle"], row["elem"]
+                main = main_values[p].reshape((lead, -1))
+                dtype = jnp.result_type(main.dtype, jnp.result_type(x))
+                full = main.astype(dtype).at[e].set(jnp.reshape(x, (-1,)).astype(dtype))
+                cost = downstream_cost(p, full.reshape(value_shape), held_values(p, control))
+                return cost[e]
+
+            return f_single
+
+        def batch(control):
+            def f_batch(xs, rows):
+                if not local or xs.shape[0] != n * lead:
+                    return jax.vmap(single(control))(rows, xs)
+                full = xs.reshape((n, *value_shape))
+                particles = jnp.arange(n)
+                held = jax.vmap(lambda p: held_values(p, control))(particles)
+                return jax.vmap(downstream_cost)(particles, full, held).reshape(-1)
+
+            return f_batch
+
+        rows = {"particle": jnp.repeat(jnp.arange(n), lead), "elem": jnp.tile(jnp.arange(lead), n)}
+        ctx = _SiteContext(
+            single(False),
+            flat,
+            rows,
+            stacked=True,
+            debug=self.debug,
+            batch=batch(False),
+            control=batch(True),
+        )
+        with numpyro_dist.validation_enabled(False):
+            terms = s.estimator.terms(ctx, key, n * lead)
+        return jnp.sum(terms) / n
+
+
+def _downstream(costs, cost_frames, names, frames, n):
+    """Per particle, the sum of the named costs reduced to ``frames``: shape (n, *plates)."""
+    target = (n, *_target_shape(frames))
+    total = jnp.zeros(target)
+    for c in names:
+        v = jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames))(costs[c])
+        total = total + v.reshape((n, *v.shape[1:])).reshape(
+            (n,) + (1,) * (len(target) - v.ndim) + v.shape[1:]
+        )
+    return total
+
+
+def _sample_shape(site: Mapping[str, Any]) -> tuple[int, ...]:
+    return tuple(site["kwargs"].get("sample_shape", ()))
+
+
+def _elementwise(fn: Any, s: _Site, sample_shape: tuple[int, ...]) -> Any:
+    """The site's distribution as ``E`` independent per-element distributions, leaves (E, ...).
+
+    The plate axes of the site become one leading axis of elements; any other batch axes are
+    part of each element's event (the sample a per-site estimator passes to f).
+    """
+    if sample_shape:
+        raise ValueError(
+            f"site {s.name!r} has sample_shape={sample_shape}; a per-site estimator needs one "
+            "draw per site: use numpyro.plate for repeated draws."
+        )
+    batch = tuple(fn.batch_shape)
+    depth = len(batch)
+    plate_axes = {depth + d for d in s.plate_dims if depth + d >= 0}
+    k = len(plate_axes)
+    if plate_axes != set(range(k)):
+        raise ValueError(
+            f"site {s.name!r}: its batch shape {batch} has dimensions left of its plates "
+            f"{[f.name for f in s.frames]} that belong to no plate. Declare them with "
+            ".to_event(...) or a numpyro.plate, so that a per-site estimator knows which "
+            "elements are independent."
+        )
+    elems = int(np.prod(batch[:k], dtype=int))
+    rest = depth - k
+    return _flatten_dist(fn, batch, k, elems, rest, s.name)
+
+
+def _flatten_dist(fn, batch, k, elems, rest, name):
+    """``(builder, params)``: params with a leading axis of ``elems``; ``builder(params_i)``
+    makes element i's distribution (its non-plate batch axes reinterpreted as event)."""
+    wrap = 0
+    while isinstance(fn, nd.Independent):
+        wrap += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    base = fn.base_dist if isinstance(fn, nd.ExpandedDistribution) else fn
+    full_batch = batch + tuple(fn.batch_shape)[len(batch) :]  # batch of the base, all axes
+    params = {}
+    for p, v in _params(base, name).items():
+        ev = _event_dim(base, p)
+        v = jnp.broadcast_to(v, full_batch + (jnp.shape(v)[jnp.ndim(v) - ev :] if ev else ()))
+        params[p] = v.reshape((elems, *v.shape[k:]))
+    cls = type(base)
+    event = rest + wrap
+    _rebuild(base, {p: v[0] for p, v in params.items()}, name)  # a clear error, early
+
+    def builder(element_params):
+        d = cls(**element_params)
+        return d.to_event(event) if event else d
+
+    return builder, params
+
+
+def _event_dim(fn, p):
+    c = fn.arg_constraints.get(p)
+    return int(getattr(c, "event_dim", 0)) if c is not None else 0
+
+
+def _params(fn, name):
+    out = {}
+    for p in fn.arg_constraints:
+        if p in fn.__dict__:
+            out[p] = jnp.asarray(getattr(fn, p))
+    if not out:
+        raise ValueError(
+            f"site {name!r}: cannot split {type(fn).__name__} into per-element distributions "
+            "for a per-site estimator; use ex.ScoreFunction(...) or ex.Pathwise() for it."
+        )
+    return out
+
+
+def _rebuild(fn, params, name):
+    try:
+        return type(fn)(**params)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(
+            f"site {name!r}: cannot rebuild {type(fn).__name__} from its parameters "
+            f"({sorted(params)}) for a per-site estimator ({err}); use ex.ScoreFunction(...) "
+            "or ex.Pathwise() for it."
+        ) from err
+
+
+@dataclasses.dataclass(frozen=True)
+class _SiteContext(Context):
+    """A one-site estimator's view of a program site: f re-runs the rest of the program."""
+
+    batch: Callable[[Any, Any], jax.Array] | None = None
+    control: Callable[[Any, Any], jax.Array] | None = None
+
+    def f(self, xs: Any, params: Any = None) -> jax.Array:
+        return self._values(self.batch, xs, params)
+
+    def f_control(self, xs: Any, params: Any = None) -> jax.Array:
+        return self._values(self.control, xs, params)
+
+    def _values(self, fn, xs, params):
+        rows = self.params if params is None else params
+        values = jnp.asarray(fn(xs, rows))
+        if self.debug:
+            _check_finite(values, "the program's downstream cost")
+        return values
+
+
+# --------------------------------------------------------------------------- public
+
+
+def _check_particles(num_particles: Any) -> int:
+    if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)):
+        raise TypeError(
+            "num_particles must be a Python int (independent runs of the program per "
+            f"estimate), got {num_particles!r} of type {type(num_particles).__name__}."
+        )
+    num_particles = operator.index(num_particles)
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, got {num_particles}.")
+    return num_particles
+
+
+def _check_estimators(estimators: Any) -> None:
+    if estimators is not None and not isinstance(estimators, Mapping):
+        raise TypeError(
+            "estimators must be a mapping from site name to estimator, e.g. "
+            f"{{'z': ex.DisARM()}}; got {type(estimators).__name__}."
+        )
+
+
+def program_expectation(
+    program: Callable[..., Any],
+    *,
+    num_particles: int,
+    estimators: Mapping[str, Estimator] | None = None,
+    vectorize_particles: bool | Callable = True,
+    debug: bool = False,
+) -> Callable[..., jax.Array]:
+    r"""Turn a stochastic program into a differentiable Monte Carlo estimate of its expected cost.
+
+    .. math::
+
+        E(\theta, \text{key}) = \frac1N \sum_{n=1}^N \sum_c c_\theta(x^{(n)}),
+        \qquad x^{(n)} \sim p_\theta \text{ (the program's joint distribution)},
+
+    where the costs ``c`` are the program's return value, its ``numpyro.factor`` terms and the
+    log-densities of its observed sites. ``jax.grad(E)`` combines the estimators chosen per
+    site (see :mod:`expectax.programs`); the default is ``Pathwise()`` for reparameterisable
+    sites and ``ScoreFunction(baseline=baselines.LeaveOneOut())`` otherwise.
+
+    Args:
+      program: ``program(params, *args, **kwargs)``, calling ``numpyro.sample`` /
+        ``numpyro.factor`` / ``numpyro.plate``; returns a scalar cost or ``None``.
+      num_particles: ``N``, independent runs of the program per estimate (an int ≥ 1;
+        leave-one-out baselines need 2).
+      estimators: optional mapping from site name to estimator; it overrides
+        ``numpyro.sample(name, d, infer={"estimator": ...})`` in the program.
+      vectorize_particles: ``True`` (``jax.vmap`` over particles), ``False``
+        (``jax.lax.map``, less memory) or a function ``(fn, keys) -> stacked results``.
+      debug: check the per-site estimators' downstream costs for NaN/inf at run time.
+
+    Returns:
+      ``E(params, key, *args, **kwargs) -> scalar``, usable under ``jit``, ``vmap`` and
+      ``grad`` (``jax.hessian`` is unbiased when every site is ``ScoreFunction`` or
+      ``Pathwise``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpyro, expectax as ex
+      >>> import numpyro.distributions as dist
+      >>> def program(theta):
+      ...     a = numpyro.sample("a", dist.Bernoulli(logits=theta[0]))
+      ...     b = numpyro.sample("b", dist.Bernoulli(logits=theta[1] + a))
+      ...     return (a + b - 0.5) ** 2
+      >>> E = ex.program_expectation(program, num_particles=16)
+      >>> g = jax.grad(E)(jnp.zeros(2), jax.random.key(0))
+    """
+    if not callable(program):
+        raise TypeError(f"program must be a function of params; got {type(program).__name__}.")
+    num_particles = _check_particles(num_particles)
+    _check_estimators(estimators)
+    engine = _Engine(
+        num_particles=num_particles,
+        estimators=estimators,
+        vectorize=vectorize_particles,
+        debug=debug,
+    )
+
+    def E(params: PyTree, key: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        from expectax.expectation import _check_key
+
+        _check_key(key)
+        run = _program_tracer(program, args, kwargs)
+        return engine.estimate(run, params, key)
+
+    E.__doc__ = f"Monte Carlo estimate of a program's expected cost, {num_particles} particles."
+    return E
