@@ -819,6 +819,12 @@ def test_plain_mistakes_raise_clear_type_errors(fn_name, make_args, match):
         _call(fn_name, *args)
 
 
+@pytest.mark.parametrize("fn_name", ["score_function_jacobians", "pathwise_jacobians"])
+def test_vector_valued_function_is_refused_for_custom_builders(fn_name):
+    with pytest.raises(TypeError, match=r"function must return a scalar .* shape \(3,\)"):
+        _call(fn_name, lambda x: x**2, P, KeyGaussian, KEY, 4)
+
+
 def test_missing_argument_names_it():
     with pytest.raises(TypeError, match="missing 1 required positional argument: 'num_samples'"):
         mc.score_function_jacobians(jnp.sum, P, mc.multi_normal, KEY)

@@ -498,15 +498,19 @@ def _optax_jacobians(
     def build(p: Any) -> Any:
         return dist_builder(*_unpack(p))
 
+    def values_of(p: Any) -> jax.Array:
+        return jax.vmap(function)(_sample(build(p), n, rng))
+
+    shape = jnp.shape(jax.eval_shape(values_of, params))
+    if shape != (n,):
+        raise TypeError(
+            f"function must return a scalar for each sample: f(x) returned shape {shape[1:]}. "
+            "Reduce it, e.g. lambda x: jnp.sum(f(x))."
+        )
     if kind == "pathwise":
-        return jax.jacfwd(lambda p: jax.vmap(function)(_sample(build(p), n, rng)))(params)
+        return jax.jacfwd(values_of)(params)
     samples = jax.lax.stop_gradient(_sample(build(params), n, rng))
     values = jax.vmap(function)(samples)
-    if jnp.shape(values) != (n,):
-        raise TypeError(
-            "function must return a scalar for each sample: f(x) returned shape "
-            f"{jnp.shape(values)[1:]}."
-        )
     scores = jax.vmap(jax.grad(lambda p, x: build(p).log_prob(x)), in_axes=(None, 0))(
         params, samples
     )
