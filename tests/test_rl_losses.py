@@ -119,3 +119,22 @@ def test_reinforce_gradient_is_unbiased_on_a_bandit(baseline):
     mean = grads.mean(0)
     se = grads.std(0) / np.sqrt(grads.shape[0])
     assert np.all(np.abs(mean - exact) < 5 * se), (mean, exact, se)
+
+
+def test_equal_returns_give_exactly_zero_advantages(strict_ranks):
+    """Acrobot's all −500 batches: 8 equal returns-to-go. Summing the raw returns left
+    rounding residue (~1e-5) that normalisation blew up to a unit-size random gradient."""
+    G = jax.vmap(rl.discounted_returns, in_axes=(0, None))(-jnp.ones((8, 500)), 0.99)
+    m = jnp.ones_like(G)
+    old = (jnp.sum(G, 0, keepdims=True) - G) / 7  # the old formula, for the record
+    assert float(jnp.max(jnp.abs(G - old))) > 0.0
+    adv = G - rl.leave_one_out_baseline(G, m)
+    assert float(jnp.max(jnp.abs(adv))) == 0.0
+    assert float(jnp.max(jnp.abs(rl.normalize_advantages(adv, m)))) == 0.0
+    # residue below eps is no signal: 0, not standardised to ±1
+    residue = G - old
+    assert float(jnp.max(jnp.abs(rl.normalize_advantages(residue, m, eps=1e-5 * 500)))) == 0.0
+    # the shifted formula is still the leave-one-out mean for unequal returns
+    R = jnp.array([[1.0, 2.0], [4.0, 0.0], [7.0, 3.0]])
+    want = jnp.array([[5.5, 1.5], [4.0, 2.5], [2.5, 1.0]])
+    np.testing.assert_allclose(rl.leave_one_out_baseline(R), want, rtol=1e-6)

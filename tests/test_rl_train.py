@@ -1,5 +1,6 @@
 """The trainer: outputs, checkpoints (resume after SIGKILL is bitwise identical), Ctrl-C, errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from expectax import rl
 from expectax.rl.cli import main
 from expectax.rl.train import Config, make_jax_trainer, train
 
@@ -36,10 +38,10 @@ class _NaNEnv(gym.Env):
 gym.register("ExpectaxTestNaN-v0", entry_point=_NaNEnv, max_episode_steps=10)
 
 
-def test_unknown_env_lists_close_matches():
+def test_unknown_env_lists_close_matches(tmp_path):
     with pytest.raises(ValueError, match=r"unknown environment id 'CartPole-v9'.*CartPole-v1"):
         train(Config(env_id="CartPole-v9"), progress=False)
-    assert main(["--env", "Acrobat-v1", "--quiet", "--out", os.devnull]) == 2
+    assert main(["--env", "Acrobat-v1", "--quiet", "--out", str(tmp_path)]) == 2
 
 
 def test_wrong_action_space_names_the_policy_that_fits():
@@ -56,10 +58,21 @@ def test_non_finite_observation_is_a_clear_error():
 
 @pytest.mark.parametrize("backend", ["gymnasium", "jax"])
 def test_short_run_writes_outputs(tmp_path, backend):
-    res = train(Config(backend=backend, **SMALL), tmp_path, progress=False)
+    res = train(Config(backend=backend, eval_every=1, **SMALL), tmp_path, progress=False)
     assert [int(e) for e in res["history"]["episodes"]] == [4, 8]
     assert all(np.isfinite(res["history"]["eval_return"]))
-    assert (tmp_path / "log.csv").read_text().startswith("batch,episodes,train_return")
+    assert res["training_episodes"] == 8 and not res["solved"]
+    # 2 periodic evaluations of 4 episodes + the final policy's fresh 100: counted apart
+    assert res["eval_episodes"] == 2 * 4 + 100 and np.isfinite(res["final_eval"])
+    assert (
+        (tmp_path / "log.csv")
+        .read_text()
+        .startswith(
+            "batch,episodes,train_return,eval_return,confirm_return,eval_episodes,loss,grad_norm"
+        )
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["training_episodes"] == 8 and summary["episodes_to_solve"] is None
     assert (tmp_path / "curve.png").stat().st_size > 1000
     with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as data:  # no pickles inside
         assert all(data[k].dtype != object for k in data.files)
@@ -120,7 +133,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     resumed = _cli(tmp_path / "killed", "--resume")
     for p in (ref, resumed):
         _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+        assert p.returncode == 1, err  # finished, not solved
     want = _final(tmp_path / "ref" / "checkpoint.npz")
     assert len(want["history_batch"]) == 6
     got = _final(tmp_path / "killed" / "checkpoint.npz")
@@ -166,3 +179,59 @@ def test_other_baselines_and_gaussian_policy_run(env_id, backend, baseline):
     assert np.all(np.isfinite(res["history"]["loss"]))
     if baseline == "critic":
         assert "critic" in res["state"].params
+
+
+def test_solved_means_a_fresh_evaluation_confirmed_it(tmp_path):
+    """A confirmation runs exactly after batches whose training mean reached the threshold;
+    solved = the first confirmation that reached it; training and evaluation episodes apart."""
+    cfg = Config(**dict(SMALL, episodes=24), solve_threshold=25.0, stop_when_solved=False)
+    res = train(cfg, None, progress=False)
+    h = res["history"]
+    trig = [t >= 25.0 for t in h["train_return"]]
+    assert [np.isfinite(c) for c in h["confirm_return"]] == trig
+    assert any(trig), h["train_return"]
+    ok = [e for e, c in zip(h["episodes"], h["confirm_return"], strict=True) if c >= 25.0]
+    assert res["episodes_to_solve"] == (int(ok[0]) if ok else None)
+    assert res["eval_episodes"] == 100 * (sum(trig) + 1)  # confirmations + the final policy
+    assert res["training_episodes"] == 24
+
+
+def test_evaluate_command_and_load_policy(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--episodes", "8", "--batch-episodes", "4", "--hidden", "8", "--quiet"]
+    # a threshold a random policy reaches: solved at the first confirmation, exit status 0
+    assert main([*args, "--solve-threshold", "15", "--out", str(out)]) == 0
+    assert (
+        "solved after 4 training episodes (a fresh evaluation confirmed" in capsys.readouterr().out
+    )
+    pi = rl.load_policy(out)
+    assert pi.training_episodes == 4 and pi.threshold == 15.0
+    obs = jnp.zeros(4)
+    assert int(pi.act(obs)) in (0, 1) and int(pi.act(obs, jax.random.key(1))) in (0, 1)
+    r = pi.evaluate(episodes=100, seed=3)
+    assert r["episodes"] == 100 and r["solved"] == (r["mean"] >= 15.0)
+    assert pi.evaluate(episodes=100, seed=3) == r  # keys from the seed alone
+    ev = ["evaluate", "--checkpoint", str(out), "--episodes", "100"]
+    assert main([*ev, "--solve-threshold", "15"]) == (0 if r["solved"] else 1)
+    capsys.readouterr()
+    assert main([*ev, "--solve-threshold", "400", "--greedy", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["greedy"] and doc["episodes"] == 100 and doc["solved"] is False
+    assert main([*ev, "--backend", "gymnasium", "--solve-threshold", "400", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["backend"] == "gymnasium" and doc["threshold"] == 400.0
+
+
+def test_jax_rollout_stops_when_every_episode_has_ended():
+    from expectax.rl.train import _policy, jax_rollout
+
+    cfg = Config(**SMALL)
+    policy = _policy(cfg)
+    params = policy.init(jax.random.key(0))
+    b = jax.jit(jax_rollout, static_argnums=(0, 3))(policy, params, jax.random.key(1), 16)
+    m = np.asarray(b.mask)
+    lengths = m.sum(1)
+    # each episode is a prefix of valid steps, reward 1 on each, nothing after it ends
+    np.testing.assert_array_equal(m, np.arange(500)[None, :] < lengths[:, None])
+    np.testing.assert_array_equal(np.asarray(b.rewards), m)
+    assert 8 <= lengths.min() and lengths.max() < 200  # a random policy: short episodes

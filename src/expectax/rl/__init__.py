@@ -25,12 +25,22 @@ from expectax.rl.policies import (
     policy_for_space,
     softmax_policy,
 )
-from expectax.rl.train import Config, load_checkpoint, make_jax_trainer, save_checkpoint, train
+from expectax.rl.policy_io import TrainedPolicy, load_policy
+from expectax.rl.train import (
+    Config,
+    TrainingError,
+    load_checkpoint,
+    make_jax_trainer,
+    save_checkpoint,
+    train,
+)
 
 __all__ = [
     "Config",
     "MovingAverageState",
     "Policy",
+    "TrainedPolicy",
+    "TrainingError",
     "bernoulli_policy",
     "cartpole",
     "discounted_returns",
@@ -38,6 +48,7 @@ __all__ = [
     "gaussian_policy",
     "leave_one_out_baseline",
     "load_checkpoint",
+    "load_policy",
     "make_jax_trainer",
     "moving_average_baseline",
     "moving_average_init",

@@ -1,17 +1,47 @@
-"""``expectax rl``: train REINFORCE on a Gymnasium environment (or the pure-JAX CartPole).
+"""``expectax rl``: train REINFORCE on a Gymnasium environment (or the pure-JAX CartPole), and
+``expectax rl evaluate``: evaluate a trained policy.
 
-Every hyperparameter is a flag; the defaults solve CartPole-v1. Also runnable as
+Every hyperparameter is a flag; the defaults solve CartPole-v1 on most seeds (docs/rl.md says
+how often). The exit status says whether the run solved: 0 solved (or the environment has no
+threshold), 1 not solved, 2 an error, 130 interrupted. Also runnable as
 ``python -m expectax.rl.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
 
+from expectax import runio
+
 __all__ = ["configure_parser", "main", "run"]
+
+DEFAULT_OUT = "runs/rl-ENV-sSEED"
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text!r}")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -19,11 +49,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     from expectax.rl.train import BASELINES, Config
 
     d = Config()
+    pos, fin = runio.positive_int, _finite_float
+
+    def error(message: str):  # argparse's usage block is many lines: one line instead
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("train", "evaluate"),
+        default="train",
+        help="train (default) or evaluate a trained policy (--checkpoint DIR)",
+    )
     parser.add_argument("--env", default=d.env_id, help="Gymnasium environment id")
     parser.add_argument(
         "--backend",
         choices=("auto", "gymnasium", "jax"),
-        default=d.backend,
+        default=None,
         help="gymnasium (any classic-control env), jax (pure-JAX CartPole-v1, jit-compiled), "
         "auto (default: jax where available, i.e. CartPole-v1)",
     )
@@ -34,20 +77,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="auto: softmax for Discrete, gaussian for Box action spaces",
     )
     parser.add_argument(
-        "--hidden", type=int, nargs="+", default=list(d.hidden), help="hidden layer sizes"
+        "--hidden", type=pos, nargs="+", default=list(d.hidden), help="hidden layer sizes"
     )
     parser.add_argument(
         "--input-gain",
-        type=float,
+        type=fin,
         default=d.input_gain,
         help="scale of the first layer's initial weights (LeCun-normal × gain)",
     )
-    parser.add_argument("--episodes", type=int, default=d.episodes, help="training episodes")
     parser.add_argument(
-        "--batch-episodes", type=int, default=d.batch_episodes, help="episodes per update"
+        "--episodes",
+        type=pos,
+        default=None,
+        help=f"training episodes (default {d.episodes}); with evaluate: evaluation episodes "
+        "(default 100)",
     )
-    parser.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")
-    parser.add_argument("--gamma", type=float, default=d.gamma, help="discount")
+    parser.add_argument(
+        "--batch-episodes", type=pos, default=d.batch_episodes, help="episodes per update"
+    )
+    parser.add_argument("--gamma", type=fin, default=d.gamma, help="discount")
     parser.add_argument("--baseline", choices=BASELINES, default=d.baseline)
     parser.add_argument(
         "--normalize-advantages",
@@ -55,15 +103,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=d.normalize_advantages,
         help="standardise advantages over each batch",
     )
-    parser.add_argument("--entropy-coef", type=float, default=d.entropy_coef)
-    parser.add_argument("--value-coef", type=float, default=d.value_coef, help="critic loss weight")
+    parser.add_argument("--entropy-coef", type=fin, default=d.entropy_coef)
+    parser.add_argument("--value-coef", type=fin, default=d.value_coef, help="critic loss weight")
     parser.add_argument(
-        "--eval-every", type=int, default=d.eval_every, help="evaluate every N batches (0: never)"
+        "--eval-every",
+        type=_nonneg_int,
+        default=d.eval_every,
+        help="also evaluate every N batches for the learning curve (default 0: only to confirm)",
     )
-    parser.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    parser.add_argument(
+        "--eval-episodes",
+        type=pos,
+        default=d.eval_episodes,
+        help="episodes of each periodic evaluation (--eval-every)",
+    )
+    parser.add_argument(
+        "--confirm-episodes",
+        type=pos,
+        default=d.confirm_episodes,
+        help="episodes of the fresh evaluation that confirms 'solved' (≥ 100, default 100)",
+    )
     parser.add_argument(
         "--solve-threshold",
-        type=float,
+        type=fin,
         default=None,
         help="mean evaluation return that counts as solved (default: the env's reward_threshold)",
     )
@@ -71,84 +133,184 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--stop-when-solved",
         action=argparse.BooleanOptionalAction,
         default=d.stop_when_solved,
-        help="stop training once an evaluation reaches the threshold",
+        help="stop training once a fresh evaluation confirms the threshold",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output directory for checkpoint.npz, log.csv, curve.png (default runs/rl-ENV-sSEED)",
+        "--max-zero-grad-batches",
+        type=pos,
+        default=d.max_zero_grad_batches,
+        help="stop with an error after this many batches in a row with an exactly zero gradient",
     )
+    runio.add_common_flags(parser, lr=d.learning_rate, out=DEFAULT_OUT)
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint.npz if it exists"
     )
     parser.add_argument(
-        "--checkpoint-every", type=int, default=1, help="save a checkpoint every N batches"
+        "--checkpoint-every", type=pos, default=1, help="save a checkpoint every N batches"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate: the output directory of a training run",
+    )
+    parser.add_argument(
+        "--greedy",
+        action="store_true",
+        help="evaluate: take the most likely action instead of sampling",
+    )
     parser.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser
 
 
+def _out_for(args: argparse.Namespace, seed: int) -> Path:
+    if args.out == DEFAULT_OUT:
+        return Path("runs") / f"rl-{args.env}-s{seed}"
+    return Path(args.out) if len(args.seed) == 1 else Path(args.out) / f"seed-{seed}"
+
+
+def _fail(err: Exception) -> int:
+    print(f"expectax rl: error: {err}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``expectax rl`` with parsed ``args``; returns the exit code (130 after Ctrl-C)."""
+    """Run ``expectax rl`` with parsed ``args``; returns the exit code (0 solved, 1 not
+    solved, 2 error, 130 after Ctrl-C)."""
+    if args.action == "evaluate":
+        return _evaluate(args)
+    if args.checkpoint is not None or args.greedy:
+        return _fail(ValueError("--checkpoint and --greedy belong to `expectax rl evaluate`."))
     from expectax.rl.train import Config, train
 
-    config = Config(
-        env_id=args.env,
-        backend=args.backend,
-        policy=args.policy,
-        hidden=tuple(args.hidden),
-        input_gain=args.input_gain,
-        episodes=args.episodes,
-        batch_episodes=args.batch_episodes,
-        learning_rate=args.lr,
-        gamma=args.gamma,
-        baseline=args.baseline,
-        normalize_advantages=args.normalize_advantages,
-        entropy_coef=args.entropy_coef,
-        value_coef=args.value_coef,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        solve_threshold=args.solve_threshold,
-        stop_when_solved=args.stop_when_solved,
-        seed=args.seed,
-    )
-    out = args.out if args.out is not None else Path("runs") / f"rl-{args.env}-s{args.seed}"
+    configs = []
+    try:
+        for seed in args.seed:
+            config = Config(
+                env_id=args.env,
+                backend=args.backend or "auto",
+                policy=args.policy,
+                hidden=tuple(args.hidden),
+                input_gain=args.input_gain,
+                episodes=args.episodes if args.episodes is not None else Config.episodes,
+                batch_episodes=args.batch_episodes,
+                learning_rate=args.lr,
+                gamma=args.gamma,
+                baseline=args.baseline,
+                normalize_advantages=args.normalize_advantages,
+                entropy_coef=args.entropy_coef,
+                value_coef=args.value_coef,
+                eval_every=args.eval_every,
+                eval_episodes=args.eval_episodes,
+                confirm_episodes=args.confirm_episodes,
+                solve_threshold=args.solve_threshold,
+                stop_when_solved=args.stop_when_solved,
+                max_zero_grad_batches=args.max_zero_grad_batches,
+                seed=seed,
+            )
+            config.validate()
+            configs.append(config)
+        # every --out is checked (writable, not an earlier run) before any training starts
+        from expectax.rl.train import check_out_dir
+
+        for config in configs:
+            out = _out_for(args, config.seed)
+            if not (args.resume and (out / "checkpoint.npz").exists()):
+                check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
+    except ValueError as err:
+        return _fail(err)
     # Ctrl-C arrives as KeyboardInterrupt (restore Python's handler in case a host changed it);
     # train() saves a checkpoint of the last completed batch before returning.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    summaries = []
+    code = 0
+    for config in configs:
+        out = _out_for(args, config.seed)
+        try:
+            result = train(
+                config,
+                out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                checkpoint_every=args.checkpoint_every,
+                throttle=args.throttle,
+            )
+        except ValueError as err:
+            return _fail(err)
+        summary = {k: v for k, v in result.items() if k not in ("state", "history")}
+        summary["out"] = str(out)
+        summaries.append(summary)
+        if result["interrupted"]:
+            print(
+                f"interrupted after {result['training_episodes']} training episodes; checkpoint "
+                f"saved to {out / 'checkpoint.npz'} (continue with --resume)",
+                file=sys.stderr,
+            )
+            return 130
+        if not args.json:
+            print(_describe(result, out))
+        if result["threshold"] is not None and not result["solved"]:
+            code = 1
+    if args.json:
+        doc = summaries[0] if len(summaries) == 1 else summaries
+        print(json.dumps(runio.json_safe(doc), indent=2, allow_nan=False))
+    return code
+
+
+def _describe(r: dict, out: Path) -> str:
+    head = (
+        f"{r['env_id']} seed {r['seed']}: {r['training_episodes']} training episodes, "
+        f"{r['eval_episodes']} evaluation episodes, {r['wall_time']:.1f}s; "
+    )
+    if r["solved"]:
+        what = (
+            f"solved after {r['episodes_to_solve']} training episodes (a fresh evaluation "
+            f"confirmed {r['confirm_return']:.1f} ≥ {r['threshold']:g})"
+        )
+    elif r["threshold"] is None:
+        what = "no solve threshold"
+    else:
+        what = f"not solved (threshold {r['threshold']:g})"
+    if r["final_eval"] is not None:
+        what += f"; final policy: {r['final_eval']:.1f} on fresh episodes"
+    return head + what + f"; outputs in {out}"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from expectax.rl.policy_io import load_policy
+
+    if args.checkpoint is None:
+        return _fail(ValueError("evaluate needs --checkpoint DIR (the --out of a training run)."))
+    if len(args.seed) != 1:
+        return _fail(ValueError("evaluate takes one --seed (the evaluation's random numbers)."))
     try:
-        result = train(
-            config,
-            out,
-            resume=args.resume,
-            progress=not args.quiet,
-            checkpoint_every=args.checkpoint_every,
-            throttle=args.throttle,
+        policy = load_policy(args.checkpoint)
+        res = policy.evaluate(
+            episodes=args.episodes if args.episodes is not None else 100,
+            backend=args.backend or "auto",
+            greedy=args.greedy,
+            seed=args.seed[0],
+            threshold=args.solve_threshold,
         )
     except ValueError as err:
-        print(f"expectax rl: error: {err}", file=sys.stderr)
-        return 2
-    hist = result["history"]
-    if result["interrupted"]:
-        print(
-            f"interrupted after {int(hist['episodes'][-1]) if hist['episodes'] else 0} episodes; "
-            f"checkpoint saved to {out / 'checkpoint.npz'} (continue with --resume)",
-            file=sys.stderr,
+        return _fail(err)
+    if args.json:
+        print(json.dumps(runio.json_safe(res), indent=2, allow_nan=False))
+    else:
+        verdict = (
+            "no solve threshold"
+            if res["threshold"] is None
+            else ("solved" if res["solved"] else "not solved")
+            + f" (threshold {res['threshold']:g})"
         )
-        return 130
-    ets = result["episodes_to_solve"]
-    last_eval = [v for v in hist["eval_return"] if v == v]
-    print(
-        f"{config.env_id}: {int(hist['episodes'][-1]) if hist['episodes'] else 0} episodes in "
-        f"{result['wall_time']:.1f}s; last evaluation "
-        f"{last_eval[-1] if last_eval else float('nan'):.1f}; "
-        + (f"solved after {ets} episodes" if ets is not None else "not solved")
-        + f"; outputs in {out}"
-    )
-    return 0
+        print(
+            f"{res['env_id']} ({res['backend']}, {'greedy' if args.greedy else 'sampled'} "
+            f"policy, seed {res['seed']}): mean return {res['mean']:.1f} ± {res['se']:.1f} (SE) "
+            f"over {res['episodes']} episodes, min {res['min']:g}, max {res['max']:g}; {verdict}"
+        )
+    return 0 if res["threshold"] is None or res["solved"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,7 +165,12 @@ def leave_one_out_baseline(returns_et: jax.Array, mask_et: jax.Array | None = No
             f"{num_episodes}. Collect more episodes per batch or use another baseline."
         )
     g = returns_et * _mask_or_ones(mask_et, returns_et)
-    return (jnp.sum(g, axis=0, keepdims=True) - g) / (num_episodes - 1)
+    # Sums of differences from one episode's return: where all returns at a step are equal the
+    # differences are exactly 0, so the baseline equals the return and the advantage is exactly
+    # 0 (summing the raw returns would leave float32 rounding residue of ~1e-7 × |G|).
+    ref = g[:1]
+    d = g - ref
+    return ref + (jnp.sum(d, axis=0, keepdims=True) - d) / (num_episodes - 1)
 
 
 class MovingAverageState(NamedTuple):
@@ -231,17 +236,23 @@ def moving_average_baseline(
 
 
 def normalize_advantages(
-    adv_t: jax.Array, mask_t: jax.Array | None = None, eps: float = 1e-8
+    adv_t: jax.Array, mask_t: jax.Array | None = None, eps: float | jax.Array = 1e-6
 ) -> jax.Array:
     """Standardise advantages to mean 0 and standard deviation 1 over the valid entries.
 
     Any rank (e.g. ``(E, T)`` for a whole batch); padding (``mask == 0``) is set to 0. This
     rescales the gradient per batch (and recentres it), a common stabiliser of policy gradients.
 
+    Advantages whose standard deviation is at most ``eps`` carry no signal and are returned as
+    0, not divided by ``std + eps``: when every episode has the same return the advantages are
+    rounding residue (~1e-7 × |G| in float32), and standardising residue turns it into a random
+    unit-size gradient. Choose ``eps`` relative to the returns' scale; the trainer passes
+    ``1e-5 · max(1, max|G|)``.
+
     Args:
       adv_t: advantages.
       mask_t: same shape, 1 for valid entries.
-      eps: added to the standard deviation.
+      eps: a standard deviation at most this counts as zero (absolute; a scalar, may be traced).
     """
     mask = _mask_or_ones(mask_t, adv_t)
     if mask.shape != adv_t.shape:
@@ -250,8 +261,9 @@ def normalize_advantages(
         )
     n = jnp.maximum(jnp.sum(mask), 1.0)
     mean = jnp.sum(adv_t * mask) / n
-    var = jnp.sum(jnp.square(adv_t - mean) * mask) / n
-    return (adv_t - mean) / (jnp.sqrt(var) + eps) * mask
+    std = jnp.sqrt(jnp.sum(jnp.square(adv_t - mean) * mask) / n)
+    signal = std > eps
+    return jnp.where(signal, (adv_t - mean) / jnp.where(signal, std, 1.0), 0.0) * mask
 
 
 def entropy_loss(entropy_t: jax.Array, mask_t: jax.Array | None = None) -> jax.Array:

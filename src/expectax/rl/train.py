@@ -2,30 +2,37 @@
 
 One readable trainer (CleanRL's shape): collect a batch of whole episodes with the current
 policy, compute returns-to-go, subtract a baseline, take one Adam step on the REINFORCE loss
-(:func:`expectax.rl.losses.reinforce_loss`, the core's magic box), evaluate now and then, log,
-checkpoint. Two backends drive the same update:
+(:func:`expectax.rl.losses.reinforce_loss`, the core's magic box), log, checkpoint. Two
+backends drive the same update:
 
 - ``"gymnasium"``: any classic-control environment through ``gymnasium.make_vec`` (its
   numpy-vectorised implementation where one exists, e.g. CartPole, else ``sync``); the policy
   acts through one jitted call per step.
-- ``"jax"``: CartPole-v1 only, with :mod:`expectax.rl.cartpole`; rollout, update and evaluation
-  are one jitted function (:func:`make_jax_trainer`), which the benchmark vmaps over seeds.
+- ``"jax"``: CartPole-v1 only, with :mod:`expectax.rl.cartpole`; rollout and update are one
+  jitted function (:func:`make_jax_trainer`), which the benchmark vmaps over seeds. The
+  rollout is a ``while_loop`` that stops when every episode of the batch has ended.
 - ``"auto"`` (the default): ``"jax"`` where a pure-JAX version of the environment exists
   (CartPole-v1), else ``"gymnasium"``.
 
-Every batch's randomness is derived from ``(seed, batch index)`` alone, and the state is a
-pytree of arrays saved to an ``.npz`` checkpoint (no pickle, written to a temporary file and
-renamed), so a run resumed from a checkpoint ends bitwise identical to an uninterrupted one.
+**Solved** means confirmed: when a training batch's mean return reaches the threshold (or a
+periodic evaluation does), a *fresh* evaluation of ``confirm_episodes`` (≥ 100) episodes of
+the sampled policy, with keys used for nothing else, must also reach it. Only that confirmation
+counts; training episodes and evaluation episodes are counted separately.
+
+Every batch's randomness is derived from ``(seed, batch index, purpose)`` alone, and the state
+is a pytree of arrays saved to an ``.npz`` checkpoint (no pickle, written to a temporary file
+and renamed), so a run resumed from a checkpoint ends bitwise identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import difflib
 import json
+import math
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from expectax import runio
 from expectax.estimators.base import log_prob
 from expectax.rl import cartpole
 from expectax.rl.losses import (
@@ -64,14 +72,30 @@ __all__ = [
 BASELINES = ("none", "moving_average", "leave_one_out", "critic")
 BACKENDS = ("auto", "gymnasium", "jax")
 JAX_ENVS = ("CartPole-v1",)
-HISTORY_COLUMNS = ("batch", "episodes", "train_return", "eval_return", "loss", "wall_time")
+HISTORY_COLUMNS = (
+    "batch",
+    "episodes",
+    "train_return",
+    "eval_return",
+    "confirm_return",
+    "eval_episodes",
+    "loss",
+    "grad_norm",
+    "wall_time",
+)
+# Purposes of the per-batch keys: training episodes, periodic evaluation, confirmation.
+_TRAIN, _EVAL, _CONFIRM = 0, 1, 2
+
+
+class TrainingError(ValueError):
+    """Training stopped because it cannot go on usefully (NaN/inf, a gradient stuck at zero)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every hyperparameter of a run (each is a flag of ``expectax rl``).
 
-    The defaults solve CartPole-v1 (see ``docs/rl.md``).
+    The defaults solve CartPole-v1 (see ``docs/rl.md`` for how often, on held-out seeds).
     """
 
     env_id: str = "CartPole-v1"
@@ -82,41 +106,74 @@ class Config:
     episodes: int = 200
     batch_episodes: int = 8
     learning_rate: float = 1e-2
+    lr_final_fraction: float = 1.0
     gamma: float = 0.99
     baseline: str = "leave_one_out"
     normalize_advantages: bool = False
     entropy_coef: float = 0.0
     value_coef: float = 0.5
-    eval_every: int = 1
+    eval_every: int = 0
     eval_episodes: int = 100
+    confirm_episodes: int = 100
     solve_threshold: float | None = None
     stop_when_solved: bool = True
+    max_zero_grad_batches: int = 20
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the bad field."""
+        """Raise ``ValueError`` naming the bad field and what to do."""
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
-        if self.batch_episodes < 1 or (
-            self.baseline == "leave_one_out" and self.batch_episodes < 2
-        ):
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise ValueError(
-                f"batch_episodes must be ≥ 2 with the leave-one-out baseline (≥ 1 otherwise), "
-                f"got {self.batch_episodes}."
+                f"hidden sizes must be positive integers (e.g. --hidden 128), got "
+                f"{list(self.hidden)}."
+            )
+        for name in ("episodes", "batch_episodes", "eval_episodes"):
+            v = getattr(self, name)
+            if v < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {v}.")
+        if self.confirm_episodes < 100:
+            raise ValueError(
+                f"confirm_episodes must be ≥ 100 (a smaller evaluation is too noisy to call a "
+                f"run solved), got {self.confirm_episodes}."
+            )
+        if self.baseline == "leave_one_out" and self.batch_episodes < 2:
+            raise ValueError(
+                f"batch_episodes must be ≥ 2 with the leave-one-out baseline, got "
+                f"{self.batch_episodes}: use --batch-episodes 2 or more, or another --baseline."
             )
         if self.episodes < self.batch_episodes:
             raise ValueError(
                 f"episodes ({self.episodes}) must be at least batch_episodes "
                 f"({self.batch_episodes})."
             )
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}.")
+        for name in ("learning_rate", "gamma", "input_gain", "entropy_coef", "value_coef"):
+            v = getattr(self, name)
+            if not math.isfinite(v):
+                flag = "lr" if name == "learning_rate" else name.replace("_", "-")
+                raise ValueError(
+                    f"{name} must be a finite number, got {v}: pass a finite --{flag}."
+                )
+        if self.solve_threshold is not None and not math.isfinite(self.solve_threshold):
+            raise ValueError(f"solve_threshold must be finite, got {self.solve_threshold}.")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError("eval_every must be ≥ 0 (0: never) and eval_episodes ≥ 1.")
+            raise ValueError(
+                f"learning_rate must be positive, got {self.learning_rate}: e.g. --lr 0.01."
+            )
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be ≥ 0 (0: never), got {self.eval_every}.")
+        if self.max_zero_grad_batches < 1:
+            raise ValueError(
+                f"max_zero_grad_batches must be ≥ 1, got {self.max_zero_grad_batches}."
+            )
+        runio.check_seed(self.seed, "seed")
         if self.backend == "jax" and self.env_id not in JAX_ENVS:
             raise ValueError(
                 f"backend 'jax' implements only CartPole-v1, got env {self.env_id!r}: use "
@@ -200,6 +257,43 @@ def make_env_info(env_id: str) -> EnvInfo:
         env.close()
 
 
+def _policy(config: Config, info_or_none: EnvInfo | None = None) -> Policy:
+    import gymnasium as gym
+
+    if info_or_none is None:
+        obs_space = gym.spaces.Box(-np.inf, np.inf, (cartpole.OBS_DIM,), np.float32)
+        action_space = gym.spaces.Discrete(cartpole.NUM_ACTIONS)
+    else:
+        obs_space, action_space = info_or_none.obs_space, info_or_none.action_space
+    return policy_for_space(
+        config.policy, obs_space, action_space, tuple(config.hidden), config.input_gain
+    )
+
+
+def greedy_action(d) -> jax.Array:
+    """The most likely action of a policy's distribution (the mean for a Gaussian)."""
+    import numpyro.distributions as dist
+
+    if isinstance(d, dist.CategoricalLogits):
+        return jnp.argmax(d.logits, axis=-1)
+    if isinstance(d, dist.BernoulliLogits):
+        return (d.logits > 0).astype(jnp.int32)
+    return d.mean
+
+
+def _act(d, key: jax.Array, greedy: bool) -> jax.Array:
+    return greedy_action(d) if greedy else d.sample(key)
+
+
+def sample_actions(
+    policy: Policy, params, obs: jax.Array, key: jax.Array, greedy: bool = False
+) -> jax.Array:
+    """Actions for a batch of observations ``(N, obs_dim)``: ``key`` split into ``N`` keys, one
+    sample of each observation's distribution (the random-number path of every rollout)."""
+    keys = jax.random.split(key, obs.shape[0])
+    return jax.vmap(lambda o, k: _act(policy.apply(params, o), k, greedy))(obs, keys)
+
+
 # --------------------------------------------------------------------------------------------
 # The update: shared by both backends.
 
@@ -227,7 +321,11 @@ def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransf
             baseline = jax.lax.stop_gradient(v)
             extra = config.value_coef * jnp.mean(jax.vmap(value_loss)(v, returns, mask))
         if config.normalize_advantages:
-            adv = normalize_advantages(returns - baseline, mask)
+            # A standard deviation within float32 rounding of the returns' scale is no signal:
+            # such advantages become 0 instead of rounding residue blown up to unit size.
+            scale = jnp.max(jnp.abs(returns) * mask)
+            eps = 1e-5 * jnp.maximum(scale, 1.0)
+            adv = normalize_advantages(returns - baseline, mask, eps=eps)
             pg = jax.vmap(reinforce_loss, in_axes=(0, 0, None, 0))(logp, adv, None, mask)
         else:
             pg = jax.vmap(reinforce_loss)(logp, returns, baseline, mask)
@@ -250,9 +348,30 @@ def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransf
             state.episodes + batch.rewards.shape[0],
         )
         train_return = jnp.mean(jnp.sum(batch.rewards * batch.mask, axis=1))
-        return new, {"loss": loss, "train_return": train_return}
+        finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])
+        )
+        return new, {
+            "loss": loss,
+            "train_return": train_return,
+            "grad_norm": optax.tree.norm(grads),
+            "params_finite": finite,
+        }
 
     return update
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """Adam at ``config.learning_rate``, decayed linearly to ``lr_final_fraction`` of it over
+    the budget's batches (1.0: constant)."""
+    if config.lr_final_fraction == 1.0:
+        return optax.adam(config.learning_rate)
+    schedule = optax.linear_schedule(
+        config.learning_rate,
+        config.learning_rate * config.lr_final_fraction,
+        max(config.num_batches - 1, 1),
+    )
+    return optax.adam(schedule)
 
 
 def _init_state(config: Config, policy: Policy, optimizer, obs_dim: int, max_steps: int):
@@ -289,29 +408,49 @@ class JaxTrainer(NamedTuple):
     rollout: Callable[[Any, jax.Array, int], Batch]
     step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, jax.Array], jax.Array]
+    confirm: Callable[[Any, jax.Array], jax.Array]
 
 
-def _jax_rollout(policy: Policy, params, key: jax.Array, num_episodes: int) -> Batch:
-    """``num_episodes`` CartPole episodes of up to 500 steps, padded (one scan over time)."""
+def jax_rollout(
+    policy: Policy, params, key: jax.Array, num_episodes: int, greedy: bool = False
+) -> Batch:
+    """``num_episodes`` CartPole episodes of up to 500 steps, padded to 500.
+
+    A ``while_loop`` over time that stops as soon as every episode has ended (an early policy's
+    episodes last ~20 steps). Each step splits one key into one per episode and samples each
+    episode's action from its distribution (:func:`sample_actions`, shared with the Gymnasium
+    backend and ``benchmarks/rl_env_speed.py``); ``greedy`` takes the most likely action.
+    """
     T = cartpole.MAX_EPISODE_STEPS
+    n = num_episodes
     k_reset, k_act = jax.random.split(key)
-    states, obs0 = jax.vmap(cartpole.reset)(jax.random.split(k_reset, num_episodes))
+    states, obs0 = jax.vmap(cartpole.reset)(jax.random.split(k_reset, n))
     vstep = jax.vmap(cartpole.step)
 
-    def act(o, k):
-        return policy.apply(params, o).sample(k)
+    def cond(carry):
+        t, _, _, done, _ = carry
+        return (t < T) & ~jnp.all(done)
 
-    def body(carry, k):
-        states, obs, done = carry
-        actions = jax.vmap(act)(obs, jax.random.split(k, num_episodes))
+    def body(carry):
+        t, states, obs, done, bufs = carry
+        actions = sample_actions(policy, params, obs, jax.random.fold_in(k_act, t), greedy)
+        actions = actions.astype(jnp.int32)
         states, ts = vstep(states, actions)
-        valid = ~done
-        out = (obs, actions, ts.reward * valid, valid.astype(jnp.float32))
+        valid = (~done).astype(jnp.float32)
+        o, a, r, m = bufs
+        bufs = (o.at[t].set(obs), a.at[t].set(actions), r.at[t].set(ts.reward * valid),
+                m.at[t].set(valid))  # fmt: skip
         done = done | ts.terminated | ts.truncated
-        return (states, ts.obs, done), out
+        return t + 1, states, ts.obs, done, bufs
 
-    init = (states, obs0, jnp.zeros((num_episodes,), bool))
-    _, (obs, actions, rewards, mask) = jax.lax.scan(body, init, jax.random.split(k_act, T))
+    bufs = (
+        jnp.zeros((T, n, cartpole.OBS_DIM), jnp.float32),
+        jnp.zeros((T, n), jnp.int32),
+        jnp.zeros((T, n), jnp.float32),
+        jnp.zeros((T, n), jnp.float32),
+    )
+    init = (jnp.zeros((), jnp.int32), states, obs0, jnp.zeros((n,), bool), bufs)
+    *_, (obs, actions, rewards, mask) = jax.lax.while_loop(cond, body, init)
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     return Batch(swap(obs), swap(actions), swap(rewards), swap(mask))
 
@@ -321,35 +460,33 @@ def make_jax_trainer(config: Config) -> JaxTrainer:
 
     ``step(state, key)`` collects a batch with the pure-JAX CartPole and applies one update;
     ``evaluate(params, key)`` is the mean return of ``config.eval_episodes`` episodes of the
-    sampled policy. Both are jittable and vmappable (e.g. over seeds in
+    sampled policy, ``confirm(params, key)`` the same over ``config.confirm_episodes``. All are
+    jittable and vmappable (e.g. over seeds in
     ``benchmarks/rl_cartpole.py``).
     """
-    import gymnasium as gym
-
     config.validate()
-    obs_space = gym.spaces.Box(-np.inf, np.inf, (cartpole.OBS_DIM,), np.float32)
-    policy = policy_for_space(
-        config.policy,
-        obs_space,
-        gym.spaces.Discrete(cartpole.NUM_ACTIONS),
-        config.hidden,
-        config.input_gain,
-    )
-    optimizer = optax.adam(config.learning_rate)
+    policy = _policy(config)
+    optimizer = make_optimizer(config)
     update = _make_update(config, policy, optimizer)
 
     def init():
         return _init_state(config, policy, optimizer, cartpole.OBS_DIM, cartpole.MAX_EPISODE_STEPS)
 
     def step(state, key):
-        batch = _jax_rollout(policy, state.params["policy"], key, config.batch_episodes)
+        batch = jax_rollout(policy, state.params["policy"], key, config.batch_episodes)
         return update(state, batch)
 
-    def evaluate(params, key):
-        batch = _jax_rollout(policy, params["policy"], key, config.eval_episodes)
+    def mean_return(params, key, n):
+        batch = jax_rollout(policy, params["policy"], key, n)
         return jnp.mean(jnp.sum(batch.rewards, axis=1))
 
-    return JaxTrainer(init, lambda p, k, n: _jax_rollout(policy, p["policy"], k, n), step, evaluate)
+    return JaxTrainer(
+        init,
+        lambda p, k, n: jax_rollout(policy, p["policy"], k, n),
+        step,
+        lambda p, k: mean_return(p, k, config.eval_episodes),
+        lambda p, k: mean_return(p, k, config.confirm_episodes),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,11 +507,10 @@ class _GymRunner:
             self.low = np.asarray(info.action_space.low)
             self.high = np.asarray(info.action_space.high)
 
-        def act(params, obs, key):
-            keys = jax.random.split(key, obs.shape[0])
-            return jax.vmap(lambda o, k: policy.apply(params["policy"], o).sample(k))(obs, keys)
+        def act(params, obs, key, greedy):
+            return sample_actions(policy, params["policy"], obs, key, greedy)
 
-        self.act = jax.jit(act)
+        self.act = jax.jit(act, static_argnums=3)
 
     def _envs(self, n: int):
         if n not in self.envs:
@@ -387,7 +523,9 @@ class _GymRunner:
         for envs in self.envs.values():
             envs.close()
 
-    def rollout(self, params, key: jax.Array, env_seed: int, n: int, where: str) -> Batch:
+    def rollout(
+        self, params, key: jax.Array, env_seed: int, n: int, where: str, greedy: bool = False
+    ) -> Batch:
         envs = self._envs(n)
         T = self.info.max_steps
         obs, _ = envs.reset(seed=env_seed)
@@ -401,7 +539,7 @@ class _GymRunner:
         for t in range(T):
             _check_finite(obs, "observation", self.info.env_id, where, t)
             actions = np.asarray(
-                self.act(params, jnp.asarray(obs, jnp.float32), jax.random.fold_in(key, t))
+                self.act(params, jnp.asarray(obs, jnp.float32), jax.random.fold_in(key, t), greedy)
             )
             valid = ~done
             obs_buf[valid, t] = obs[valid]
@@ -458,36 +596,83 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
+def _unreadable(path, why: str) -> ValueError:
+    return ValueError(
+        f"checkpoint {str(path)!r} cannot be read ({why}): it is truncated, corrupt or not an "
+        "expectax rl checkpoint. Delete it (or pass --overwrite) to start afresh, or point "
+        "--out/--checkpoint at the directory of a complete run."
+    )
+
+
+def _read_npz(path) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file, never unpickling; every failure is one ``ValueError``."""
+    try:
+        with open(path, "rb") as fh:
+            data = np.load(fh, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise _unreadable(path, "not an .npz archive")
+            with data:
+                return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise ValueError(
+            f"no checkpoint at {str(path)!r}: train first (expectax rl --out DIR) and pass that "
+            "DIR."
+        ) from None
+    except ValueError as err:
+        if str(err).startswith("checkpoint "):
+            raise
+        raise _unreadable(path, "not a plain-array .npz; pickled data is never loaded") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise _unreadable(path, type(err).__name__) from None
+
+
+def _saved_config(path, data: dict[str, np.ndarray]) -> dict:
+    try:
+        return json.loads(str(data["config"]))
+    except (KeyError, json.JSONDecodeError):
+        raise _unreadable(path, "no valid config inside") from None
+
+
 def load_checkpoint(path: str | os.PathLike, template: TrainState, config: Config):
-    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``template``."""
-    with np.load(path, allow_pickle=False) as data:
-        saved = json.loads(str(data["config"]))
-        mine = json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True))
-        differ = sorted(k for k in mine if k not in ("episodes",) and saved.get(k) != mine[k])
-        if differ:
-            raise ValueError(
-                f"checkpoint {str(path)!r} was written with different settings ({', '.join(differ)}"
-                f": {[saved.get(k) for k in differ]} vs now {[mine[k] for k in differ]}); resume "
-                "with the same flags or start a new run in another --out directory."
-            )
-        leaves, treedef = jax.tree_util.tree_flatten(template)
+    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``template``.
+
+    Raises ``ValueError`` (one line that says what to do) for a missing, truncated, corrupt or
+    pickled file, one written with other settings, or one holding NaN or inf.
+    """
+    data = _read_npz(path)
+    saved = _saved_config(path, data)
+    mine = json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True))
+    differ = sorted(k for k in mine if k not in ("episodes",) and saved.get(k) != mine[k])
+    if differ:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written with different settings ({', '.join(differ)}"
+            f": {[saved.get(k) for k in differ]} vs now {[mine[k] for k in differ]}); resume "
+            "with the same flags or start a new run in another --out directory."
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    try:
         loaded = [data[f"state_{i:04d}"] for i in range(len(leaves))]
-        for a, b in zip(leaves, loaded, strict=True):
-            if np.shape(a) != b.shape or np.asarray(a).dtype != b.dtype:
-                raise ValueError(f"checkpoint {str(path)!r} does not match this model's shapes.")
-        state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in loaded])
         history = {c: list(data[f"history_{c}"]) for c in HISTORY_COLUMNS}
+    except KeyError as err:
+        raise _unreadable(path, f"{err.args[0]} missing") from None
+    for a, b in zip(leaves, loaded, strict=True):
+        if np.shape(a) != b.shape or np.asarray(a).dtype != b.dtype:
+            raise _unreadable(path, "its arrays do not match this model's shapes")
+        if np.issubdtype(b.dtype, np.floating) and not np.all(np.isfinite(b)):
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds NaN or inf parameters: it cannot be resumed "
+                "or evaluated. Start afresh (--overwrite) with a smaller --lr."
+            )
+    state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in loaded])
     return state, history
 
 
 def _write_csv(path: Path, history: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(HISTORY_COLUMNS)
-        for row in zip(*(history[c] for c in HISTORY_COLUMNS), strict=True):
-            w.writerow([int(row[0]), int(row[1]), *(f"{v:.6g}" for v in row[2:])])
-    os.replace(tmp, path)
+    rows = [dict(zip(HISTORY_COLUMNS, r, strict=True)) for r in zip(*history.values(), strict=True)]
+    for r in rows:
+        for c in ("batch", "episodes", "eval_episodes"):
+            r[c] = int(r[c])
+    runio.write_csv(path, rows, HISTORY_COLUMNS)
 
 
 def plot_curve(path: Path, history: dict, title: str, threshold: float | None) -> None:
@@ -500,10 +685,14 @@ def plot_curve(path: Path, history: dict, title: str, threshold: float | None) -
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ep = np.asarray(history["episodes"])
     ax.plot(ep, history["train_return"], label="training batch mean", alpha=0.7)
-    ev = np.asarray(history["eval_return"])
-    ok = np.isfinite(ev)
-    if ok.any():
-        ax.plot(ep[ok], ev[ok], "o-", ms=3, label="evaluation mean (sampled policy)")
+    for col, label, style in (
+        ("eval_return", "periodic evaluation (sampled policy)", "o-"),
+        ("confirm_return", "confirmation (fresh episodes)", "s"),
+    ):
+        ev = np.asarray(history[col])
+        ok = np.isfinite(ev)
+        if ok.any():
+            ax.plot(ep[ok], ev[ok], style, ms=3, label=label)
     if threshold is not None:
         ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"solved ({threshold:g})")
     ax.set_xlabel("training episodes")
@@ -516,6 +705,27 @@ def plot_curve(path: Path, history: dict, title: str, threshold: float | None) -
 
 
 # --------------------------------------------------------------------------------------------
+# Output directories.
+
+OUTPUT_FILES = ("checkpoint.npz", "log.csv", "summary.json", "curve.png")
+
+
+def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot be written, or that holds a run and neither ``resume``
+    nor ``overwrite`` was asked for; checked before any training."""
+    try:
+        runio.prepare_out(out, OUTPUT_FILES, overwrite=overwrite or resume)
+    except runio.OutputError as err:
+        msg = str(err)
+        if "earlier run" in msg:
+            msg = msg.replace("pass --overwrite", "pass --resume to continue it, --overwrite")
+        raise ValueError(msg) from None
+    if overwrite and not resume:
+        for f in OUTPUT_FILES:
+            (out / f).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
 # The driver.
 
 
@@ -524,40 +734,56 @@ def train(
     out_dir: str | os.PathLike | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     checkpoint_every: int = 1,
     throttle: float = 0.0,
     callback: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train REINFORCE with ``config``; write checkpoint, CSV log and curve under ``out_dir``.
+    """Train REINFORCE with ``config``; write checkpoint, CSV log, summary and curve.
 
     Args:
       config: the run's settings.
-      out_dir: where ``checkpoint.npz``, ``log.csv`` and ``curve.png`` go (``None``: nothing
-        is written and ``resume`` is not possible).
+      out_dir: where ``checkpoint.npz``, ``log.csv``, ``summary.json`` and ``curve.png`` go
+        (``None``: nothing is written and ``resume`` is not possible). A directory that
+        already holds a run is refused unless ``resume`` or ``overwrite``.
       resume: continue from ``out_dir/checkpoint.npz`` if it exists.
+      overwrite: replace the run in ``out_dir`` (ignored with ``resume``).
       progress: show a rich progress bar.
-      checkpoint_every: save every this many batches (and at the end, and on Ctrl-C).
+      checkpoint_every: save every this many batches (and at the end, and on Ctrl-C); ≥ 1.
       throttle: seconds to sleep after each batch (for tests that kill a run part-way).
       callback: called after each batch with that batch's log row (a dict by column).
 
     Returns:
-      A dict with ``state``, ``history`` (lists per column), ``episodes_to_solve`` (``None``
-      if not solved), ``solved``, ``interrupted`` and ``wall_time``.
+      A dict with ``state``, ``history`` (lists per column), ``episodes_to_solve`` (training
+      episodes when a fresh evaluation first confirmed the threshold; ``None`` if never),
+      ``solved``, ``confirm_return``, ``eval_episodes`` (evaluation episodes used, not counted
+      in training), ``final_eval`` (the final policy's fresh evaluation when training did not
+      stop on a confirmation, else ``None``), ``interrupted``, ``wall_time`` and ``threshold``.
+
+    Raises:
+      ValueError: bad settings, an unusable ``out_dir`` or checkpoint;
+        :class:`TrainingError` (a ``ValueError``) when the loss or the parameters become NaN
+        or inf, or the gradient is exactly zero for ``config.max_zero_grad_batches`` batches.
     """
     config.validate()
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(
+            f"checkpoint_every must be an integer ≥ 1 (batches between checkpoints), got "
+            f"{checkpoint_every!r}."
+        )
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        check_out_dir(out, resume=resume, overwrite=overwrite)
     info = make_env_info(config.env_id)
-    policy = policy_for_space(
-        config.policy, info.obs_space, info.action_space, config.hidden, config.input_gain
-    )
+    policy = _policy(config, info)
     threshold = (
         config.solve_threshold if config.solve_threshold is not None else info.reward_threshold
     )
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = make_optimizer(config)
     obs_dim = int(info.obs_space.shape[0])
     state = _init_state(config, policy, optimizer, obs_dim, info.max_steps)
     history: dict[str, list] = {c: [] for c in HISTORY_COLUMNS}
-    out = Path(out_dir) if out_dir is not None else None
     ckpt = out / "checkpoint.npz" if out is not None else None
     if resume and ckpt is not None and ckpt.exists():
         state, history = load_checkpoint(ckpt, state, config)
@@ -566,14 +792,15 @@ def train(
         trainer = make_jax_trainer(config)
         jstep = jax.jit(trainer.step)
         jeval = jax.jit(trainer.evaluate)
+        jconfirm = jax.jit(trainer.confirm)
         runner = None
 
         def do_batch(state, b):
-            st, m = jstep(state, _batch_key(config.seed, b, 0))
-            return st, m
+            return jstep(state, _batch_key(config.seed, b, _TRAIN))
 
-        def do_eval(params, b):
-            return float(jeval(params, _batch_key(config.seed, b, 1)))
+        def do_eval(params, b, purpose):
+            f = jconfirm if purpose == _CONFIRM else jeval
+            return float(f(params, _batch_key(config.seed, b, purpose)))
 
     else:
         runner = _GymRunner(info, policy)
@@ -582,30 +809,38 @@ def train(
         def do_batch(state, b):
             batch = runner.rollout(
                 state.params,
-                _batch_key(config.seed, b, 0),
-                _batch_seed(config.seed, b, 0),
+                _batch_key(config.seed, b, _TRAIN),
+                _batch_seed(config.seed, b, _TRAIN),
                 config.batch_episodes,
                 f"training batch {b}",
             )
             return update(state, batch)
 
-        def do_eval(params, b):
+        def do_eval(params, b, purpose):
             batch = runner.rollout(
                 params,
-                _batch_key(config.seed, b, 1),
-                _batch_seed(config.seed, b, 1),
-                config.eval_episodes,
+                _batch_key(config.seed, b, purpose),
+                _batch_seed(config.seed, b, purpose),
+                config.confirm_episodes if purpose == _CONFIRM else config.eval_episodes,
                 f"evaluation after batch {b}",
             )
             return float(jnp.mean(jnp.sum(batch.rewards, axis=1)))
 
     def solved_at(history):
         if threshold is None:
-            return None
-        for ep, ev in zip(history["episodes"], history["eval_return"], strict=True):
-            if np.isfinite(ev) and ev >= threshold:
-                return int(ep)
-        return None
+            return None, None
+        for ep, c in zip(history["episodes"], history["confirm_return"], strict=True):
+            if np.isfinite(c) and c >= threshold:
+                return int(ep), float(c)
+        return None, None
+
+    def zero_grad_run(history):
+        n = 0
+        for g in reversed(history["grad_norm"]):
+            if g != 0.0:
+                break
+            n += 1
+        return n
 
     def save():
         if out is not None:
@@ -614,73 +849,114 @@ def train(
 
     interrupted = False
     t0 = time.perf_counter() - (history["wall_time"][-1] if history["wall_time"] else 0.0)
-    bar = _progress(progress, config)
+    bar = runio.progress(quiet=not progress)
     try:
-        with bar:
-            task = bar.add_task(
-                f"REINFORCE {config.env_id}", total=config.num_batches, completed=int(state.batch)
-            )
-            while int(state.batch) < config.num_batches and not (
-                config.stop_when_solved and solved_at(history) is not None
-            ):
-                b = int(state.batch)
-                new_state, metrics = do_batch(state, b)
-                ev = float("nan")
-                if config.eval_every and (b + 1) % config.eval_every == 0:
-                    ev = do_eval(new_state.params, b)
-                state = new_state
-                row = (
-                    b + 1,
-                    int(state.episodes),
-                    float(metrics["train_return"]),
-                    ev,
-                    float(metrics["loss"]),
-                    time.perf_counter() - t0,
+        try:
+            with bar:
+                task = bar.add_task(
+                    f"REINFORCE {config.env_id}",
+                    total=config.num_batches,
+                    completed=int(state.batch),
                 )
-                for c, v in zip(HISTORY_COLUMNS, row, strict=True):
-                    history[c].append(v)
-                if (b + 1) % checkpoint_every == 0:
-                    save()
-                bar.update(
-                    task,
-                    completed=b + 1,
-                    description=f"REINFORCE {config.env_id} | train {row[2]:7.1f} | eval {ev:7.1f}",
-                )
-                if callback is not None:
-                    callback(dict(zip(HISTORY_COLUMNS, row, strict=True)))
-                if throttle:
-                    time.sleep(throttle)
-    except KeyboardInterrupt:
-        interrupted = True
+                while int(state.batch) < config.num_batches and not (
+                    config.stop_when_solved and solved_at(history)[0] is not None
+                ):
+                    b = int(state.batch)
+                    new_state, metrics = do_batch(state, b)
+                    loss = float(metrics["loss"])
+                    if not (math.isfinite(loss) and bool(metrics["params_finite"])):
+                        what = "the loss" if not math.isfinite(loss) else "the parameters"
+                        raise TrainingError(
+                            f"training diverged at batch {b + 1}: {what} became NaN or inf "
+                            f"(learning rate {config.learning_rate:g}); lower --lr. "
+                            + (
+                                f"The checkpoint in {str(out)!r} holds the last finite batch."
+                                if out is not None
+                                else ""
+                            )
+                        )
+                    train_return = float(metrics["train_return"])
+                    ev = float("nan")
+                    if config.eval_every and (b + 1) % config.eval_every == 0:
+                        ev = do_eval(new_state.params, b, _EVAL)
+                    n_eval = config.eval_episodes * int(np.isfinite(ev))
+                    conf = float("nan")
+                    if threshold is not None and (
+                        train_return >= threshold or (np.isfinite(ev) and ev >= threshold)
+                    ):
+                        conf = do_eval(new_state.params, b, _CONFIRM)
+                        n_eval += config.confirm_episodes
+                    state = new_state
+                    prev_eval = history["eval_episodes"][-1] if history["eval_episodes"] else 0
+                    row = (
+                        b + 1,
+                        int(state.episodes),
+                        train_return,
+                        ev,
+                        conf,
+                        prev_eval + n_eval,
+                        loss,
+                        float(metrics["grad_norm"]),
+                        time.perf_counter() - t0,
+                    )
+                    for c, v in zip(HISTORY_COLUMNS, row, strict=True):
+                        history[c].append(v)
+                    if (b + 1) % checkpoint_every == 0:
+                        save()
+                    bar.update(
+                        task,
+                        completed=b + 1,
+                        description=f"REINFORCE {config.env_id} | train {train_return:7.1f}"
+                        + (f" | confirm {conf:7.1f}" if np.isfinite(conf) else ""),
+                    )
+                    if callback is not None:
+                        callback(dict(zip(HISTORY_COLUMNS, row, strict=True)))
+                    if zero_grad_run(history) >= config.max_zero_grad_batches:
+                        save()
+                        raise TrainingError(
+                            f"the gradient was exactly zero for {config.max_zero_grad_batches} "
+                            f"batches in a row (up to batch {b + 1}): every episode of each batch "
+                            f"had the same return (last batch mean {train_return:g}), so every "
+                            "advantage is 0 and REINFORCE cannot learn. The policy never found a "
+                            "better episode: try another --seed, a larger --batch-episodes, "
+                            "--input-gain or --entropy-coef."
+                        )
+                    if throttle:
+                        time.sleep(throttle)
+        except KeyboardInterrupt:
+            interrupted = True
+        ets, conf = solved_at(history)
+        final_eval = None
+        if not interrupted and history["episodes"] and not (config.stop_when_solved and ets):
+            final_eval = do_eval(state.params, config.num_batches + 1, _CONFIRM)
     finally:
         if runner is not None:
             runner.close()
     save()
-    if out is not None and history["episodes"]:
-        plot_curve(
-            out / "curve.png",
-            history,
-            f"REINFORCE on {config.env_id} (seed {config.seed})",
-            threshold,
-        )
-    return {
-        "state": state,
-        "history": history,
-        "episodes_to_solve": solved_at(history),
-        "solved": solved_at(history) is not None,
+    eval_used = int(history["eval_episodes"][-1]) if history["eval_episodes"] else 0
+    if final_eval is not None:
+        eval_used += config.confirm_episodes
+    summary = {
+        "env_id": config.env_id,
+        "seed": config.seed,
+        "threshold": threshold,
+        "solved": ets is not None,
+        "episodes_to_solve": ets,
+        "confirm_return": conf,
+        "training_episodes": int(state.episodes),
+        "eval_episodes": eval_used,
+        "final_eval": final_eval,
         "interrupted": interrupted,
         "wall_time": history["wall_time"][-1] if history["wall_time"] else 0.0,
-        "threshold": threshold,
+        "config": dataclasses.asdict(config),
     }
-
-
-def _progress(enabled: bool, config: Config):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-    )
+    if out is not None:
+        runio.write_json(out / "summary.json", summary)
+        if history["episodes"]:
+            plot_curve(
+                out / "curve.png",
+                history,
+                f"REINFORCE on {config.env_id} (seed {config.seed})",
+                threshold,
+            )
+    return {"state": state, "history": history, **summary}
