@@ -10,6 +10,7 @@ import argparse
 import csv
 import itertools
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -190,15 +191,15 @@ def test_short_run_writes_files_and_improves_elbo(tmp_path):
             "4",
             "--iw-samples",
             "20",
-            "--eval-points",
-            "300",
             "--out",
             str(out),
             "--quiet",
         ]
     )
     assert vae.run(args) == 0
-    for f in [f"{name}_seed0.csv", "runs.csv", "summary.csv", "vae_curves.png"]:
+    with pytest.raises(SystemExit, match="already holds an earlier run .*--overwrite"):
+        vae.run(args)  # never overwrites an earlier run silently
+    for f in [f"{name}_seed0.csv", "runs.csv", "summary.csv", "summary.json", "vae_curves.png"]:
         assert os.path.getsize(out / f) > 0, f
     with open(out / f"{name}_seed0.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -211,6 +212,7 @@ def test_short_run_writes_files_and_improves_elbo(tmp_path):
     with open(out / "summary.csv") as fh:
         (summary,) = list(csv.DictReader(fh))
     assert summary["estimator"] == name and summary["evaluations"] == "2"
+    assert summary["diverged"] == "0"
 
 
 def test_run_on_npz_file(tmp_path):
@@ -242,11 +244,25 @@ def test_run_on_npz_file(tmp_path):
     assert (tmp_path / "o" / "summary.csv").exists()
 
 
-def test_bad_arguments_give_clear_errors(tmp_path):
+def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--estimator 'nope' is unknown; choose from"):
         vae.run(_parse(["--estimator", "nope", "--out", str(tmp_path)]))
-    with pytest.raises(SystemExit, match="--steps must be at least 1, got 0"):
-        vae.run(_parse(["--estimator", "reinforce", "--steps", "0", "--out", str(tmp_path)]))
+    for argv, msg in [
+        (["--steps", "0"], "argument --steps: must be positive"),
+        (["--seed", "-1"], "argument --seed: must satisfy 0 <= seed < 2\\*\\*32"),
+        (["--lr", "nan"], "argument --lr: must be positive and finite"),
+    ]:
+        with pytest.raises(SystemExit):
+            _parse(argv)
+        assert re.search(msg, capsys.readouterr().err)
+    with pytest.raises(SystemExit, match="--var-repeats must be at least 2"):
+        vae.run(_parse(["--var-repeats", "1", "--out", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="--train-size applies to --data FILE"):
+        vae.run(_parse(["--train-size", "10", "--out", str(tmp_path)]))
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SystemExit, match="is an existing file; give a directory"):
+        vae.run(_parse(["--estimator", "reinforce", "--out", str(f)]))
     with pytest.raises(SystemExit, match="--data .*no such file"):
         vae.run(
             _parse(
@@ -266,3 +282,71 @@ def test_missing_estimator_family_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(vae.ESTIMATORS, "arm", ("expectax.estimators.not_there", "ARM", ""))
     with pytest.raises(SystemExit, match="--estimator arm: ARM is not available .* Pick one"):
         vae.run(_parse(["--estimator", "arm", "--out", str(tmp_path)]))
+
+
+# --------------------------------------------------------------------------- matching the reference
+
+
+def test_straight_through_gumbel_softmax_is_an_option():
+    est = vae.make_estimator("st-gumbel-softmax", temperature=0.3)
+    assert type(est).__name__ == "GumbelSoftmax" and est.straight_through
+    assert float(est.temperature) == pytest.approx(0.3)
+    assert not vae.make_estimator("gumbel-softmax").straight_through
+
+
+def test_zero_mean_log_q_term_is_an_option():
+    """Dropping −∇φ log q changes the encoder's gradient, not the value or the decoder's."""
+    est = vae.make_estimator("rloo")
+    params = _params()
+    batch = jnp.asarray(DATA.train[:4])
+    key = jax.random.key(3)
+    drop = vae.make_loss(est, SMALL, 2)
+    keep = vae.make_loss(est, SMALL, 2, log_q_grad=True)
+    assert float(drop(params, batch, key)) == pytest.approx(float(keep(params, batch, key)))
+    g_drop, g_keep = jax.grad(drop)(params, batch, key), jax.grad(keep)(params, batch, key)
+    np.testing.assert_allclose(g_drop["decoder"][0]["w"], g_keep["decoder"][0]["w"], rtol=1e-5)
+    assert not np.allclose(g_drop["encoder"][0]["w"], g_keep["encoder"][0]["w"])
+
+
+def test_gradient_with_the_log_q_term_is_unbiased_too():
+    estimator = vae.make_estimator("disarm")
+    params = _params()
+    batch = jnp.asarray(DATA.train[:2])
+    loss = vae.make_loss(estimator, SMALL, 1, log_q_grad=True)
+    exact = jax.grad(lambda p: -jnp.mean(jax.vmap(lambda x: exact_elbo(p, x, SMALL)[0])(batch)))(
+        params
+    )
+    grads = estimates(lambda p, k: jax.grad(loss)(p, batch, k), params, jax.random.key(9), 2000)
+    assert_unbiased(grads, exact, k=5, bonferroni=True)
+
+
+def test_batches_come_from_shuffled_epochs_and_chunks_agree():
+    from expectax.vi.vae_train import batch_rows
+
+    rows = batch_rows(seed=1, start=0, steps=70, batch_size=50, n=1500)
+    flat = rows.reshape(-1)
+    assert sorted(flat[:1500]) == list(range(1500)) and sorted(flat[1500:3000]) == list(range(1500))
+    parts = np.concatenate([batch_rows(1, 0, 33, 50, 1500), batch_rows(1, 33, 37, 50, 1500)])
+    np.testing.assert_array_equal(parts, rows)
+
+
+def test_per_row_is_a_batched_lax_map():
+    from expectax.vi.vae_train import _per_row
+
+    xs = jnp.arange(250.0 * 3).reshape(250, 3)
+    got = _per_row(lambda x, k: jnp.sum(x) + jax.random.uniform(k), xs, jax.random.key(0))
+    keys = jax.random.split(jax.random.key(0), 250)
+    want = jax.vmap(lambda x, k: jnp.sum(x) + jax.random.uniform(k))(xs, keys)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_npz_train_size_keeps_the_first_images(tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "m.npz"
+    xtr = rng.random((30, 4, 4))
+    np.savez(path, x_train=xtr, x_test=rng.random((5, 4, 4)))
+    data = load_npz(path, train_size=20)
+    np.testing.assert_array_equal(data.train, xtr.reshape(30, -1)[:20] > 0.5)
+    with pytest.raises(ValueError, match="--train-size must be between 1 and the 30 images"):
+        load_npz(path, train_size=31)
+    assert load_digits(test_size=500).test.shape == (500, 64)

@@ -17,9 +17,11 @@ Two sources, both returning ``float32`` arrays of zeros and ones with one flatte
   ``y_train/y_test``    optional labels, ignored
   ====================  ====================================================================
 
-  Pixels are binarised by a fixed threshold (``x > threshold`` after scaling to [0, 1]), as in
-  the statically binarised MNIST of the DisARM paper's experiments. To write such a file from
-  arrays you already have: ``numpy.savez_compressed("mnist.npz", x_train=xtr, x_test=xte)``.
+  Pixels are binarised by a fixed threshold (``x > threshold`` after scaling to [0, 1]; the
+  DisARM reference's ``get_binarized_mnist_batch`` uses 0.5), and ``train_size`` keeps the
+  first images of ``x_train`` for training (the reference: 50,000 of MNIST's 60,000). To
+  write such a file from arrays you already have:
+  ``numpy.savez_compressed("mnist.npz", x_train=xtr, x_test=xte)``.
 
 References:
   Dong, Mnih & Tucker (2020), "DisARM: an antithetic gradient estimator for binary latent
@@ -79,7 +81,7 @@ def load_digits(threshold: float = 0.5, test_size: int = 297) -> Dataset:
     images = sk_load_digits().data.astype(np.float32) / 16.0
     n = images.shape[0]
     if not 0 < test_size < n:
-        raise ValueError(f"test_size must be between 1 and {n - 1}, got {test_size}.")
+        raise ValueError(f"--test-size must be between 1 and {n - 1}, got {test_size}.")
     perm = np.random.default_rng(0).permutation(n)
     binary = (images > threshold).astype(np.float32)
     return Dataset(binary[perm[test_size:]], binary[perm[:test_size]], (8, 8), "digits")
@@ -109,12 +111,17 @@ def _as_unit(x: np.ndarray, key: str, path: str) -> np.ndarray:
     raise ValueError(f"--data {path}: {key} has dtype {x.dtype}; expected uint8 or float.")
 
 
-def load_npz(path: str | os.PathLike[str], threshold: float = 0.5) -> Dataset:
+def load_npz(
+    path: str | os.PathLike[str], threshold: float = 0.5, train_size: int | None = None
+) -> Dataset:
     """Images from a local ``.npz`` file with ``x_train`` and ``x_test`` (see the module docs).
 
     Args:
       path: the file, e.g. Keras' ``mnist.npz``.
       threshold: a pixel is 1 when its value scaled to [0, 1] exceeds ``threshold``.
+      train_size: train on the first ``train_size`` images of ``x_train`` only (the DisARM
+        reference trains on MNIST's ``train[:50000]`` and keeps ``train[50000:]`` for
+        validation); None: all of them. ``x_test`` is the held-out set either way.
 
     Raises:
       FileNotFoundError / ValueError: naming ``--data`` and what the file must contain.
@@ -145,6 +152,13 @@ def load_npz(path: str | os.PathLike[str], threshold: float = 0.5) -> Dataset:
         train = _as_unit(archive["x_train"], "x_train", path)
         test = _as_unit(archive["x_test"], "x_test", path)
         raw_shape = archive["x_train"].shape[1:]
+    if train_size is not None:
+        if not 0 < train_size <= train.shape[0]:
+            raise ValueError(
+                f"--train-size must be between 1 and the {train.shape[0]} images of x_train in "
+                f"{path}, got {train_size}."
+            )
+        train = train[:train_size]
     if train.shape[1] != test.shape[1]:
         raise ValueError(
             f"--data {path}: x_train has {train.shape[1]} pixels per image but x_test has "
