@@ -83,7 +83,9 @@ class ARM(Estimator):
                 "ex.DisARM() (its stick-breaking extension serves Categoricals), "
                 "ex.UnorderedSet() or " + _ALTERNATIVES + "."
             )
-        logits = bernoulli_logits(ctx, num_samples, "ARM", "ex.DisARM() or " + _ALTERNATIVES)
+        logits = bernoulli_logits(
+            ctx, num_samples, "ARM", "ex.DisARM() or " + _ALTERNATIVES, exact=True
+        )
         u = jax.random.uniform(key, logits.shape, logits.dtype)
         sg = jax.lax.stop_gradient(logits)
         b1 = (u > jax.nn.sigmoid(-sg)).astype(logits.dtype)
@@ -143,7 +145,7 @@ class DisARM(Estimator):
                 "DisARM serves Bernoulli and Categorical distributions, but dist_fn returned "
                 f"{type(ctx.dist).__name__}. Use " + _ALTERNATIVES + " instead."
             )
-        logits = bernoulli_logits(ctx, num_samples, "DisARM", _ALTERNATIVES)
+        logits = bernoulli_logits(ctx, num_samples, "DisARM", _ALTERNATIVES, exact=True)
         u = jax.random.uniform(key, logits.shape, logits.dtype)
         b, bt, coef_pair = _disarm_pair(logits, u)
         fb, fbt = ctx.f(b), ctx.f(bt)

@@ -234,6 +234,10 @@ def log_prob(dist: Any, x: Any) -> jax.Array:
         return jnp.broadcast_to(value, jnp.broadcast_shapes(dist.batch_shape, lead))
     if type(dist) is nd.BernoulliLogits:
         return x * dist.logits - jax.nn.softplus(dist.logits)
+    if type(dist) is nd.BernoulliProbs:
+        return _bernoulli_probs_log_prob(
+            jnp.asarray(x, jnp.result_type(dist.probs, float)), dist.probs
+        )
     if type(dist) is nd.BinomialLogits:
         n = dist.total_count
         log_comb = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
@@ -302,6 +306,27 @@ def _raise_debug(err: BaseException) -> None:
     raise err
 
 
+@jax.custom_jvp
+def _bernoulli_probs_log_prob(x: jax.Array, probs: jax.Array) -> jax.Array:
+    """numpyro's ``BernoulliProbs.log_prob`` value, with the exact score in ``probs``.
+
+    numpyro clamps ``probs`` to ``[ε, 1 − ε]``, so the gradient is exactly 0 at (and within ε
+    of) 0 and 1, and a score-function estimate silently reports 0 there. The tangent here is
+    ``x/p − (1 − x)/(1 − p)``: exact inside (0, 1), and NaN at ``p ∈ {0, 1}`` (``0/0``), where
+    no sampling estimator can be right (the other outcome is never drawn, yet the derivative
+    ``E[f | x=1] − E[f | x=0]`` needs it), so the coordinate says so instead of reading 0.
+    """
+    return nd.BernoulliProbs(probs).log_prob(x)
+
+
+@_bernoulli_probs_log_prob.defjvp
+def _bernoulli_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
+    (x, probs), (_, t_probs) = primals, tangents
+    value = _bernoulli_probs_log_prob(x, probs)
+    score = x / probs - (1.0 - x) / (1.0 - probs)
+    return value, score * t_probs
+
+
 def _check_finite(values: jax.Array, what: str) -> None:
     def callback(v: np.ndarray) -> None:
         v = np.asarray(v)
@@ -311,7 +336,9 @@ def _check_finite(values: jax.Array, what: str) -> None:
                 FloatingPointError(
                     f"{DEBUG_MARK} {what} produced NaN or inf in {bad} of {np.size(v)} "
                     "values. Look for log/sqrt/division of values outside their domain in f or "
-                    "dist_fn (run without jit to find the line)."
+                    "dist_fn (run without jit to find the line). Bernoulli probs of exactly 0 "
+                    "or 1 also give a non-finite gradient with the sampling estimators (the "
+                    "other outcome is never drawn): use ex.MeasureValued() or logits."
                 )
             )
 

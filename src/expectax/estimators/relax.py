@@ -149,7 +149,7 @@ class REBAR(Estimator):
                 f"{name} serves Bernoulli distributions, but dist_fn returned "
                 f"{type(ctx.dist).__name__}. Use {_ALTERNATIVES} instead."
             )
-        logits = bernoulli_logits(ctx, num_samples, name, _ALTERNATIVES)
+        logits = bernoulli_logits(ctx, num_samples, name, _ALTERNATIVES, exact=True)
         key_u, key_v = jax.random.split(key)
         noise = jax.lax.stop_gradient(logistic_noise(key_u, logits.shape, logits.dtype))
         tiny = jnp.finfo(logits.dtype).tiny

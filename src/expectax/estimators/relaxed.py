@@ -49,6 +49,18 @@ def _is_categorical(d: Any) -> bool:
     return isinstance(_unwrap(d), (dist.CategoricalLogits, dist.CategoricalProbs))
 
 
+@jax.custom_jvp
+def _probs_to_logits(probs: jax.Array) -> jax.Array:
+    """numpyro's (clamped) logits of ``probs``, with the exact derivative ``1/(p(1 − p))``."""
+    return dist.BernoulliProbs(probs).logits
+
+
+@_probs_to_logits.defjvp
+def _probs_to_logits_jvp(primals: tuple, tangents: tuple) -> tuple:
+    (probs,), (t,) = primals, tangents
+    return _probs_to_logits(probs), t / (probs * (1.0 - probs))
+
+
 def _float(x: Any) -> jax.Array:
     """Integer parameters (``Bernoulli(probs=1)``) as floats: noise and gradients need them."""
     x = jnp.asarray(x)
@@ -62,18 +74,29 @@ def _wrong_dist(estimator: str, d: Any, supported: str, alternatives: str) -> Va
     )
 
 
-def bernoulli_logits(ctx: Context, num_samples: int, estimator: str, alternatives: str) -> Any:
+def bernoulli_logits(
+    ctx: Context, num_samples: int, estimator: str, alternatives: str, exact: bool = False
+) -> Any:
     """Logits of a (batch of independent) Bernoulli, broadcast to ``(N, *shape)``.
 
     ``shape`` is ``batch_shape + event_shape`` of ``ctx.dist``. When ``ctx.stacked`` the logits
     already carry a leading axis of ``N`` (one copy of θ per sample) and keep it, so row i
     depends on copy i only.
+
+    With ``exact`` (the unbiased estimators) a distribution given by ``probs`` maps them to
+    logits with the exact derivative ``1/(p(1 − p))`` instead of numpyro's clamped one (0 at
+    0 and 1): at ``p ∈ {0, 1}`` the gradient then comes out non-finite rather than a silent 0
+    (no sampling estimator can be right there: the other outcome is never drawn).
     """
     d = ctx.dist
     if not _is_bernoulli(d):
         raise _wrong_dist(estimator, d, "Bernoulli", alternatives)
     shape = tuple(d.batch_shape) + tuple(d.event_shape)
-    logits = _float(_unwrap(d).logits)
+    base = _unwrap(d)
+    if exact and isinstance(base, dist.BernoulliProbs):
+        logits = _probs_to_logits(_float(base.probs))
+    else:
+        logits = _float(base.logits)
     return jnp.broadcast_to(logits, (num_samples, *shape))
 
 
@@ -344,7 +367,7 @@ def log_prob(ctx: Context, xs: Any) -> jax.Array:
     if not _is_bernoulli(ctx.dist):
         return ctx.log_prob(xs)
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    logits = bernoulli_logits(ctx, n, "log_prob", "")
+    logits = bernoulli_logits(ctx, n, "log_prob", "", exact=True)
     b = jnp.asarray(xs, logits.dtype)
     lp = b * jax.nn.log_sigmoid(logits) + (1.0 - b) * jax.nn.log_sigmoid(-logits)
     return lp.reshape(n, -1).sum(axis=1)
