@@ -321,10 +321,16 @@ def _bernoulli_probs_log_prob(x: jax.Array, probs: jax.Array) -> jax.Array:
 
 @_bernoulli_probs_log_prob.defjvp
 def _bernoulli_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
-    (x, probs), (_, t_probs) = primals, tangents
+    (x, probs), (t_x, t_probs) = primals, tangents
     value = _bernoulli_probs_log_prob(x, probs)
     score = x / probs - (1.0 - x) / (1.0 - probs)
-    return value, score * t_probs
+    # the derivative in x matters at relaxed inputs (REBAR/RELAX's control variate, and the
+    # relaxed values a program passes downstream). At probs ∈ {0, 1} the coefficient is
+    # taken as 0, so that an exact sample (whose tangent is zero) does not give 0 · inf = NaN.
+    inside = (probs > 0) & (probs < 1)
+    safe = jnp.where(inside, probs, 0.5)
+    coef = jnp.where(inside, jnp.log(safe) - jnp.log1p(-safe), 0.0)
+    return value, score * t_probs + coef * t_x
 
 
 def _check_finite(values: jax.Array, what: str) -> None:
