@@ -449,8 +449,9 @@ def _check_size(dist: Any, chunk: int, num_samples: int, chunked: bool) -> None:
     if chunk * per_sample <= limit:
         return
     fits = max(int(limit // per_sample), 1)
-    divisors = [d for d in range(1, min(fits, num_samples) + 1) if num_samples % d == 0]
-    hint = f"chunk_size={divisors[-1]}" if divisors else "a smaller num_samples"
+    small = [d for d in range(1, math.isqrt(num_samples) + 1) if num_samples % d == 0]
+    divisors = [d for d in small + [num_samples // d for d in small] if d <= fits]
+    hint = f"chunk_size={max(divisors)}" if divisors else "a smaller num_samples"
     what = f"chunk_size={chunk}" if chunked else f"num_samples={num_samples}"
     raise ValueError(
         f"{what} samples of {per_sample} bytes each (shape {shape}) take "
