@@ -7,7 +7,7 @@ suits your problem.
 """
 
 from expectax import baselines, control_variates, diagnostics, problems, programs, sampling
-from expectax.compare import Comparison, compare
+from expectax.compare import Comparison, compare, compare_programs
 from expectax.estimators import (
     ARM,
     REBAR,
@@ -45,6 +45,7 @@ __all__ = [
     "ScoreFunction",
     "baselines",
     "compare",
+    "compare_programs",
     "control_variates",
     "diagnostics",
     "expectation",

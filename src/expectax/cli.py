@@ -6,6 +6,7 @@ Thin by design: argument parsing and printing only; the work happens in the libr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -128,7 +129,12 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
         help=f"an estimator to compare (repeatable; default: the problem's own list). "
         f"Choices: {', '.join(ESTIMATOR_CHOICES)}",
     )
-    p.add_argument("--num-samples", type=int, default=16, help="samples per gradient estimate")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=16,
+        help="samples per gradient estimate (for a program: particles per estimate)",
+    )
     p.add_argument("--repeats", type=int, default=500, help="independent estimates each")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (a 64-bit integer)")
     p.add_argument(
@@ -195,6 +201,8 @@ def _load_problem(spec: str) -> Any:
                 raise _UsageError(
                     f"--problem: {path_str}:{attr}() failed with {type(err).__name__}: {err}"
                 ) from None
+        if isinstance(obj, dict) and "program" in obj:
+            return _program_problem(obj, attr, path)
         if isinstance(obj, dict):
             missing = {"f", "dist_fn", "params"} - set(obj)
             if missing:
@@ -219,6 +227,43 @@ def _load_problem(spec: str) -> Any:
         return problems.get_problem(spec)
     except ValueError as err:
         raise _UsageError(f"--problem: {err}") from None
+
+
+@dataclasses.dataclass
+class _ProgramProblem:
+    """A stochastic program to compare configurations of site estimators on (a problem file's
+    dict with ``program``, ``params`` and optionally ``configurations``, ``exact_grad``,
+    ``args``, ``name`` and ``description``)."""
+
+    name: str
+    description: str
+    program: Any
+    params: Any
+    configurations: Any = None
+    exact_grad: Any = None
+    args: tuple = ()
+
+
+def _program_problem(obj: dict, attr: str, path: Path) -> _ProgramProblem:
+    missing = {"program", "params"} - set(obj)
+    if missing:
+        raise _UsageError(f"--problem: the dict {attr!r} lacks keys {sorted(missing)}")
+    known = {"program", "params", "configurations", "exact_grad", "args", "name", "description"}
+    unknown = set(obj) - known
+    if unknown:
+        raise _UsageError(
+            f"--problem: the program dict {attr!r} has unknown keys {sorted(unknown)}; "
+            f"it takes {sorted(known)}"
+        )
+    return _ProgramProblem(
+        name=obj.get("name", attr),
+        description=obj.get("description", f"{path.name}:{attr} (a stochastic program)"),
+        program=obj["program"],
+        params=obj["params"],
+        configurations=obj.get("configurations"),
+        exact_grad=obj.get("exact_grad"),
+        args=tuple(obj.get("args", ())),
+    )
 
 
 def _estimators_from_args(names: list[str] | None, problem: Any) -> list[Any]:
@@ -295,20 +340,41 @@ def _compare_command(args: argparse.Namespace) -> int:
     from expectax.compare import _json_safe, compare
 
     problem = _load_problem(args.problem)
-    estimators = _estimators_from_args(args.estimator, problem)
     err_console = Console(stderr=True)
-    with err_console.status("comparing estimators…") as status:
-        result = compare(
-            problem.f,
-            problem.dist_fn,
-            problem.params,
-            estimators,
-            num_samples=args.num_samples,
-            repeats=args.repeats,
-            exact_grad=problem.exact_grad,
-            seed=args.seed,
-            progress=lambda line: status.update(escape(line)),
-        )
+    if isinstance(problem, _ProgramProblem):
+        if args.estimator:
+            raise _UsageError(
+                "--estimator: a program's candidates are the 'configurations' of its problem "
+                "file (a dict {label: {site: estimator}}), not --estimator"
+            )
+        from expectax.compare import compare_programs
+
+        with err_console.status("comparing site-estimator configurations…") as status:
+            result = compare_programs(
+                problem.program,
+                problem.params,
+                problem.configurations,
+                num_particles=args.num_samples,
+                repeats=args.repeats,
+                exact_grad=problem.exact_grad,
+                seed=args.seed,
+                progress=lambda line: status.update(escape(line)),
+                args=problem.args,
+            )
+    else:
+        estimators = _estimators_from_args(args.estimator, problem)
+        with err_console.status("comparing estimators…") as status:
+            result = compare(
+                problem.f,
+                problem.dist_fn,
+                problem.params,
+                estimators,
+                num_samples=args.num_samples,
+                repeats=args.repeats,
+                exact_grad=problem.exact_grad,
+                seed=args.seed,
+                progress=lambda line: status.update(escape(line)),
+            )
     if args.plot:
         from expectax.plots import plot_comparison
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -27,7 +27,7 @@ from expectax.estimators.pathwise import Pathwise
 from expectax.estimators.score_function import ScoreFunction
 from expectax.expectation import _build, _check_callable, _check_estimator, expectation
 
-__all__ = ["Comparison", "EstimatorReport", "compare"]
+__all__ = ["Comparison", "EstimatorReport", "compare", "compare_programs"]
 
 PyTree = Any
 
@@ -43,6 +43,11 @@ TIE_Z = 2.0
 #: of machine load hits all of them alike); the time is the median over rounds of each block's
 #: median call, its uncertainty the spread of the rounds.
 TIMING_ROUNDS = 8
+
+#: The bias test's floating-point floor, in units of the estimates' machine epsilon: a mean of
+#: R float32 estimates carries rounding of order √R·ε, so an estimator with (nearly) zero
+#: variance is not called biased for it.
+ROUNDING = 64.0
 
 #: Seeds accepted by ``jax.random.key``: a signed 64-bit integer.
 SEED_RANGE = (-(2**63), 2**63)
@@ -435,31 +440,75 @@ def compare(
     estimators = _as_estimators(estimators)
     key = jax.random.key(_check_seed(seed)) if key is None else key
     dist = _check_problem(f, dist_fn, params, num_samples, key)
+    candidates = [
+        _Candidate(
+            est.name,
+            bool(est.unbiased),
+            lambda est=est: expectation(f, dist_fn, estimator=est, num_samples=num_samples),
+            lambda E, est=est: int(est.evaluations(num_samples, dist)),
+        )
+        for est in estimators
+    ]
+    return _measure(
+        candidates,
+        params,
+        key,
+        repeats,
+        exact_grad,
+        time_budget,
+        progress,
+        f"{repeats} estimates × {num_samples} samples",
+        num_samples,
+    )
+
+
+@dataclasses.dataclass
+class _Candidate:
+    """One row of a comparison: how to build its estimate and count its evaluations."""
+
+    name: str
+    unbiased: bool
+    build: Callable[[], Callable[..., Any]]  # () -> E(params, key)
+    evaluations: Callable[[Callable[..., Any]], int]  # E -> evaluations per estimate
+
+
+def _measure(
+    candidates: list[_Candidate],
+    params: PyTree,
+    key: jax.Array,
+    repeats: int,
+    exact_grad: Any,
+    time_budget: float,
+    progress: Callable[[str], None] | None,
+    what: str,
+    num_samples: int,
+) -> Comparison:
+    """The comparison's measurements and recommendation, shared by every kind of problem."""
     names, flat = diagnostics.flatten_names(params)
     exact = None if exact_grad is None else _exact_vector(exact_grad, params, flat)
     threshold = _bias_threshold(len(names))
     reports: list[EstimatorReport] = []
     grad_fns: list[Callable[..., Any] | None] = []
     seen: dict[str, int] = {}
-    for i, est in enumerate(estimators):
-        name = est.name
+    for i, cand in enumerate(candidates):
+        name = cand.name
         if name in seen:  # keep labels unique
             seen[name] += 1
             name = f"{name}#{seen[name]}"
         else:
             seen[name] = 1
         if progress is not None:
-            progress(f"{name}: {repeats} estimates × {num_samples} samples")
-        report = EstimatorReport(name=name, unbiased_by_design=bool(est.unbiased))
+            progress(f"{name}: {what}")
+        report = EstimatorReport(name=name, unbiased_by_design=cand.unbiased)
         reports.append(report)
         grad_fns.append(None)
         sub = jax.random.fold_in(key, i)
         try:
-            E = expectation(f, dist_fn, estimator=est, num_samples=num_samples)
+            E = cand.build()
             values, stacked = diagnostics.estimate_value_and_grads(E, params, sub, repeats)
         except (ValueError, TypeError, NotImplementedError) as err:
-            # f, dist_fn and num_samples passed the checks above: this estimator cannot serve
-            # the problem (e.g. Pathwise on a discrete distribution); report it in its row.
+            # the problem passed the checks before: this estimator cannot serve it (e.g.
+            # Pathwise on a discrete distribution); report it in its row.
             report.error = f"{type(err).__name__}: {err}"
             continue
         grad_fns[-1] = jax.jit(jax.grad(E))
@@ -476,8 +525,10 @@ def compare(
             report.snr = np.asarray(diagnostics.snr(good), np.float64)
             report.total_variance_se = _total_variance_se(good)
             if exact is not None:
-                report.bias_z = np.asarray(diagnostics.bias_zscore(good, exact), np.float64)
-        report.evaluations = int(est.evaluations(num_samples, dist))
+                rounding = ROUNDING * float(np.finfo(_leaf_dtype(stacked)).eps)
+                z = diagnostics.bias_zscore(good, exact, rounding=rounding)
+                report.bias_z = np.asarray(z, np.float64)
+        report.evaluations = cand.evaluations(E)
     if progress is not None and any(fn is not None for fn in grad_fns):
         progress(f"timing {sum(fn is not None for fn in grad_fns)} estimators (interleaved)")
     timings = _time_estimators(grad_fns, params, jax.random.fold_in(key, 2**31), time_budget)
@@ -492,6 +543,120 @@ def compare(
     return Comparison(
         names, reports, exact, num_samples, repeats, recommended, reason, threshold, tied
     )
+
+
+def compare_programs(
+    program: Callable[..., Any],
+    params: PyTree,
+    configurations: Mapping[str, Mapping[str, Estimator] | None]
+    | Sequence[Mapping[str, Estimator] | None]
+    | None = None,
+    *,
+    num_particles: int = 8,
+    repeats: int = 300,
+    exact_grad: PyTree | Callable[[PyTree], PyTree] | None = None,
+    key: jax.Array | None = None,
+    seed: int = 0,
+    time_budget: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+) -> Comparison:
+    r""":func:`compare` for a stochastic program: one row per configuration of site estimators.
+
+    Each configuration is a mapping from site name to estimator, as in
+    :func:`expectax.program_expectation` (``None`` or ``{}``: the defaults). The rows report the
+    same quantities as :func:`compare`, with evaluations counted as runs of the program per
+    estimate (a particle's run, plus the re-runs a per-site estimator such as ``DisARM`` makes:
+    two per particle and site, or one per plate element when the site's downstream cost is not
+    local to its plate).
+
+    Args:
+      program: ``program(params, *args, **kwargs)`` (see :mod:`expectax.programs`).
+      params: θ at which to compare.
+      configurations: a mapping ``{label: {site: estimator}}`` or a list of ``{site:
+        estimator}`` mappings (labelled by their contents); default: the defaults alone.
+      num_particles: particles per estimate (the N you would train with).
+      repeats, exact_grad, key, seed, time_budget, progress: as in :func:`compare`.
+      args, kwargs: extra arguments passed to the program.
+
+    Example:
+      >>> import jax.numpy as jnp, numpyro, expectax as ex
+      >>> import numpyro.distributions as dist
+      >>> def program(theta):
+      ...     with numpyro.plate("units", 3):
+      ...         b = numpyro.sample("b", dist.Bernoulli(logits=theta))
+      ...     return jnp.sum((b - 0.45) ** 2)
+      >>> result = ex.compare_programs(
+      ...     program, jnp.zeros(3),
+      ...     {"RLOO": None, "DisARM": {"b": ex.DisARM()}}, num_particles=4, repeats=100)
+    """
+    from expectax.programs import _check_estimators, _check_particles, program_expectation
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        raise ValueError(
+            f"repeats must be an int ≥ 2 (variances need two estimates); got {repeats!r}."
+        )
+    if not callable(program):
+        raise TypeError(f"program must be a function of params; got {type(program).__name__}.")
+    num_particles = _check_particles(num_particles)
+    if configurations is None:
+        configurations = {"defaults": None}
+    if not isinstance(configurations, Mapping):
+        try:
+            configurations = {_config_label(c): c for c in configurations}
+        except TypeError:
+            raise TypeError(
+                "configurations must be a mapping {label: {site: estimator}} or a list of "
+                f"{{site: estimator}} mappings; got {type(configurations).__name__}."
+            ) from None
+    if not configurations:
+        raise ValueError("configurations is empty: pass at least one (None: the defaults).")
+    for config in configurations.values():
+        _check_estimators(config)
+    key = jax.random.key(_check_seed(seed)) if key is None else key
+    kwargs = dict(kwargs or {})
+
+    def build(config):
+        E = program_expectation(program, num_particles=num_particles, estimators=config)
+
+        def bound(p, k):
+            return E(p, k, *args, **kwargs)
+
+        bound.engine = E.engine
+        return bound
+
+    candidates = [
+        _Candidate(
+            label,
+            all(bool(e.unbiased) for e in (config or {}).values()),
+            lambda config=config: build(config),
+            lambda E: E.engine.evaluations(),
+        )
+        for label, config in configurations.items()
+    ]
+    return _measure(
+        candidates,
+        params,
+        key,
+        repeats,
+        exact_grad,
+        time_budget,
+        progress,
+        f"{repeats} estimates × {num_particles} particles",
+        num_particles,
+    )
+
+
+def _config_label(config: Mapping[str, Estimator] | None) -> str:
+    if not config:
+        return "defaults"
+    return ", ".join(f"{site}: {est.name}" for site, est in config.items())
+
+
+def _leaf_dtype(tree: PyTree) -> Any:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if np.issubdtype(x.dtype, np.floating)]
+    return leaves[0].dtype if leaves else np.float32
 
 
 def _tied(best: EstimatorReport, other: EstimatorReport) -> bool:

@@ -73,17 +73,23 @@ def snr(estimates: PyTree) -> PyTree:
 
 
 @jax.jit
-def bias_zscore(estimates: PyTree, exact: PyTree) -> PyTree:
+def bias_zscore(estimates: PyTree, exact: PyTree, rounding: float = 0.0) -> PyTree:
     r"""The bias of the estimates in standard errors: ``(mean − exact) / SE`` per coordinate.
 
     For an unbiased estimator each z-score is approximately standard normal, so
     :math:`|z| > 4` or 5 is strong evidence of bias (correct for the number of coordinates).
     A coordinate with zero variance and the exact mean has z = 0; with a wrong mean, ±inf.
+
+    ``rounding`` adds a floating-point floor to the standard error,
+    ``SE² + (rounding · max(|mean|, |exact|))²``: an estimator with (nearly) zero variance,
+    such as DisARM on one Bernoulli unit, is otherwise flagged for its float32 rounding.
     """
 
     def z(g: jax.Array, e: jax.Array) -> jax.Array:
-        diff = jnp.mean(g, axis=0) - e
-        se = jnp.sqrt(jnp.var(g, axis=0, ddof=1) / g.shape[0])
+        mean = jnp.mean(g, axis=0)
+        diff = mean - e
+        floor = rounding * jnp.maximum(jnp.abs(mean), jnp.abs(e))
+        se = jnp.sqrt(jnp.var(g, axis=0, ddof=1) / g.shape[0] + floor**2)
         return jnp.where(diff == 0, 0.0, diff / se)
 
     return jax.tree_util.tree_map(z, estimates, exact)

@@ -354,6 +354,7 @@ class _Engine:
         self.vectorize = vectorize
         self.debug = debug
         self.builders: dict[str, Callable] = {}
+        self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
 
     # -- estimator choice
     def _chooser(self, roles: dict[str, _Site] | None, record: dict[str, Any]):
@@ -436,6 +437,11 @@ class _Engine:
                 self.builders[name] = builder
         costs = {n: v for n, (v, _) in r.costs.items()}
         return {"lps": lps, "costs": costs, "fns": fns, "values": values}
+
+    def evaluations(self) -> int:
+        """Runs of the program per estimate, as of the last trace: a run per particle plus the
+        re-runs of the per-site estimators (e.g. 2 per particle for DisARM)."""
+        return self.num_particles * (1 + sum(self.reruns.values()))
 
     @staticmethod
     def _check_same_sites(sites: dict[str, _Site], r: _Run) -> None:
@@ -573,6 +579,9 @@ class _Engine:
 
             return f_batch
 
+        per_call = 1 if local else lead  # lockstep: all elements in one run
+        one = self.builders[s.name](jax.tree_util.tree_map(lambda v: v[0], params_e))
+        self.reruns[s.name] = int(s.estimator.evaluations(1, one)) * per_call
         rows = {"particle": jnp.repeat(jnp.arange(n), lead), "elem": jnp.tile(jnp.arange(lead), n)}
         ctx = _SiteContext(
             single(False),
@@ -794,4 +803,5 @@ def program_expectation(
         return engine.estimate(run, params, key)
 
     E.__doc__ = f"Monte Carlo estimate of a program's expected cost, {num_particles} particles."
+    E.engine = engine
     return E

@@ -3,8 +3,10 @@
 ``expectax.infer.TraceGraph_ELBO`` is a drop-in for ``numpyro.infer.TraceGraph_ELBO`` (same
 constructor arguments and ``loss``; usable as ``loss=`` in ``numpyro.infer.SVI``): each ELBO
 is a stochastic program (:mod:`expectax.programs`) whose cost is ``log p − log q``.
+``expectax.infer.IWELBO`` is the importance-weighted (multi-sample) bound, with VIMCO for
+discrete guide sites and, optionally, DReG for reparameterised ones.
 """
 
-from expectax.infer.elbo import TraceGraph_ELBO
+from expectax.infer.elbo import IWELBO, TraceGraph_ELBO
 
-__all__ = ["TraceGraph_ELBO"]
+__all__ = ["IWELBO", "TraceGraph_ELBO"]
