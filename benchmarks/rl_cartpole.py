@@ -107,7 +107,8 @@ def _parse_set(items: list[str]) -> dict:
     for it in items:
         k, v = it.split("=")
         k = {"lr": "learning_rate"}.get(k, k)
-        t = type(getattr(Config(), k))
+        default = getattr(Config(), k)
+        t = float if default is None else type(default)
         if k == "hidden":
             out[k] = tuple(int(x) for x in v.split(","))
         elif t is bool:

@@ -235,3 +235,29 @@ def test_jax_rollout_stops_when_every_episode_has_ended():
     np.testing.assert_array_equal(m, np.arange(500)[None, :] < lengths[:, None])
     np.testing.assert_array_equal(np.asarray(b.rewards), m)
     assert 8 <= lengths.min() and lengths.max() < 200  # a random policy: short episodes
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_batch_with_zero_gradient_does_not_move_the_policy(skip):
+    """All returns equal (every episode 500 steps, say): the gradient is exactly 0, and with
+    skip_zero_grad_steps Adam takes no step along its old momentum."""
+    from expectax.rl.train import Batch, _init_state, _make_update, _policy, make_optimizer
+
+    cfg = Config(**SMALL, skip_zero_grad_steps=skip)
+    policy, opt = _policy(cfg), make_optimizer(cfg)
+    update = jax.jit(_make_update(cfg, policy, opt))
+    state = _init_state(cfg, policy, opt, 4, 5)
+    obs = jax.random.normal(jax.random.key(0), (4, 5, 4))
+    actions = jax.random.bernoulli(jax.random.key(1), 0.5, (4, 5)).astype(jnp.int32)
+    lengths = jnp.array([2, 3, 4, 5])[:, None]
+    mask = (jnp.arange(5)[None, :] < lengths).astype(jnp.float32)
+    state, m = update(state, Batch(obs, actions, mask, mask))  # unequal returns: a real step
+    assert float(m["grad_norm"]) > 0
+    full = jnp.ones((4, 5))
+    new, m = update(state, Batch(obs, actions, full, full))  # equal returns
+    assert float(m["grad_norm"]) == 0.0
+    same = [
+        np.array_equal(a, b)
+        for a, b in zip(*map(jax.tree_util.tree_leaves, (new.params, state.params)), strict=True)
+    ]
+    assert all(same) == skip

@@ -96,6 +96,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--batch-episodes", type=pos, default=d.batch_episodes, help="episodes per update"
     )
     parser.add_argument("--gamma", type=fin, default=d.gamma, help="discount")
+    parser.add_argument(
+        "--lr-final-fraction",
+        type=fin,
+        default=d.lr_final_fraction,
+        help="decay the learning rate linearly to this fraction of --lr (default 1: constant)",
+    )
+    parser.add_argument(
+        "--skip-zero-grad-steps",
+        action=argparse.BooleanOptionalAction,
+        default=d.skip_zero_grad_steps,
+        help="no Adam step after a batch whose gradient is exactly 0 (all returns equal)",
+    )
+    parser.add_argument(
+        "--late-return",
+        type=fin,
+        default=d.late_return,
+        help="after a training batch reaches this mean return, average --late-batch-factor "
+        "batches per Adam step (default: never)",
+    )
+    parser.add_argument("--late-batch-factor", type=pos, default=d.late_batch_factor)
     parser.add_argument("--baseline", choices=BASELINES, default=d.baseline)
     parser.add_argument(
         "--normalize-advantages",
@@ -197,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
                 batch_episodes=args.batch_episodes,
                 learning_rate=args.lr,
                 gamma=args.gamma,
+                lr_final_fraction=args.lr_final_fraction,
+                skip_zero_grad_steps=args.skip_zero_grad_steps,
+                late_return=args.late_return,
+                late_batch_factor=args.late_batch_factor,
                 baseline=args.baseline,
                 normalize_advantages=args.normalize_advantages,
                 entropy_coef=args.entropy_coef,

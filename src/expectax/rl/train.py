@@ -104,7 +104,7 @@ class Config:
     hidden: tuple[int, ...] = (128,)
     input_gain: float = 2.0
     episodes: int = 200
-    batch_episodes: int = 8
+    batch_episodes: int = 4
     learning_rate: float = 1e-2
     lr_final_fraction: float = 1.0
     gamma: float = 0.99
@@ -118,6 +118,9 @@ class Config:
     solve_threshold: float | None = None
     stop_when_solved: bool = True
     max_zero_grad_batches: int = 20
+    late_return: float | None = None
+    late_batch_factor: int = 1
+    skip_zero_grad_steps: bool = True
     seed: int = 0
 
     def validate(self) -> None:
@@ -169,6 +172,10 @@ class Config:
             )
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be ≥ 0 (0: never), got {self.eval_every}.")
+        if self.late_batch_factor < 1:
+            raise ValueError(f"late_batch_factor must be ≥ 1, got {self.late_batch_factor}.")
+        if self.late_return is not None and not math.isfinite(self.late_return):
+            raise ValueError(f"late_return must be finite, got {self.late_return}.")
         if self.max_zero_grad_batches < 1:
             raise ValueError(
                 f"max_zero_grad_batches must be ≥ 1, got {self.max_zero_grad_batches}."
@@ -201,6 +208,9 @@ class TrainState(NamedTuple):
     baseline_state: MovingAverageState
     batch: jax.Array  # int32 batches done
     episodes: jax.Array  # int32 training episodes consumed
+    grad_acc: Any  # gradients summed since the last Adam step (like params)
+    acc_count: jax.Array  # int32 batches in grad_acc
+    late: jax.Array  # bool: a training batch has reached config.late_return
 
 
 class Batch(NamedTuple):
@@ -338,16 +348,38 @@ def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransf
         (loss, baseline_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, state.baseline_state
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        train_return = jnp.mean(jnp.sum(batch.rewards * batch.mask, axis=1))
+        # Late in training (after a batch reached late_return) one Adam step per
+        # late_batch_factor batches, on their mean gradient: a larger batch, less noise.
+        acc = jax.tree_util.tree_map(jnp.add, state.grad_acc, grads)
+        count = state.acc_count + 1
+        k = jnp.where(state.late, config.late_batch_factor, 1)
+        take = count >= k
+        reset = take
+        if config.skip_zero_grad_steps:
+            # a batch whose gradient is exactly 0 (every episode's return equal, e.g. all 500)
+            # carries no information: Adam would still step along its old momentum
+            empty = optax.tree.norm(acc) == 0
+            take = take & ~empty
+            reset = take | empty
+        mean_grads = jax.tree_util.tree_map(lambda a: a / count, acc)
+        updates, opt_state = optimizer.update(mean_grads, state.opt_state, state.params)
+        stepped = optax.apply_updates(state.params, updates)
+        pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(take, x, y), a, b)  # noqa: E731
+        params = pick(stepped, state.params)
+        late = state.late
+        if config.late_return is not None:
+            late = late | (train_return >= config.late_return)
         new = TrainState(
             params,
-            opt_state,
+            pick(opt_state, state.opt_state),
             baseline_state,
             state.batch + 1,
             state.episodes + batch.rewards.shape[0],
+            jax.tree_util.tree_map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc),
+            jnp.where(reset, 0, count).astype(jnp.int32),
+            late,
         )
-        train_return = jnp.mean(jnp.sum(batch.rewards * batch.mask, axis=1))
         finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])
         )
@@ -386,6 +418,9 @@ def _init_state(config: Config, policy: Policy, optimizer, obs_dim: int, max_ste
         moving_average_init(max_steps),
         jnp.zeros((), jnp.int32),
         jnp.zeros((), jnp.int32),
+        jax.tree_util.tree_map(jnp.zeros_like, params),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), bool),
     )
 
 
