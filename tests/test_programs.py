@@ -312,7 +312,7 @@ def test_pathwise_on_a_discrete_site_names_the_site_and_an_alternative():
 
 def test_discrete_estimator_on_a_normal_site():
     E = ex.program_expectation(mixed, num_particles=2, estimators={"z": ex.DisARM()})
-    with pytest.raises(ValueError, match="DisARM serves Bernoulli"):
+    with pytest.raises(ValueError, match="site .z. .*DisARM serves Bernoulli.*LeaveOneOut"):
         E(MIXED_THETA, jax.random.key(0))
 
 

@@ -592,8 +592,13 @@ class _Engine:
             batch=batch(False),
             control=batch(True),
         )
-        with numpyro_dist.validation_enabled(False):
-            terms = s.estimator.terms(ctx, key, n * lead)
+        try:
+            with numpyro_dist.validation_enabled(False):
+                terms = s.estimator.terms(ctx, key, n * lead)
+        except (ValueError, TypeError) as err:
+            if str(err).startswith("site ") or "program" in str(err):
+                raise
+            raise type(err)(f"site {s.name!r} ({type(flat).__name__}): {err}") from err
         return jnp.sum(terms) / n
 
 
