@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.checkpoint is not None or args.greedy:
         return _fail(ValueError("--checkpoint and --greedy belong to `expectax rl evaluate`."))
-    from expectax.rl.train import Config, train
+    from expectax.rl.train import Config, TrainingError, train
 
     configs = []
     try:
@@ -261,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
                 throttle=args.throttle,
             )
+        except TrainingError as err:  # this seed could not go on; the other seeds still run
+            print(f"expectax rl: error: seed {config.seed}: {err}", file=sys.stderr)
+            summaries.append({"seed": config.seed, "error": str(err), "out": str(out)})
+            code = 2
+            continue
         except ValueError as err:
             return _fail(err)
         summary = {k: v for k, v in result.items() if k not in ("state", "history")}
@@ -276,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(_describe(result, out))
         if result["threshold"] is not None and not result["solved"]:
-            code = 1
+            code = max(code, 1)
     if args.json:
         doc = summaries[0] if len(summaries) == 1 else summaries
         print(json.dumps(runio.json_safe(doc), indent=2, allow_nan=False))

@@ -102,7 +102,7 @@ class Config:
     backend: str = "auto"
     policy: str = "auto"
     hidden: tuple[int, ...] = (128,)
-    input_gain: float = 2.0
+    input_gain: float = 3.0
     episodes: int = 200
     batch_episodes: int = 4
     learning_rate: float = 1e-2
