@@ -23,7 +23,7 @@ from expectax.estimators import (
     SumAndSample,
     UnorderedSet,
 )
-from expectax.expectation import expectation, per_sample_grads
+from expectax.expectation import debug_errors, expectation, per_sample_grads
 from expectax.programs import program_expectation
 
 __version__ = "0.1.0"
@@ -47,6 +47,7 @@ __all__ = [
     "compare",
     "compare_programs",
     "control_variates",
+    "debug_errors",
     "diagnostics",
     "expectation",
     "per_sample_grads",

@@ -114,7 +114,12 @@ def expectation(
         if num_chunks == 1:
             return chunk_mean(params, key)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_chunks))
-        return jnp.mean(jax.lax.map(lambda k: chunk_mean(params, k), keys))
+        # Reverse mode through lax.map would keep every chunk's residuals (memory N × work);
+        # jax.checkpoint keeps only each chunk's inputs (its key) and recomputes the chunk in
+        # the backward pass, so gradient memory is that of one chunk plus the parameters.
+        # Forward mode and higher derivatives go through checkpoint unchanged.
+        remat = jax.checkpoint(chunk_mean)
+        return jnp.mean(jax.lax.map(lambda k: remat(params, k), keys))
 
     E.__doc__ = f"Monte Carlo estimate of E[f] with {estimator.name}, {num_samples} samples."
     if debug:
@@ -169,6 +174,8 @@ def per_sample_grads(
     dist = _build(dist_fn, params)  # a clear error for params that do not fit dist_fn
     if dist is not None:
         _check_size(dist, chunk, num_samples, chunk_size is not None)
+
+    _check_result_size(params, num_samples, chunk)
 
     def chunk_grads(key: jax.Array) -> PyTree:
         stacked = jax.tree_util.tree_map(
@@ -459,6 +466,24 @@ def _check_size(dist: Any, chunk: int, num_samples: int, chunked: bool) -> None:
         f"arrays of that size; this device has {_memory_bytes() / 2**30:.0f} GiB. Use "
         f"{hint} (at most {fits} samples per chunk fit in {limit / 2**30:.1f} GiB), or "
         "fewer samples."
+    )
+
+
+def _check_result_size(params: PyTree, num_samples: int, chunk: int) -> None:
+    """Refuse a ``num_samples × |θ|`` result (or a chunk of ``chunk × |θ|`` per-sample
+    gradients) that cannot fit in memory, with what to do instead."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if hasattr(leaf, "dtype")]
+    size = sum(math.prod(jnp.shape(leaf)) * jnp.dtype(leaf.dtype).itemsize for leaf in leaves)
+    limit = _memory_bytes() * _MEMORY_FRACTION
+    result, working = num_samples * size, chunk * size
+    if result <= limit and working <= limit:
+        return
+    raise ValueError(
+        f"per_sample_grads would return num_samples × |θ| = {num_samples} × {size} bytes = "
+        f"{result / 2**30:.1f} GiB (and work on {working / 2**30:.1f} GiB per chunk); this "
+        f"device has {_memory_bytes() / 2**30:.0f} GiB. If you need the gradient's mean and "
+        "variance, expectax.diagnostics.gradient_moments streams them in chunks (memory "
+        "chunk × |θ|); otherwise use fewer samples or a smaller chunk_size."
     )
 
 
