@@ -403,6 +403,8 @@ def plot_panels(
     for ax, panel in zip(axes[0], panels, strict=True):
         series = panel["series"]
         log = bool(panel.get("log", False))
+        if len(series) > 10:  # the default cycle has 10 colours
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for label, (x, y) in series.items():
             x = [float(v) for v in x]
             y = [float(v) for v in y]

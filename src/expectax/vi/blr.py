@@ -560,7 +560,6 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     summary = {
-        "command": "expectax blr " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
         "config": {k: v for k, v in vars(args).items() if k not in ("run", "func")},
         "optimum": best,
         "runs": rows,

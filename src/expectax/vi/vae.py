@@ -386,7 +386,7 @@ def _plot(path: Any, curves: dict[str, list[Curve]], title: str, k: int) -> None
             ys = np.stack([np.asarray(getattr(c, field))[:n] for c in runs])
             ys = np.log10(ys) if log else ys
             series[name] = (runs[0].step[:n], ys.mean(axis=0))
-        panels.append({"series": series, "ylabel": label, "zoom": 0.1})
+        panels.append({"series": series, "ylabel": label, "zoom": 0.0 if log else 0.1})
     runio.plot_panels(path, panels, title=title)
 
 
