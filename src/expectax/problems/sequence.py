@@ -127,7 +127,7 @@ class TinySequencePolicy:
         return jnp.sum(self.token_logp(theta), axis=-1)
 
     def exact_values(self, theta: jax.Array, theta_ref: jax.Array) -> dict[str, jax.Array]:
-        """Exact ``E[R]``, ``KL(π‖π_ref)``, ``KL(π_ref‖π)``, ``E[R/|y|]``, ``E|y|`` and ``E[k2]``."""
+        """Exact E[R], KL(π‖π_ref), KL(π_ref‖π), E[R/|y|], E|y| and E[Σ_t k2]."""
         lp, lr = self.seq_logp(theta), self.seq_logp(theta_ref)
         p, pr = jnp.exp(lp), jnp.exp(lr)
         r = jnp.asarray(self._rewards)
