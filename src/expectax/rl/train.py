@@ -916,8 +916,12 @@ def train(
                         ev = do_eval(new_state.params, b, _EVAL)
                     n_eval = config.eval_episodes * int(np.isfinite(ev))
                     conf = float("nan")
-                    if threshold is not None and (
-                        train_return >= threshold or (np.isfinite(ev) and ev >= threshold)
+                    # confirmations decide "solved"; once one has held, none are needed
+                    solved_before = solved_at(history)[0] is not None
+                    if (
+                        threshold is not None
+                        and not solved_before
+                        and (train_return >= threshold or (np.isfinite(ev) and ev >= threshold))
                     ):
                         conf = do_eval(new_state.params, b, _CONFIRM)
                         n_eval += config.confirm_episodes
@@ -946,7 +950,8 @@ def train(
                     )
                     if callback is not None:
                         callback(dict(zip(HISTORY_COLUMNS, row, strict=True)))
-                    if zero_grad_run(history) >= config.max_zero_grad_batches:
+                    # a solved policy whose episodes all reach the maximum has a zero gradient too
+                    if not solved_before and zero_grad_run(history) >= config.max_zero_grad_batches:
                         save()
                         raise TrainingError(
                             f"the gradient was exactly zero for {config.max_zero_grad_batches} "
