@@ -97,7 +97,22 @@ def _nan(tmp_path, trained):
     return d
 
 
+def _old_version(tmp_path, trained):
+    import json
+
+    d = tmp_path / "old"
+    d.mkdir()
+    with np.load(trained / "checkpoint.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    cfg = json.loads(str(arrays["config"]))
+    del cfg["skip_zero_grad_steps"]
+    arrays["config"] = np.array(json.dumps(cfg))
+    np.savez(d / "checkpoint.npz", **arrays)
+    return d
+
+
 CHECKPOINTS = [
+    (_old_version, r"written by an older version of expectax rl \(it has no skip_zero_grad"),
     (_truncated, r"cannot be read \(BadZipFile\): it is truncated, corrupt.*Delete it"),
     (_pickled, r"cannot be read \(not a plain-array .npz; pickled data is never loaded\)"),
     (_garbage, r"cannot be read .*truncated, corrupt or not an expectax rl checkpoint"),

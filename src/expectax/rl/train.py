@@ -677,6 +677,13 @@ def load_checkpoint(path: str | os.PathLike, template: TrainState, config: Confi
     data = _read_npz(path)
     saved = _saved_config(path, data)
     mine = json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True))
+    missing = sorted(k for k in mine if k not in saved)
+    if missing:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by an older version of expectax rl (it has "
+            f"no {', '.join(missing)}): it cannot be resumed or evaluated; train again into a "
+            "new --out (or pass --overwrite)."
+        )
     differ = sorted(k for k in mine if k not in ("episodes",) and saved.get(k) != mine[k])
     if differ:
         raise ValueError(
