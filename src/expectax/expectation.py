@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions.distribution as numpyro_dist
 
+from expectax import sharding as _sharding
 from expectax.estimators import base as _base
 from expectax.estimators.base import Context, Estimator, _check_finite, check_parameters
 
@@ -31,6 +32,8 @@ def expectation(
     num_samples: int,
     chunk_size: int | None = None,
     debug: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: Any = None,
 ) -> Callable[[PyTree, jax.Array], jax.Array]:
     r"""Turn ``J(θ) = E_{x~p_θ}[f_θ(x)]`` into a differentiable Monte Carlo estimate.
 
@@ -66,6 +69,16 @@ def expectation(
         ``FloatingPointError``/``ValueError`` back. Debug mode wraps params in a ``custom_vjp``
         to check the gradient, so use it with reverse mode (``jax.grad``); forward mode and
         ``jax.hessian`` need ``debug=False``.
+      mesh: a ``jax.sharding.Mesh`` to split the samples over its axis ``axis_name``
+        (needs ``chunk_size``; the number of chunks must be a multiple of the axis size). Each
+        device computes a contiguous block of chunks (chunk ``j`` still drawn with
+        ``fold_in(key, j)``) and the mean is a collective, so the result for a key is the
+        single-device chunked result, whatever the number of devices (the value bitwise, the
+        gradient up to the order of the sum). Params enter replicated over ``axis_name``;
+        params sharded over another mesh axis keep their sharding. Refused by estimators
+        whose samples form one joint estimate (VIMCO, UnorderedSet, SumAndSample). See
+        ``docs/scale.md``.
+      axis_name: the mesh axis the samples are split over (may be omitted for a 1-D mesh).
 
     Returns:
       ``E(params, key) -> scalar``: its value is the Monte Carlo estimate of ``J(θ)``, and
@@ -94,6 +107,12 @@ def expectation(
         _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
     num_samples = _check_num_samples(num_samples, estimator)
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
+    if mesh is not None:
+        mesh, axis_name, _ = _sharding.check_mesh(
+            mesh, axis_name, num_samples, chunk_size, estimator, debug
+        )
+    elif axis_name is not None:
+        raise ValueError(f"axis_name={axis_name!r} needs mesh=<a jax.sharding.Mesh>.")
 
     def chunk_mean(params: PyTree, key: jax.Array) -> jax.Array:
         with _validation(params, debug, dist_fn):
@@ -111,6 +130,10 @@ def expectation(
         _check_key(key)
         if debug:
             params = _checked_grad(params)
+        if mesh is not None:
+            return _sharding.sharded_chunk_mean(
+                chunk_mean, params, key, mesh=mesh, axis_name=axis_name, num_chunks=num_chunks
+            )
         if num_chunks == 1:
             return chunk_mean(params, key)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_chunks))
@@ -137,6 +160,8 @@ def per_sample_grads(
     num_samples: int,
     chunk_size: int | None = None,
     debug: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: Any = None,
 ) -> PyTree:
     r"""The gradient of each sample's surrogate term: what ``jax.grad(E)`` averages.
 
@@ -158,6 +183,9 @@ def per_sample_grads(
         memory is that of ``chunk_size`` per-sample gradients plus the result. Must divide
         ``num_samples``. To avoid the ``N × |θ|`` result altogether, reduce per chunk (see
         :func:`expectax.diagnostics.gradient_moments`).
+      mesh, axis_name: as in :func:`expectation`: the chunks are split over the mesh axis,
+        and the result's leading axis is sharded over it (the samples in the same order as on
+        one device).
 
     Returns:
       A pytree like ``params`` whose leaves have a leading axis of ``num_samples``.
@@ -168,6 +196,12 @@ def per_sample_grads(
         _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
     num_samples = _check_num_samples(num_samples, estimator)
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
+    if mesh is not None:
+        mesh, axis_name, _ = _sharding.check_mesh(
+            mesh, axis_name, num_samples, chunk_size, estimator, debug
+        )
+    elif axis_name is not None:
+        raise ValueError(f"axis_name={axis_name!r} needs mesh=<a jax.sharding.Mesh>.")
     _check_key(key)
     if dist_fn is None and estimator.needs_dist:
         raise TypeError(f"dist_fn is None, but {estimator.name} samples from dist_fn(params).")
@@ -177,7 +211,7 @@ def per_sample_grads(
 
     _check_result_size(params, num_samples, chunk)
 
-    def chunk_grads(key: jax.Array) -> PyTree:
+    def chunk_grads(key: jax.Array, params: PyTree = params) -> PyTree:
         stacked = jax.tree_util.tree_map(
             lambda leaf: jnp.broadcast_to(leaf, (chunk, *jnp.shape(leaf))), params
         )
@@ -197,6 +231,16 @@ def per_sample_grads(
         return jax.grad(total)(stacked)
 
     def run() -> PyTree:
+        if mesh is not None:
+            return _sharding.sharded_per_sample(
+                lambda p, k: chunk_grads(k, p),
+                params,
+                key,
+                mesh=mesh,
+                axis_name=axis_name,
+                num_chunks=num_chunks,
+                num_samples=num_samples,
+            )
         if num_chunks == 1:
             return chunk_grads(key)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(num_chunks))
