@@ -15,6 +15,9 @@ Columns (g = the exact target, m = the mean estimate, ĝ one batch's estimate):
 - ``bias z``: the largest |z| of m − g over the 21+ coordinates;
 - ``rel. var``: tr Cov(ĝ) / ‖m‖², scale-free (the variance at equal expected step length).
 
+A last table takes the gradient at θ ≠ θ_old on batches sampled from π_old (the second and later
+PPO steps on one batch), with per-token importance ratios, unclipped and clipped.
+
 Run:  python benchmarks/sequence_pg.py [--batches 20000] [--seed 0] [--quick]
 """
 
@@ -94,6 +97,33 @@ def run(variants, pol, groups, k, batches, seed, target_key="reward"):
     return [(name, summarise(x, target)) for (name, _), x in zip(variants, s, strict=True)]
 
 
+def run_ppo(batches, seed, groups, steps=(0.0, 0.5, 1.0, 2.0)):
+    """Later PPO steps on one batch: sampled at θ_old, the gradient taken at θ = θ_old + s·u."""
+    pol = TinySequencePolicy()
+    th_old, thr = pol.init_params(), pol.init_params("reference")
+    g0 = np.asarray(pol.exact_grads(th_old, thr)["reward"])
+    rows = []
+    for step in steps:
+        th = th_old + step * g0 / np.linalg.norm(g0)
+        target = np.asarray(pol.exact_grads(th, thr)["reward"]).reshape(-1)
+        kl = float(pol.exact_values(th, th_old)["kl"])
+        variants = [dict(advantage="rloo"), dict(advantage="rloo", clip_eps=0.2)]
+        s = gradient_samples(
+            pol,
+            th,
+            thr,
+            jax.random.key(seed),
+            batches,
+            groups,
+            4,
+            theta_old=th_old,
+            variants=variants,
+        )
+        for name, x in zip(("ratio, no clip", "ratio, clip ε = 0.2"), s, strict=True):
+            rows.append((f"s = {step:g} (KL(π‖π_old) = {kl:.3f}), {name}", summarise(x, target)))
+    return rows
+
+
 def table(rows, title):
     out = [
         f"\n{title}\n",
@@ -129,6 +159,13 @@ def main() -> None:
         table(
             run(KL_VARIANTS, TinySequencePolicy(reward_scale=0.0), g, 4, b, s, "-kl"),
             "Target −∇KL(π‖π_ref), reward 0, β = 1; K=4, L=3, advantages RLOO",
+        )
+    )
+    print(
+        table(
+            run_ppo(b, s, g),
+            "Later PPO steps: batch from π_old, target ∇E_θ[R] at "
+            "θ = θ_old + s·∇E[R]/‖∇E[R]‖; RLOO, per-token ratios, K=4, L=3",
         )
     )
     if not args.quick:

@@ -182,6 +182,8 @@ def surrogate_loss(
     kl: str = "none",
     beta: float = 0.0,
     baseline: float = 0.0,
+    theta_old: jax.Array | None = None,
+    clip_eps: float | None = None,
 ) -> jax.Array:
     """The loss of one sequence-policy-gradient variant on the batch ``idx`` ``(G, K)``.
 
@@ -194,6 +196,9 @@ def surrogate_loss(
         ``"k3-loss"`` (per-token loss term) or ``"k2-seq-loss"``/``"k3-seq-loss"`` (sequence
         level, :func:`~expectax.rl.sequence.kl_loss`).
       beta: the KL coefficient.
+      baseline: the constant of ``advantage="reinforce"``.
+      theta_old, clip_eps: the policy that sampled ``idx`` (a later PPO step on the batch) and
+        the clip range of :func:`~expectax.rl.sequence.clipped_surrogate`.
     """
     from expectax.rl import sequence as seq
 
@@ -214,8 +219,16 @@ def surrogate_loss(
     }
     if advantage not in adv:
         raise ValueError(f"surrogate_loss: unknown advantage {advantage!r}; one of {list(adv)}.")
+    old = None
+    if theta_old is not None:
+        old = jax.lax.stop_gradient(policy.token_logp(theta_old)[idx])
     loss = seq.sequence_policy_loss(
-        b["logp_gkt"], adv[advantage](), b["mask_gkt"], loss_agg_mode=loss_agg_mode
+        b["logp_gkt"],
+        adv[advantage](),
+        b["mask_gkt"],
+        old_logp_gkt=old,
+        clip_eps=clip_eps,
+        loss_agg_mode=loss_agg_mode,
     )
     if kl.endswith("loss"):
         level = "sequence" if "-seq-" in kl else "token"
@@ -242,6 +255,7 @@ def gradient_samples(
     k: int = 4,
     variants: Sequence[dict[str, Any]] | None = None,
     chunk: int = 4096,
+    theta_old: jax.Array | None = None,
     **variant: Any,
 ) -> np.ndarray:
     """Gradients of :func:`surrogate_loss` (ascent direction ``−∇ loss``), one per batch.
@@ -249,7 +263,9 @@ def gradient_samples(
     Each row is the estimate from one independent batch of ``groups × k`` completions, so the
     rows' mean and standard error give the bias and its significance against an exact gradient.
     With ``variants`` (a list of keyword dicts for :func:`surrogate_loss`) every variant is
-    evaluated on the *same* batches in one compiled function.
+    evaluated on the *same* batches in one compiled function. With ``theta_old`` the batches
+    are sampled from ``π_{θ_old}`` and the losses use its log-probabilities as ``old_logp_gkt``
+    (a later PPO step on one batch); the gradient is still taken at ``theta``.
 
     Returns:
       ``(num_batches, P)`` for one variant (given as keywords), or ``(len(variants),
@@ -259,12 +275,12 @@ def gradient_samples(
     variants = [variant] if single else list(variants)
 
     def one(key):
-        idx = policy.sample(theta, key, groups, k)
+        sampler = theta if theta_old is None else theta_old
+        idx = policy.sample(sampler, key, groups, k)
+        extra = {} if theta_old is None else {"theta_old": theta_old}
+        grad = jax.grad(surrogate_loss, argnums=1)
         return jnp.stack(
-            [
-                -jax.grad(surrogate_loss, argnums=1)(policy, theta, theta_ref, idx, **v).reshape(-1)
-                for v in variants
-            ]
+            [-grad(policy, theta, theta_ref, idx, **v, **extra).reshape(-1) for v in variants]
         )
 
     keys = jax.random.split(key, num_batches)
