@@ -180,6 +180,7 @@ def _load_problem(spec: str) -> Any:
         module_spec = importlib.util.spec_from_file_location(f"expectax_user_{path.stem}", path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
         try:
             module_spec.loader.exec_module(module)
         except SyntaxError as err:

@@ -139,3 +139,7 @@ try:  # problems contributed by expectax.problems.discrete_toys, when that modul
 except ModuleNotFoundError as _err:
     if _err.name != "expectax.problems.discrete_toys":
         raise
+
+from expectax.problems.sequence import tiny_sequence  # noqa: E402
+
+register_problem("tiny-sequence", tiny_sequence)
