@@ -87,6 +87,17 @@ def run_seeds(config: Config, seeds: list[int]) -> dict:
         if all(s is not None for s in solved):
             break
     wall = time.perf_counter() - t0
+    # A third, independent evaluation of every confirmed policy (keys used nowhere else):
+    # how much of "confirmed" is the luck of the confirming evaluation?
+    recheck = [math.nan] * n
+    done = [i for i in range(n) if solved[i] is not None]
+    for c in range(0, len(done), CHUNK):
+        idx = done[c : c + CHUNK]
+        pad = np.asarray(idx + [idx[0]] * (CHUNK - len(idx)))
+        params = jax.tree_util.tree_map(lambda x, pad=pad: x[pad], states.params)
+        ks = jnp.stack([_batch_key(seeds[i], config.num_batches + 2, _CONFIRM) for i in pad])
+        for i, v in zip(idx, np.asarray(confirm(params, ks))[: len(idx)], strict=True):
+            recheck[i] = float(v)
     ok = [s for s in solved if s is not None]
     return {
         "seeds": seeds,
@@ -96,6 +107,7 @@ def run_seeds(config: Config, seeds: list[int]) -> dict:
         "median": statistics.median([s if s is not None else math.inf for s in solved]),
         "eval_episodes": (confirmations * config.confirm_episodes).tolist(),
         "wall_s": wall,
+        "recheck": recheck,
         "train_curves": train_curves,
         "confirm_curves": confirm_curves,
     }
@@ -145,6 +157,13 @@ def main() -> None:
         + f"; evaluation episodes per seed: mean {np.mean(res['eval_episodes']):.0f}; "
         f"wall {res['wall_s']:.1f}s"
     )
+    rc = [v for v in res["recheck"] if np.isfinite(v)]
+    if rc:
+        print(
+            f"re-evaluation of the {len(rc)} confirmed policies on 100 new episodes each: "
+            f"{sum(v >= 475.0 for v in rc)} reach 475 again, mean {np.mean(rc):.1f}, "
+            f"min {min(rc):.1f}"
+        )
     unsolved = [s for s, e in zip(seeds, res["episodes_to_solve"], strict=True) if e is None]
     print(f"unsolved seeds: {unsolved}")
     result = {
