@@ -26,6 +26,10 @@ APPLICATIONS: dict[str, tuple[str, str]] = {
         "Bayesian logistic regression on breast cancer: estimators and control variates",
     ),
     "rl": ("expectax.rl.cli", "train REINFORCE (policy gradients) on a Gymnasium environment"),
+    "svi": (
+        "expectax.vi.svi",
+        "train a sigmoid belief network with numpyro SVI: numpyro's vs expectax's TraceGraph_ELBO",
+    ),
     "vae": (
         "expectax.vi.vae",
         "train a discrete VAE (Bernoulli latents) with each gradient estimator and compare them",
