@@ -1,7 +1,7 @@
 """Time and XLA memory of ``jax.grad(E)`` with the samples split over devices (``mesh=``).
 
-    python benchmarks/devices.py [--devices 1 2 8] [--n 1000 10000] [--params 10000]
-                                 [--chunk 100] [--repeats 5] [--estimator Pathwise]
+    python benchmarks/devices.py [--devices 1 2 8] [--n 800 8000] [--params 10000]
+                                 [--chunk 100] [--repeats 20] [--estimator Pathwise]
 
 For each device count D a fresh subprocess starts JAX with D devices (on CPU: D host devices,
 ``--xla_force_host_platform_device_count=D``; on a GPU machine the first D GPUs, if there are
@@ -92,10 +92,10 @@ def child(devices: int, ns: list[int], p: int, chunk: int, repeats: int, name: s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 8])
-    ap.add_argument("--n", type=int, nargs="+", default=[1000, 10_000])
+    ap.add_argument("--n", type=int, nargs="+", default=[800, 8000])
     ap.add_argument("--params", type=int, default=10_000)
     ap.add_argument("--chunk", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--estimator", default="Pathwise")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
