@@ -122,6 +122,70 @@ def time_table(model, guide, train_x, configs, batch, rounds, steps_per_round, s
     return {k: (min(r["best"]), r["compile"]) for k, r in runners.items()}
 
 
+def profile(model, guide, train_x, batch, particles, rounds=9, calls=50):
+    """Where the time of one step goes, numpyro vs expectax's default ELBO at equal particles.
+
+    Trace (Python, the handlers) and XLA compile time of ``jax.grad(loss)``; the run time of
+    the loss alone, of its gradient and of a whole ``svi.update`` (interleaved rounds, minimum
+    over rounds of the median over ``calls``); the optimised XLA program's size and flops.
+    """
+    n = train_x.shape[0]
+    x = jnp.asarray(train_x[:batch])
+    svi0 = SVI(model, guide, optax.adam(1e-3), loss=make_elbo("numpyro", 2))
+    params = svi0.get_params(svi0.init(jax.random.key(0), x, n))
+    fns, info = {}, {}
+    for p in particles:
+        for name in ("numpyro", "rloo"):
+            loss = make_elbo(name, p)
+
+            def f(prm, k, loss=loss):
+                return loss.loss(k, prm, model, guide, x, n)
+
+            g = jax.jit(jax.grad(f))
+            t0 = time.perf_counter()
+            lowered = g.lower(params, jax.random.key(0))
+            t1 = time.perf_counter()
+            compiled = lowered.compile()
+            t2 = time.perf_counter()
+            ops = sum(1 for line in compiled.as_text().splitlines() if " = " in line)
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            svi = SVI(model, guide, optax.adam(1e-3), loss=loss)
+            state = svi.init(jax.random.key(0), x, n)
+            update = jax.jit(svi.update, static_argnums=(2,))
+            fns[(name, p)] = {
+                "loss": (jax.jit(f), lambda fn, i: fn(params, jax.random.key(i))),
+                "grad": (g, lambda fn, i: fn(params, jax.random.key(i))),
+                "update": (update, lambda fn, i, state=state: fn(state, x, n)[1]),
+            }
+            for fn, call in fns[(name, p)].values():
+                jax.block_until_ready(call(fn, 0))
+            info[(name, p)] = (t1 - t0, t2 - t1, ops, cost.get("flops", float("nan")))
+    best = {(k, part): [] for k in fns for part in ("loss", "grad", "update")}
+    for _ in range(rounds):
+        for k, parts in fns.items():
+            for part, (fn, call) in parts.items():
+                ts = []
+                for i in range(calls):
+                    t = time.perf_counter()
+                    jax.block_until_ready(call(fn, i))
+                    ts.append(time.perf_counter() - t)
+                best[(k, part)].append(float(np.median(ts)))
+    print(f"\nProfile (min over {rounds} interleaved rounds of the median of {calls} calls)")
+    print(
+        "| ELBO | P | trace s | compile s | loss ms | grad ms | update ms | × numpyro (update) "
+        "| XLA ops | flops |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, p), (tr, co, ops, fl) in info.items():
+        t = {part: 1e3 * min(best[((name, p), part)]) for part in ("loss", "grad", "update")}
+        ref = 1e3 * min(best[(("numpyro", p), "update")])
+        print(
+            f"| {name} | {p} | {tr:.2f} | {co:.2f} | {t['loss']:.3f} | {t['grad']:.3f} | "
+            f"{t['update']:.3f} | {t['update'] / ref:.2f} | {ops} | {fl:.3g} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -130,12 +194,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps-per-round", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="only the profile of numpyro vs rloo")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.train_steps, args.rounds, args.steps_per_round = 50, 50, 3, 10
     batch = 100
     model, guide, train_x = setup(batch=batch)
     n = train_x.shape[0]
+    if args.profile:
+        profile(model, guide, train_x, batch, (2, 8))
+        return
     params0, params1 = trained_params(model, guide, train_x, args.train_steps, batch, args.seed)
     x = jnp.asarray(train_x[:batch])
     # equal evals: numpyro and rloo at P = 2, 8, 10, 14, 40, 56; DisARM at P = 2, 8 (10, 40
