@@ -334,7 +334,7 @@ def test_bad_arguments(kwargs, error, match):
     [
         ({"nope": ex.DisARM()}, r"names sites \['nope'\] that the program does not draw"),
         ({"a": LOO}, "leave-one-out baseline needs num_particles >= 2"),
-        ({"a": ex.DisARM}, "must be an instance"),
+        ({"a": ex.DisARM}, r"site .a.: estimator must be an estimator instance"),
         ({"a": "disarm"}, "must be an expectax estimator"),
         ({"a": ex.VIMCO()}, "multi-sample estimator"),
         ({"a": ex.ScoreFunction(baseline=baselines.Optimal())}, "baseline=None"),

@@ -96,16 +96,12 @@ def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
     from expectax.estimators.pathwise import Pathwise
     from expectax.estimators.score_function import ScoreFunction
 
-    if isinstance(estimator, type) and issubclass(estimator, Estimator):
-        raise TypeError(
-            f"site {name!r}: the estimator must be an instance, got the class "
-            f"{estimator.__name__}: write ex.{estimator.__name__}() with parentheses."
-        )
-    if not isinstance(estimator, Estimator):
-        raise TypeError(
-            f"site {name!r}: the estimator must be an expectax estimator such as "
-            f"ex.ScoreFunction() or ex.DisARM(); got {type(estimator).__name__}."
-        )
+    from expectax.expectation import _check_estimator
+
+    try:
+        _check_estimator(estimator)
+    except TypeError as err:
+        raise TypeError(f"site {name!r}: {err}") from None
     if isinstance(estimator, Pathwise):
         if estimator.transform is not None or estimator.base is not None:
             raise ValueError(
