@@ -122,8 +122,20 @@ def time_table(model, guide, train_x, configs, batch, rounds, steps_per_round, s
     return {k: (min(r["best"]), r["compile"]) for k, r in runners.items()}
 
 
+def _profile_elbo(name, p):
+    """``make_elbo``, plus ``expectax-sf``: expectax's ELBO with numpyro's own estimator (the
+    plain score function at both sites, no baseline), to separate the engine's cost from the
+    baseline's."""
+    if name != "expectax-sf":
+        return make_elbo(name, p)
+    import expectax as ex
+    from expectax.infer import TraceGraph_ELBO
+
+    return TraceGraph_ELBO(p, estimators={"z1": ex.ScoreFunction(), "z2": ex.ScoreFunction()})
+
+
 def profile(model, guide, train_x, batch, particles, rounds=9, calls=50):
-    """Where the time of one step goes, numpyro vs expectax's default ELBO at equal particles.
+    """Where the time of one step goes, numpyro vs expectax's ELBO at equal particles.
 
     Trace (Python, the handlers) and XLA compile time of ``jax.grad(loss)``; the run time of
     the loss alone, of its gradient and of a whole ``svi.update`` (interleaved rounds, minimum
@@ -135,8 +147,8 @@ def profile(model, guide, train_x, batch, particles, rounds=9, calls=50):
     params = svi0.get_params(svi0.init(jax.random.key(0), x, n))
     fns, info = {}, {}
     for p in particles:
-        for name in ("numpyro", "rloo"):
-            loss = make_elbo(name, p)
+        for name in ("numpyro", "rloo", "expectax-sf"):
+            loss = _profile_elbo(name, p)
 
             def f(prm, k, loss=loss):
                 return loss.loss(k, prm, model, guide, x, n)
@@ -147,7 +159,10 @@ def profile(model, guide, train_x, batch, particles, rounds=9, calls=50):
             t1 = time.perf_counter()
             compiled = lowered.compile()
             t2 = time.perf_counter()
-            ops = sum(1 for line in compiled.as_text().splitlines() if " = " in line)
+            text = compiled.as_text()
+            ops = sum(1 for line in text.splitlines() if " = " in line)
+            big = f"f32[{p},{batch},"  # exponentials over particles × batch × units arrays
+            exps = sum(1 for line in text.splitlines() if " exponential(" in line and big in line)
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
             svi = SVI(model, guide, optax.adam(1e-3), loss=loss)
@@ -160,7 +175,7 @@ def profile(model, guide, train_x, batch, particles, rounds=9, calls=50):
             }
             for fn, call in fns[(name, p)].values():
                 jax.block_until_ready(call(fn, 0))
-            info[(name, p)] = (t1 - t0, t2 - t1, ops, cost.get("flops", float("nan")))
+            info[(name, p)] = (t1 - t0, t2 - t1, ops, exps, cost.get("flops", float("nan")))
     best = {(k, part): [] for k in fns for part in ("loss", "grad", "update")}
     for _ in range(rounds):
         for k, parts in fns.items():
@@ -174,15 +189,15 @@ def profile(model, guide, train_x, batch, particles, rounds=9, calls=50):
     print(f"\nProfile (min over {rounds} interleaved rounds of the median of {calls} calls)")
     print(
         "| ELBO | P | trace s | compile s | loss ms | grad ms | update ms | × numpyro (update) "
-        "| XLA ops | flops |"
+        "| XLA ops | exp ops (P × B × units) | flops |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (name, p), (tr, co, ops, fl) in info.items():
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, p), (tr, co, ops, exps, fl) in info.items():
         t = {part: 1e3 * min(best[((name, p), part)]) for part in ("loss", "grad", "update")}
         ref = 1e3 * min(best[(("numpyro", p), "update")])
         print(
             f"| {name} | {p} | {tr:.2f} | {co:.2f} | {t['loss']:.3f} | {t['grad']:.3f} | "
-            f"{t['update']:.3f} | {t['update'] / ref:.2f} | {ops} | {fl:.3g} |"
+            f"{t['update']:.3f} | {t['update'] / ref:.2f} | {ops} | {exps} | {fl:.3g} |"
         )
 
 
@@ -195,6 +210,7 @@ def main() -> None:
     ap.add_argument("--steps-per-round", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="only the profile of numpyro vs rloo")
+    ap.add_argument("--time-only", action="store_true", help="only the time-per-step table")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.train_steps, args.rounds, args.steps_per_round = 50, 50, 3, 10
@@ -204,43 +220,51 @@ def main() -> None:
     if args.profile:
         profile(model, guide, train_x, batch, (2, 8))
         return
-    params0, params1 = trained_params(model, guide, train_x, args.train_steps, batch, args.seed)
-    x = jnp.asarray(train_x[:batch])
-    # equal evals: numpyro and rloo at P = 2, 8, 10, 14, 40, 56; DisARM at P = 2, 8 (10, 40
-    # evals); RELAX at P = 2, 8 (14, 56 evals)
-    budgets = (2, 8, 10, 14, 40, 56)
-    configs = [("numpyro", p) for p in budgets] + [("rloo", p) for p in budgets]
-    configs += [("disarm", 2), ("disarm", 8), ("relax", 2), ("relax", 8)]
-    t0 = time.perf_counter()
-    rows = variance_table(
-        model, guide, x, n, {"init": params0, "trained": params1}, configs, args.repeats, args.seed
-    )
-    numpyro_at = {r["evals"]: r for r in rows if r["elbo"] == "numpyro"}
-    print(
-        f"\nGradient variance of -ELBO, SBN 64-32-16 on digits (batch {batch} of {n}), "
-        f"R = {args.repeats} estimates, seed {args.seed}; trained = {args.train_steps} SVI steps."
-    )
-    print(
-        "| ELBO | P | evals | var all (init) | ratio | var guide (init) | ratio "
-        "| var all (trained) | ratio | var guide (trained) | ratio |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        ref = numpyro_at.get(r["evals"])
-        cells = []
-        for col in ("init_all", "init_guide", "trained_all", "trained_guide"):
-            m, se = r[col]
-            cells.append(f"{m:.3g} ± {se / m:.0%}" if m > 0 else "0")
-            cells.append(f"{ref[col][0] / m:.0f}×" if ref is not None and m > 0 else "-")
-        print(f"| {r['elbo']} | {r['P']} | {r['evals']} | " + " | ".join(cells) + " |")
-    print(f"(variance measurements: {time.perf_counter() - t0:.0f} s)")
-    print("\nSame objective: mean loss (-ELBO of the minibatch, scaled to the data set) ± SE")
-    print("| ELBO | P | loss (init) | loss (trained) |")
-    print("|---|---:|---:|---:|")
-    for r in rows:
-        cells = [f"{r[c][0]:.1f} ± {r[c][1]:.1f}" for c in ("init_loss", "trained_loss")]
-        print(f"| {r['elbo']} | {r['P']} | " + " | ".join(cells) + " |")
-
+    if not args.time_only:
+        params0, params1 = trained_params(model, guide, train_x, args.train_steps, batch, args.seed)
+        x = jnp.asarray(train_x[:batch])
+        # equal evals: numpyro and rloo at P = 2, 8, 10, 14, 40, 56; DisARM at P = 2, 8 (10, 40
+        # evals); RELAX at P = 2, 8 (14, 56 evals)
+        budgets = (2, 8, 10, 14, 40, 56)
+        configs = [("numpyro", p) for p in budgets] + [("rloo", p) for p in budgets]
+        configs += [("disarm", 2), ("disarm", 8), ("relax", 2), ("relax", 8)]
+        t0 = time.perf_counter()
+        rows = variance_table(
+            model,
+            guide,
+            x,
+            n,
+            {"init": params0, "trained": params1},
+            configs,
+            args.repeats,
+            args.seed,
+        )
+        numpyro_at = {r["evals"]: r for r in rows if r["elbo"] == "numpyro"}
+        print(
+            f"\nGradient variance of -ELBO, SBN 64-32-16 on digits (batch {batch} of {n}), "
+            f"R = {args.repeats} estimates, seed {args.seed}; "
+            f"trained = {args.train_steps} SVI steps."
+        )
+        print(
+            "| ELBO | P | evals | var all (init) | ratio | var guide (init) | ratio "
+            "| var all (trained) | ratio | var guide (trained) | ratio |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            ref = numpyro_at.get(r["evals"])
+            cells = []
+            for col in ("init_all", "init_guide", "trained_all", "trained_guide"):
+                m, se = r[col]
+                cells.append(f"{m:.3g} ± {se / m:.0%}" if m > 0 else "0")
+                cells.append(f"{ref[col][0] / m:.0f}×" if ref is not None and m > 0 else "-")
+            print(f"| {r['elbo']} | {r['P']} | {r['evals']} | " + " | ".join(cells) + " |")
+        print(f"(variance measurements: {time.perf_counter() - t0:.0f} s)")
+        print("\nSame objective: mean loss (-ELBO of the minibatch, scaled to the data set) ± SE")
+        print("| ELBO | P | loss (init) | loss (trained) |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            cells = [f"{r[c][0]:.1f} ± {r[c][1]:.1f}" for c in ("init_loss", "trained_loss")]
+            print(f"| {r['elbo']} | {r['P']} | " + " | ".join(cells) + " |")
     tconfigs = [(e, p) for p in (2, 8) for e in ("numpyro", "rloo", "disarm", "relax")]
     times = time_table(
         model, guide, train_x, tconfigs, batch, args.rounds, args.steps_per_round, args.seed
