@@ -233,7 +233,7 @@ def log_prob(dist: Any, x: Any) -> jax.Array:
         lead = jnp.shape(x)[: max(jnp.ndim(x) - dist.event_dim, 0)]
         return jnp.broadcast_to(value, jnp.broadcast_shapes(dist.batch_shape, lead))
     if type(dist) is nd.BernoulliLogits:
-        return x * dist.logits - jax.nn.softplus(dist.logits)
+        return _bernoulli_logits_log_prob(jnp.asarray(x, jnp.result_type(dist.logits)), dist.logits)
     if type(dist) is nd.BernoulliProbs:
         return _bernoulli_probs_log_prob(
             jnp.asarray(x, jnp.result_type(dist.probs, float)), dist.probs
@@ -304,6 +304,27 @@ _last_debug_error: list[BaseException | None] = [None]
 def _raise_debug(err: BaseException) -> None:
     _last_debug_error[0] = err
     raise err
+
+
+@jax.custom_jvp
+def _bernoulli_logits_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
+    """``x ℓ − softplus(ℓ)`` with the derivative ``(x − σ(ℓ)) dℓ + ℓ dx``, right at ℓ = 0.
+
+    ``jax.nn.softplus``'s own derivative evaluates two exponentials, which made the program
+    surrogate of a Bernoulli model measurably slower than numpyro's on CPU; here the
+    derivative is one ``sigmoid``.
+    """
+    e = jnp.exp(-jnp.abs(logits))
+    return x * logits - (jnp.maximum(logits, 0.0) + jnp.log1p(e))
+
+
+@_bernoulli_logits_log_prob.defjvp
+def _bernoulli_logits_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
+    (x, logits), (t_x, t_logits) = primals, tangents
+    value = _bernoulli_logits_log_prob(x, logits)
+    # jax.nn.sigmoid (not a function of exp(−|ℓ|), whose derivative at ℓ = 0 is wrong), so that
+    # second derivatives through this rule are right at ℓ = 0 too
+    return value, (x - jax.nn.sigmoid(logits)) * t_logits + logits * t_x
 
 
 @jax.custom_jvp
