@@ -95,7 +95,6 @@ def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
     from expectax.estimators.multi_sample import VIMCO, SumAndSample, UnorderedSet
     from expectax.estimators.pathwise import Pathwise
     from expectax.estimators.score_function import ScoreFunction
-
     from expectax.expectation import _check_estimator
 
     try:
