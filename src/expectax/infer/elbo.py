@@ -167,14 +167,20 @@ class IWELBO(ELBO):
     vanish as K grows; the model's is ``Σ_k w̃_k ∇_θ log w_k``. numpyro's ``RenyiELBO`` (α = 0)
     is this bound for reparameterisable guides only.
 
-    Subsampled plates are refused: the bound of a minibatch is not the minibatch's share of the
-    full data's bound.
+    With ``plate="data"`` the bound is taken per element of that plate, as a VAE means it:
+    ``Σ_i log (1/K) Σ_k w_{ik}``, every site inside the plate (the weights of element i are its
+    own sites' log-densities), times the plate's scale when it is subsampled or scaled
+    (``numpyro.plate(..., subsample_size=)`` or ``handlers.scale``): then the estimate is
+    unbiased for the full data's sum of per-element bounds. Without ``plate`` there is one
+    weight per particle for the whole program, and scaled sites are refused (the bound of a
+    minibatch is not its share of the full data's bound).
 
     Args:
       num_particles: ``K ≥ 1``.
       vectorize_particles: as in numpyro's ELBOs.
       dreg: use DReG for the guide's parameters (needs every guide site reparameterisable, and
         no parameter shared by the model and the guide).
+      plate: the name of a plate over independent data points, for a bound per element.
 
     References:
       Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders". Mnih & Rezende
@@ -190,12 +196,16 @@ class IWELBO(ELBO):
         vectorize_particles: bool | Callable = True,
         *,
         dreg: bool = False,
+        plate: str | None = None,
     ) -> None:
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         from expectax import programs
 
         programs._check_particles(num_particles)
+        if plate is not None and not isinstance(plate, str):
+            raise TypeError(f"plate must be the name of a numpyro.plate, got {plate!r}.")
         self.dreg = bool(dreg)
+        self.plate = plate
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs) -> jax.Array:
         """``−L̂``, the negative importance-weighted bound; ``jax.grad`` is the estimator."""
@@ -209,8 +219,13 @@ class IWELBO(ELBO):
         from expectax.estimators.base import magic_box
 
         k = self.num_particles
-        dreg = self.dreg
+        dreg, plate = self.dreg, self.plate
         frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, param_map)
+        scales: list[Any] = []
+
+        def term(site, name, fn=None):
+            fn = site["fn"] if fn is None else fn
+            return _iw_term(log_prob(fn, site["value"]), site, name, plate, scales)
 
         def particle(key):
             key_z, key_seed = jax.random.split(key)
@@ -226,50 +241,54 @@ class IWELBO(ELBO):
                         "is not reparameterisable; DReG needs every guide site to be. Use "
                         "IWELBO(dreg=False), which serves it with VIMCO."
                     )
-                lq = jnp.sum(_checked_scale(log_prob(site["fn"], site["value"]), site, name))
+                lq = term(site, name)
                 log_w = log_w - lq
                 if not reparam:
                     log_q_discrete = log_q_discrete + lq
             for name, site in model_tr.items():
                 if site["type"] == "sample":
-                    lp = log_prob(site["fn"], site["value"])
-                    log_w = log_w + jnp.sum(_checked_scale(lp, site, name))
-            out = {"log_w": log_w, "log_q": log_q_discrete}
+                    log_w = log_w + term(site, name)
+            out = {"log_w": log_w, "log_q": log_q_discrete + 0.0 * log_w}
             if dreg:  # log w with φ only through z (the path), and θ only directly
                 values = {n: s["value"] for n, s in guide_tr.items() if s["type"] == "sample"}
-                path = -sum(
-                    jnp.sum(
-                        log_prob(jax.tree_util.tree_map(jax.lax.stop_gradient, s["fn"]), s["value"])
-                    )
-                    for s in guide_tr.values()
-                    if s["type"] == "sample"
-                )
-                path = path + _model_log_density(model, frozen, values, key_seed, args, kwargs)
+                path = 0.0
+                for name, site in guide_tr.items():
+                    if site["type"] == "sample":
+                        sg_fn = jax.tree_util.tree_map(jax.lax.stop_gradient, site["fn"])
+                        path = path - term(site, name, sg_fn)
+                m_path = _model_log_density(model, frozen, values, key_seed, args, kwargs, term)
                 sg_values = jax.tree_util.tree_map(jax.lax.stop_gradient, values)
-                direct = _model_log_density(model, param_map, sg_values, key_seed, args, kwargs)
-                out["path"], out["direct"] = path, direct
+                direct = _model_log_density(
+                    model, param_map, sg_values, key_seed, args, kwargs, term
+                )
+                out["path"], out["direct"] = path + m_path, direct
             return out
 
         keys = jax.random.split(rng_key, k)
-        out = self.vectorize_particles_fn(particle, keys)
+        out = self.vectorize_particles_fn(particle, keys)  # leaves (K,) or (K, B)
         log_w = out["log_w"]
         f_sg = jax.lax.stop_gradient(log_w)
         log_k = math.log(k)
-        bound = jax.scipy.special.logsumexp(f_sg) - log_k
-        weights = jax.nn.softmax(f_sg)
+        bound = jax.scipy.special.logsumexp(f_sg, axis=0) - log_k  # per element
+        weights = jax.nn.softmax(f_sg, axis=0)
         if dreg:
-            surrogate = jnp.sum(weights * (out["direct"] - jax.lax.stop_gradient(out["direct"])))
-            surrogate += jnp.sum(weights**2 * (out["path"] - jax.lax.stop_gradient(out["path"])))
+            surrogate = weights * (out["direct"] - jax.lax.stop_gradient(out["direct"]))
+            surrogate += weights**2 * (out["path"] - jax.lax.stop_gradient(out["path"]))
         else:
-            surrogate = jnp.sum(weights * (log_w - f_sg))
+            surrogate = weights * (log_w - f_sg)
             if k >= 2:
-                others = (jnp.sum(f_sg) - f_sg) / (k - 1)
-                swapped = jnp.where(jnp.eye(k, dtype=bool), others[:, None], f_sg[None, :])
+                others = (jnp.sum(f_sg, axis=0) - f_sg) / (k - 1)
+                eye = jnp.eye(k, dtype=bool).reshape((k, k) + (1,) * (f_sg.ndim - 1))
+                swapped = jnp.where(eye, others[:, None], f_sg[None, :])  # [j, k, ...]
                 signal = bound - (jax.scipy.special.logsumexp(swapped, axis=1) - log_k)
             else:
-                signal = jnp.broadcast_to(bound, (1,))
-            surrogate += jnp.sum((magic_box(out["log_q"]) - 1.0) * signal)
-        return {"loss": -(bound + surrogate), "mutable_state": None}
+                signal = jnp.broadcast_to(bound, f_sg.shape)
+            surrogate += (magic_box(out["log_q"]) - 1.0) * signal
+        total = jnp.sum(bound) + jnp.sum(surrogate)
+        scale = scales[0] if scales else None
+        if plate is not None and scale is not None:
+            total = scale * total
+        return {"loss": -total, "mutable_state": None}
 
 
 def _iw_traces(model, guide, params, key_z, key_seed, args, kwargs):
@@ -291,7 +310,7 @@ def _iw_traces(model, guide, params, key_z, key_seed, args, kwargs):
     return guide_tr, model_tr
 
 
-def _model_log_density(model, params, values, key_seed, args, kwargs):
+def _model_log_density(model, params, values, key_seed, args, kwargs, term):
     from expectax import programs
 
     _, model_seed = jax.random.split(key_seed)
@@ -301,18 +320,36 @@ def _model_log_density(model, params, values, key_seed, args, kwargs):
     total = 0.0
     for name, site in tr.items():
         if site["type"] == "sample":
-            total = total + jnp.sum(_checked_scale(log_prob(site["fn"], site["value"]), site, name))
+            total = total + term(site, name)
     return total
 
 
-def _checked_scale(value, site, name):
+def _iw_term(value, site, name, plate, scales):
+    """A site's log-density for the bound: summed (``plate=None``; unscaled sites only) or
+    reduced to the named plate's elements (the plate's scale collected in ``scales``)."""
     from expectax import programs
 
+    value = programs._masked(value, site)
     scale = site.get("scale")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale == 1):
+    scaled = scale is not None and not (isinstance(scale, (int, float)) and scale == 1)
+    if plate is None:
+        if scaled:
+            raise ValueError(
+                f"IWELBO: site {name!r} is in a subsampled or scaled plate (scale {scale}); the "
+                "importance-weighted bound of a minibatch is not an unbiased share of the full "
+                "bound. Pass plate='<the data plate's name>' for a bound per data point "
+                "(IWELBO(K, plate='data')), or use TraceGraph_ELBO."
+            )
+        return jnp.sum(value)
+    frames = programs._frames(site)
+    frame = [f for f in frames if f.name == plate]
+    if not frame:
         raise ValueError(
-            f"IWELBO: site {name!r} is in a subsampled plate (scale {scale}); the "
-            "importance-weighted bound of a minibatch is not an unbiased share of the full "
-            "bound. Use TraceGraph_ELBO for subsampled data, or pass the whole data set."
+            f"IWELBO(plate={plate!r}): site {name!r} is outside the plate {plate!r}; a bound per "
+            "element needs every site of model and guide inside it (global latent variables "
+            "couple the elements). Use plate=None for one bound over the whole program."
         )
-    return programs._masked(value, site)
+    if scaled and not scales:
+        scales.append(scale)  # the plate's scale (the same for every site in it)
+    reduced = programs._reduce(value, frames, tuple(frame))
+    return jnp.reshape(reduced, (-1,))
