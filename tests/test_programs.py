@@ -336,7 +336,7 @@ def test_bad_arguments(kwargs, error, match):
         ({"a": LOO}, "leave-one-out baseline needs num_particles >= 2"),
         ({"a": ex.DisARM}, r"site .a.: estimator must be an estimator instance"),
         ({"a": "disarm"}, "must be an expectax estimator"),
-        ({"a": ex.VIMCO()}, "multi-sample estimator"),
+        ({"a": ex.VIMCO()}, "VIMCO estimates the gradient of an importance-weighted bound.*IWELBO"),
         ({"a": ex.ScoreFunction(baseline=baselines.Optimal())}, "baseline=None"),
     ],
 )
@@ -452,3 +452,38 @@ def test_compare_cli_accepts_a_program_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "RLOO [default]" in out and "DisARM" in out and "Recommendation" in out
+
+
+@pytest.mark.parametrize(
+    "estimator", [ex.UnorderedSet(), ex.SumAndSample()], ids=["unordered", "sum-and-sample"]
+)
+def test_joint_sample_estimators_serve_a_plated_categorical_site(estimator):
+    """UnorderedSet and SumAndSample draw k categories of each element's distribution
+    (infer={"num_samples": k}; k = 2 of K = 3, so that the estimate is not exact) and match
+    the exact gradient."""
+
+    def program(logits):
+        with numpyro.plate("items", M):
+            z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 2})
+            numpyro.factor("cost", local_costs(z))
+
+    def exact(logits):
+        p = jax.nn.softmax(logits, axis=-1)
+        return jnp.sum(p * local_costs(jnp.arange(K, dtype=jnp.float32)[:, None]).T)
+
+    E = ex.program_expectation(program, num_particles=2, estimators={"z": estimator})
+    grads = estimates(jax.grad(E), LOGITS, jax.random.key(14), repeats=2000)
+    assert_unbiased(grads, jax.grad(exact)(LOGITS), k=5, bonferroni=True)
+    assert E.engine.evaluations() == 2 * (1 + 2 * M)
+
+
+def test_joint_sample_estimator_needs_at_least_two_draws():
+    def program(logits):
+        z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 1})
+        return z * 1.0
+
+    E = ex.program_expectation(program, num_particles=1, estimators={"z": ex.UnorderedSet()})
+    with pytest.raises(
+        ValueError, match=r"site 'z': infer=\{'num_samples': 1\} must be an int >= 2"
+    ):
+        E(jnp.zeros(3), jax.random.key(0))

@@ -27,6 +27,8 @@ estimator chosen for it:
   again with the site's value substituted (the other sites keep their random numbers, so the
   evaluations share them). Costs local to the site's plate are evaluated for all plate
   elements at once; these estimators give first derivatives (not Hessians).
+  ``UnorderedSet()`` and ``SumAndSample()`` draw ``k`` categories of each element's
+  distribution (``infer={"num_samples": k}`` on the site, default 2).
 
 The dependency structure comes from numpyro's provenance tracking
 (:func:`numpyro.ops.provenance.eval_provenance`), as in numpyro's ``TraceGraph_ELBO``; plates
@@ -140,13 +142,15 @@ def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
                 f"averages the other particles); got num_particles={num_particles}."
             )
         return "score"
-    if isinstance(estimator, (VIMCO, UnorderedSet, SumAndSample)):
+    if isinstance(estimator, VIMCO):
         raise ValueError(
-            f"site {name!r}: {type(estimator).__name__} is a multi-sample estimator of one "
-            "distribution and cannot serve a single site of a program yet. Use ex.DisARM(), "
-            "ex.RELAX() or ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut()) for the "
-            "site; for VIMCO over a whole model use expectax.infer.VIMCO_ELBO."
+            f"site {name!r}: VIMCO estimates the gradient of an importance-weighted bound, not "
+            "of an expected cost, so it cannot serve one site of a program. For VIMCO over a "
+            "whole model and guide use expectax.infer.IWELBO; for this site use ex.DisARM(), "
+            "ex.RELAX() or ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut())."
         )
+    if isinstance(estimator, (UnorderedSet, SumAndSample)):
+        return "joint"  # k draws of one element's distribution at a time
     return "blackbox"
 
 
@@ -159,6 +163,7 @@ class _Site:
     estimator: Estimator
     frames: tuple[Any, ...]
     plate_dims: tuple[int, ...]  # the site's plate dims (negative), in batch order
+    draws: int = 2  # for UnorderedSet/SumAndSample: draws per element (infer "num_samples")
 
 
 # --------------------------------------------------------------------------- the sampler
@@ -382,7 +387,17 @@ class _Engine:
         for name, site in first.sites.items():
             est, role = record[name]
             frames = _frames(site)
-            sites[name] = _Site(name, role, est, frames, tuple(sorted(f.dim for f in frames)))
+            draws = (site.get("infer") or {}).get("num_samples", 2)
+            if role == "joint" and (
+                isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2
+            ):
+                raise ValueError(
+                    f"site {name!r}: infer={{'num_samples': {draws!r}}} must be an int >= 2 (the "
+                    f"draws {type(est).__name__} makes of the site's distribution)."
+                )
+            sites[name] = _Site(
+                name, role, est, frames, tuple(sorted(f.dim for f in frames)), int(draws)
+            )
         if not first.costs:
             raise ValueError(
                 "the program has no cost: return a scalar, or add terms with numpyro.factor "
@@ -427,11 +442,14 @@ class _Engine:
             if s.role == "score":
                 lp = _masked(log_prob(site["fn"], site["value"]), site)
                 lps[name] = _reduce(lp, s.frames, s.frames)
-            elif s.role == "blackbox":
+            elif s.role in ("blackbox", "joint"):
                 builder, fns[name] = _elementwise(site["fn"], s, _sample_shape(site))
                 self.builders[name] = builder
         costs = {n: v for n, (v, _) in r.costs.items()}
         return {"lps": lps, "costs": costs, "fns": fns, "values": values}
+
+    def _joint(self, s, rows, params_e, f_single, key):
+        return _joint_terms(self, s, rows, params_e, f_single, key)
 
     def evaluations(self) -> int:
         """Runs of the program per estimate, as of the last trace: a run per particle plus the
@@ -503,7 +521,7 @@ class _Engine:
         result = jnp.mean(jax.vmap(surrogate)(costs, lps, base))
         # per-site estimators: their own terms, with f the site's downstream cost
         for s in sites.values():
-            if s.role != "blackbox":
+            if s.role not in ("blackbox", "joint"):
                 continue
             site_key = jax.random.fold_in(key_est, _name_hash(s.name))
             deps = (cost_deps, lp_deps, cost_frames)
@@ -574,10 +592,15 @@ class _Engine:
 
             return f_batch
 
-        per_call = 1 if local else lead  # lockstep: all elements in one run
         one = self.builders[s.name](jax.tree_util.tree_map(lambda v: v[0], params_e))
-        self.reruns[s.name] = int(s.estimator.evaluations(1, one)) * per_call
         rows = {"particle": jnp.repeat(jnp.arange(n), lead), "elem": jnp.tile(jnp.arange(lead), n)}
+        if s.role == "joint":
+            # k draws of one element's distribution (without replacement): the estimator runs
+            # on each (particle, element) alone, its k evaluations of f one element at a time
+            self.reruns[s.name] = int(s.estimator.evaluations(s.draws, one)) * lead
+            return self._joint(s, rows, params_e, single(False), key) / n
+        per_call = 1 if local else lead  # lockstep: all elements in one run
+        self.reruns[s.name] = int(s.estimator.evaluations(1, one)) * per_call
         ctx = _SiteContext(
             single(False),
             flat,
@@ -595,6 +618,30 @@ class _Engine:
                 raise
             raise type(err)(f"site {s.name!r} ({type(flat).__name__}): {err}") from err
         return jnp.sum(terms) / n
+
+
+def _joint_terms(engine, s, rows, params_e, f_single, key):
+    """Σ over (particle, element) rows of the joint-sample estimator's mean term."""
+
+    def one(row, element_params, row_key):
+        d = engine.builders[s.name](element_params)
+
+        def batch(xs, r):
+            return jax.vmap(f_single, in_axes=(None, 0))(r, xs)
+
+        ctx = _SiteContext(
+            f_single, d, row, stacked=False, debug=engine.debug, batch=batch, control=batch
+        )
+        return jnp.mean(s.estimator.terms(ctx, row_key, s.draws))
+
+    keys = jax.random.split(key, jax.tree_util.tree_leaves(rows)[0].shape[0])
+    try:
+        with numpyro_dist.validation_enabled(False):
+            return jnp.sum(jax.vmap(one)(rows, params_e, keys))
+    except (ValueError, TypeError) as err:
+        if str(err).startswith("site ") or "program" in str(err):
+            raise
+        raise type(err)(f"site {s.name!r}: {err}") from err
 
 
 def _downstream(costs, cost_frames, names, frames, n):
