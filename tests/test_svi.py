@@ -222,7 +222,7 @@ def test_cli_smoke(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--elbo", "vimco"], "--elbo: unknown 'vimco'"),
+        (["--elbo", "nope"], "--elbo: unknown 'nope'"),
         (["--seed", "1", "1"], "lists a seed twice"),
         (["--elbo", "rloo", "--num-particles", "1"], "needs at least 2"),
         (["--batch-size", "5000"], "exceeds the 1500 training images"),
