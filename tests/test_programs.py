@@ -487,3 +487,18 @@ def test_joint_sample_estimator_needs_at_least_two_draws():
         ValueError, match=r"site 'z': infer=\{'num_samples': 1\} must be an int >= 2"
     ):
         E(jnp.zeros(3), jax.random.key(0))
+
+
+def test_score_function_site_with_a_support_that_depends_on_theta_is_refused():
+    """Uniform(0, θ) under the score function misses the Leibniz boundary term: refused, as
+    for one distribution; the default (pathwise, the reparameterised Uniform) serves it."""
+
+    def program(theta):
+        return numpyro.sample("x", dist.Uniform(0.0, theta))
+
+    E = ex.program_expectation(program, num_particles=2, estimators={"x": ex.ScoreFunction()})
+    with pytest.raises(ValueError, match="support"):
+        jax.grad(E)(jnp.array(1.0), jax.random.key(0))
+    E = ex.program_expectation(program, num_particles=2)
+    grads = estimates(jax.grad(E), jnp.array(1.0), jax.random.key(15), repeats=2000)
+    assert_unbiased(grads, 0.5, k=5)  # d/dθ E[x] = d/dθ θ/2

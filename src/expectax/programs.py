@@ -62,7 +62,14 @@ from numpyro import handlers
 from numpyro.ops.provenance import eval_provenance
 from numpyro.primitives import Messenger
 
-from expectax.estimators.base import Context, Estimator, _check_finite, log_prob, magic_box
+from expectax.estimators.base import (
+    Context,
+    Estimator,
+    _check_finite,
+    check_fixed_support,
+    log_prob,
+    magic_box,
+)
 
 __all__ = ["default_estimator", "program_expectation"]
 
@@ -440,6 +447,7 @@ class _Engine:
             if s.role != "pathwise":
                 values[name] = site["value"]
             if s.role == "score":
+                check_fixed_support(site["fn"], f"ScoreFunction at site {name!r}")
                 lp = _masked(log_prob(site["fn"], site["value"]), site)
                 lps[name] = _reduce(lp, s.frames, s.frames)
             elif s.role in ("blackbox", "joint"):
