@@ -242,6 +242,13 @@ def _total_variance_se(g: np.ndarray) -> float:
     return float(np.std(d, ddof=1) * math.sqrt(r) / (r - 1))
 
 
+def _check_repeats(repeats: Any) -> None:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        raise ValueError(
+            f"repeats must be an int ≥ 2 (variances need two estimates); got {repeats!r}."
+        )
+
+
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}.")
@@ -433,10 +440,7 @@ def compare(
       >>> result.recommended
       'Pathwise'
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
-        raise ValueError(
-            f"repeats must be an int ≥ 2 (variances need two estimates); got {repeats!r}."
-        )
+    _check_repeats(repeats)
     estimators = _as_estimators(estimators)
     key = jax.random.key(_check_seed(seed)) if key is None else key
     dist = _check_problem(f, dist_fn, params, num_samples, key)
@@ -593,10 +597,7 @@ def compare_programs(
     """
     from expectax.programs import _check_estimators, _check_particles, program_expectation
 
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
-        raise ValueError(
-            f"repeats must be an int ≥ 2 (variances need two estimates); got {repeats!r}."
-        )
+    _check_repeats(repeats)
     if not callable(program):
         raise TypeError(f"program must be a function of params; got {type(program).__name__}.")
     num_particles = _check_particles(num_particles)

@@ -46,11 +46,12 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import operator
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -456,9 +457,6 @@ class _Engine:
         costs = {n: v for n, (v, _) in r.costs.items()}
         return {"lps": lps, "costs": costs, "fns": fns, "values": values}
 
-    def _joint(self, s, rows, params_e, f_single, key):
-        return _joint_terms(self, s, rows, params_e, f_single, key)
-
     def evaluations(self) -> int:
         """Runs of the program per estimate, as of the last trace: a run per particle plus the
         re-runs of the per-site estimators (e.g. 2 per particle for DisARM)."""
@@ -606,7 +604,7 @@ class _Engine:
             # k draws of one element's distribution (without replacement): the estimator runs
             # on each (particle, element) alone, its k evaluations of f one element at a time
             self.reruns[s.name] = int(s.estimator.evaluations(s.draws, one)) * lead
-            return self._joint(s, rows, params_e, single(False), key) / n
+            return _joint_terms(self, s, rows, params_e, single(False), key) / n
         per_call = 1 if local else lead  # lockstep: all elements in one run
         self.reruns[s.name] = int(s.estimator.evaluations(1, one)) * per_call
         ctx = _SiteContext(
@@ -618,13 +616,8 @@ class _Engine:
             batch=batch(False),
             control=batch(True),
         )
-        try:
-            with numpyro_dist.validation_enabled(False):
-                terms = s.estimator.terms(ctx, key, n * lead)
-        except (ValueError, TypeError) as err:
-            if str(err).startswith("site ") or "program" in str(err):
-                raise
-            raise type(err)(f"site {s.name!r} ({type(flat).__name__}): {err}") from err
+        with _site_errors(f"site {s.name!r} ({type(flat).__name__})"):
+            terms = s.estimator.terms(ctx, key, n * lead)
         return jnp.sum(terms) / n
 
 
@@ -643,13 +636,21 @@ def _joint_terms(engine, s, rows, params_e, f_single, key):
         return jnp.mean(s.estimator.terms(ctx, row_key, s.draws))
 
     keys = jax.random.split(key, jax.tree_util.tree_leaves(rows)[0].shape[0])
+    with _site_errors(f"site {s.name!r}"):
+        return jnp.sum(jax.vmap(one)(rows, params_e, keys))
+
+
+@contextlib.contextmanager
+def _site_errors(prefix: str) -> Iterator[None]:
+    """Run a per-site estimator (numpyro validation off: relaxed values are off-support by
+    design), prefixing its ValueError/TypeError with the site so the user knows which."""
     try:
         with numpyro_dist.validation_enabled(False):
-            return jnp.sum(jax.vmap(one)(rows, params_e, keys))
+            yield
     except (ValueError, TypeError) as err:
         if str(err).startswith("site ") or "program" in str(err):
             raise
-        raise type(err)(f"site {s.name!r}: {err}") from err
+        raise type(err)(f"{prefix}: {err}") from err
 
 
 def _downstream(costs, cost_frames, names, frames, n):
@@ -658,9 +659,7 @@ def _downstream(costs, cost_frames, names, frames, n):
     total = jnp.zeros(target)
     for c in names:
         v = jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames))(costs[c])
-        total = total + v.reshape((n, *v.shape[1:])).reshape(
-            (n,) + (1,) * (len(target) - v.ndim) + v.shape[1:]
-        )
+        total = total + v.reshape((n,) + (1,) * (len(target) - v.ndim) + v.shape[1:])
     return total
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "groups_json",
     "MAX_SEED",
     "OutputError",
     "add_common_flags",
@@ -337,6 +338,17 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
         return m, math.nan
     var = sum((v - m) ** 2 for v in xs) / (len(xs) - 1)
     return m, math.sqrt(var / len(xs))
+
+
+def groups_json(groups: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Summary groups for JSON: each ``(mean, se)`` tuple from :func:`mean_se` as a dict."""
+    return [
+        {
+            k: (dict(zip(("mean", "se"), v, strict=True)) if isinstance(v, tuple) else v)
+            for k, v in g.items()
+        }
+        for g in groups
+    ]
 
 
 def format_mean_se(values: Iterable[float], fmt: str = ".4f") -> str:

@@ -563,13 +563,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {k: v for k, v in vars(args).items() if k not in ("run", "func")},
         "optimum": best,
         "runs": rows,
-        "groups": [
-            {
-                k: (dict(zip(("mean", "se"), v, strict=True)) if isinstance(v, tuple) else v)
-                for k, v in g.items()
-            }
-            for g in groups
-        ],
+        "groups": runio.groups_json(groups),
     }
     runio.write_json(out / "blr_summary.json", summary)
     _plot(out / "blr_curves.png", curves, labels, seeds, best)

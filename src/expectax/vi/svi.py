@@ -424,13 +424,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "expectax svi " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
         "config": {k: v for k, v in vars(args).items() if k not in ("run", "func")},
         "runs": rows,
-        "groups": [
-            {
-                k: (dict(zip(("mean", "se"), v, strict=True)) if isinstance(v, tuple) else v)
-                for k, v in g.items()
-            }
-            for g in groups
-        ],
+        "groups": runio.groups_json(groups),
     }
     runio.write_json(out / "svi_summary.json", summary)
     if args.json:
