@@ -30,7 +30,9 @@ import griffe
 _MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
 _CODE_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. code-block::[ \t]*(?P<lang>\S*)[ \t]*$")
 _MATH_ROLE = re.compile(r":math:`(?P<tex>[^`]+)`")
-_REF_ROLE = re.compile(r":(?:py:)?(?P<kind>class|func|meth|mod|data|attr|obj|exc):`(?P<target>[^`]+)`")
+_REF_ROLE = re.compile(
+    r":(?:py:)?(?P<kind>class|func|meth|mod|data|attr|obj|exc):`(?P<target>[^`]+)`"
+)
 _EXAMPLE_HEADER = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", re.M)
 
 
@@ -80,7 +82,9 @@ def _directive_blocks(text: str) -> str:
 
 
 _SECTION = re.compile(r"^(?P<indent>[ \t]*)(?P<name>[A-Z][A-Za-z ]*):[ \t]*$")
-_ITEM_NAMES = re.compile(r"^(?P<names>\*{0,2}\w+(?:,[ \t]*\*{0,2}\w+)+)(?P<rest>[ \t]*(\(.*?\))?:.*)$")
+_ITEM_NAMES = re.compile(
+    r"^(?P<names>\*{0,2}\w+(?:,[ \t]*\*{0,2}\w+)+)(?P<rest>[ \t]*(\(.*?\))?:.*)$"
+)
 
 
 def _split_grouped_params(text: str) -> str:

@@ -219,5 +219,7 @@ def on_post_build(config):
     if timings:
         total = sum(t for _, t in timings)
         slow = ", ".join(f"{n} {t:.1f}s" for n, t in sorted(timings, key=lambda x: -x[1])[:3])
-        print(f"docs hooks: ran the examples of {len(timings)} pages in {total:.1f}s ({slow})",
-              file=sys.stderr)
+        print(
+            f"docs hooks: ran the examples of {len(timings)} pages in {total:.1f}s ({slow})",
+            file=sys.stderr,
+        )

@@ -41,9 +41,9 @@ class Pathwise(Estimator):
         the terms become ``f(x_i) − β (h(x_i) − E_{p_θ}[h])``, whose gradient is the pathwise
         gradient of f minus ``β`` times that of h plus ``β ∇E[h]`` exactly.
       antithetic: mirrored pairs ``μ ± σε`` (``num_samples`` counts evaluations of f; even).
-      qmc: randomised scrambled-Sobol noise (see :mod:`expectax.sampling`).
-      Both sampling options need a Normal-noise location-scale distribution (or, with
-      :meth:`from_transform`, such a ``base``).
+      qmc: randomised scrambled-Sobol noise (see :mod:`expectax.sampling`). Both sampling
+        options need a Normal-noise location-scale distribution (or, with
+        :meth:`from_transform`, such a ``base``).
 
     Example:
       >>> import jax, jax.numpy as jnp, expectax as ex
