@@ -150,6 +150,25 @@ def test_invalid_parameters_debug_under_jit(case, how):
             jax.block_until_ready(fn(params, KEY))
 
 
+@pytest.mark.parametrize("case", list(BAD_CASES))
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_invalid_parameters_without_debug_under_jit_are_nan(case, chunk_size):
+    """Nothing can raise inside jit without debug=True: the value and every gradient
+    coordinate are NaN, never the finite, plausible numbers the magic box used to give."""
+    dist_fn, params, estimator = BAD_CASES[case]
+    E = ex.expectation(SQ, dist_fn, estimator=estimator, num_samples=4, chunk_size=chunk_size)
+    assert np.isnan(jax.jit(E)(params, KEY))
+    grads = jax.jit(jax.grad(E))(params, KEY)
+    assert all(np.all(np.isnan(g)) for g in jax.tree_util.tree_leaves(grads)), grads
+
+
+def test_invalid_parameters_nan_only_where_invalid_under_vmap():
+    E = ex.expectation(SQ, NORMAL, estimator=ex.ScoreFunction(), num_samples=4)
+    batch = {"mu": jnp.array([0.5, 0.5]), "sigma": jnp.array([1.0, -1.0])}
+    grads = jax.vmap(jax.grad(E), in_axes=(0, None))(batch, KEY)
+    assert np.all(np.isfinite(grads["mu"][0])) and np.isnan(grads["mu"][1])
+
+
 def test_user_validation_setting_is_respected():
     E = ex.expectation(SQ, NORMAL, estimator=ex.ScoreFunction(), num_samples=4)
     numpyro.enable_validation(False)
@@ -366,6 +385,29 @@ def test_bernoulli_probs_score_is_exact_inside(case):
         F_BOUNDARY, PROBS_DIST, probs, KEY, estimator=SAMPLING[case], num_samples=20000
     )
     _assert_close(jac, _exact_grad(probs))
+
+
+W = jnp.array([1.0, -2.0, 3.0])
+F_CATEGORY = lambda p, x: W[x]
+CATEGORICAL_PROBS = lambda p: dist.Categorical(probs=p)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_categorical_probs_zero_is_not_a_silent_zero(jit):
+    """∂/∂p_0 of Σ_k p_k W[k] is W[0] = 1, but category 0 is never drawn: NaN, not 0."""
+    E = ex.expectation(F_CATEGORY, CATEGORICAL_PROBS, estimator=ex.ScoreFunction(), num_samples=64)
+    grad = jax.jit(jax.grad(E)) if jit else jax.grad(E)
+    g = np.asarray(grad(jnp.array([0.0, 0.5, 0.5]), KEY))
+    assert np.isnan(g[0]) and np.all(np.isfinite(g[1:])), g
+
+
+def test_categorical_probs_score_is_exact_inside():
+    """The probs score 1[x = k]/p_k is exact (no clamping), close to the edge too."""
+    probs = jnp.array([0.2, 0.799, 1e-3])
+    jac = ex.per_sample_grads(
+        F_CATEGORY, CATEGORICAL_PROBS, probs, KEY, estimator=ex.ScoreFunction(), num_samples=20000
+    )
+    _assert_close(jac, np.asarray(W))
 
 
 # ------------------------------------------------------------ 7. arguments refused up front

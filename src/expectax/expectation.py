@@ -115,6 +115,7 @@ def expectation(
         raise ValueError(f"axis_name={axis_name!r} needs mesh=<a jax.sharding.Mesh>.")
 
     def chunk_mean(params: PyTree, key: jax.Array) -> jax.Array:
+        guarded = _guarded(params, debug)  # the user's setting, read before _validation
         with _validation(params, debug, dist_fn):
             dist = _build(dist_fn, params)
             if dist is not None:
@@ -124,7 +125,10 @@ def expectation(
             ctx = Context(
                 f, dist, params, stacked=False, debug=debug, differentiates_f=_diff(estimator)
             )
-            return jnp.mean(_terms(estimator, ctx, key, chunk))
+            mean = jnp.mean(_terms(estimator, ctx, key, chunk))
+            if guarded and dist is not None:
+                mean = mean * _base.nan_unless_valid(dist)
+            return mean
 
     def E(params: PyTree, key: jax.Array) -> jax.Array:
         _check_key(key)
@@ -305,6 +309,15 @@ def _validation(
             _build(dist_fn, params)
     with numpyro_dist.validation_enabled(False):
         yield
+
+
+def _guarded(params: PyTree, debug: bool) -> bool:
+    """Whether a traced estimate must turn NaN for invalid parameters (see ``nan_unless_valid``).
+
+    Not with ``debug=True`` (its checks raise instead), not for concrete params (numpyro has
+    already raised), and not when the user turned numpyro's validation off.
+    """
+    return not debug and numpyro_dist._VALIDATION_ENABLED and not _concrete(params)
 
 
 def _concrete(tree: PyTree) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import jax
@@ -238,6 +238,8 @@ def log_prob(dist: Any, x: Any) -> jax.Array:
         return _bernoulli_probs_log_prob(
             jnp.asarray(x, jnp.result_type(dist.probs, float)), dist.probs
         )
+    if type(dist) is nd.CategoricalProbs:
+        return _categorical_probs_log_prob(jnp.asarray(x), dist.probs)
     if type(dist) is nd.BinomialLogits:
         n = dist.total_count
         log_comb = gammaln(n + 1) - gammaln(x + 1) - gammaln(n - x + 1)
@@ -357,6 +359,30 @@ def _bernoulli_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
     return value, score * t_probs + coef * t_x
 
 
+@jax.custom_jvp
+def _categorical_probs_log_prob(x: jax.Array, probs: jax.Array) -> jax.Array:
+    """numpyro's ``CategoricalProbs.log_prob`` value, with the exact score in ``probs``.
+
+    As for Bernoulli: numpyro clamps ``probs``, so a category of probability exactly 0 (never
+    drawn) gets a score-function coordinate of exactly 0, while the derivative of
+    ``Σ_k p_k f(k)`` in ``p_j`` is ``f(j)``. The tangent here is ``Σ_j [x = j] / p_j · t_j``:
+    exact for ``p_j > 0``, and NaN (``0/0``) for ``p_j = 0``, so that coordinate says that no
+    sampling estimator can see it instead of reading 0.
+    """
+    return nd.CategoricalProbs(probs).log_prob(x)
+
+
+@_categorical_probs_log_prob.defjvp
+def _categorical_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
+    (x, probs), (_, t_probs) = primals, tangents
+    value = _categorical_probs_log_prob(x, probs)
+    onehot = jax.nn.one_hot(x, probs.shape[-1], dtype=probs.dtype)
+    # an explicit NaN: under jit XLA rewrites (one-hot · y) as a select, which would drop a
+    # 0/0 and give the silent 0 this rule exists to avoid
+    score = jnp.where(probs > 0, onehot / jnp.where(probs > 0, probs, 1.0), jnp.nan)
+    return value, jnp.sum(score * t_probs, axis=-1)
+
+
 def _check_finite(values: jax.Array, what: str) -> None:
     def callback(v: np.ndarray) -> None:
         v = np.asarray(v)
@@ -375,14 +401,12 @@ def _check_finite(values: jax.Array, what: str) -> None:
     jax.debug.callback(callback, values)
 
 
-def check_parameters(dist: Any) -> None:
-    """Run-time check (``debug=True``) that each parameter satisfies its numpyro constraint.
+def _constraint_checks(dist: Any) -> Iterator[tuple[str, str, Any, jax.Array]]:
+    """``(class name, parameter, constraint, valid)`` for each checkable parameter of ``dist``.
 
-    numpyro checks ``arg_constraints`` only for concrete values; under ``jit`` or ``vmap`` it
-    cannot, and e.g. a negative scale then gives a NaN log-density whose score is finite (the
-    magic box is 1 whatever ``log p`` is). This puts the same checks in the computation, with a
-    host callback that raises ``ValueError`` at run time. Wrappers (``Independent``,
-    ``.expand()``, masked and transformed distributions) are searched through ``base_dist``.
+    Wrappers (``Independent``, ``.expand()``, masked and transformed distributions) are
+    searched through ``base_dist``; lazily derived parameters (the probs of a distribution
+    built from logits) are skipped, as numpyro skips them.
     """
     seen = 0
     while dist is not None and seen < 16:
@@ -397,9 +421,35 @@ def check_parameters(dist: Any) -> None:
                 valid = jnp.asarray(constraint(value))
             except Exception:  # noqa: BLE001 - a constraint that cannot be evaluated here
                 continue
-            _check_valid(valid, type(dist).__name__, name, constraint)
+            yield type(dist).__name__, name, constraint, valid
         dist = getattr(dist, "base_dist", None)
         seen += 1
+
+
+def check_parameters(dist: Any) -> None:
+    """Run-time check (``debug=True``) that each parameter satisfies its numpyro constraint.
+
+    numpyro checks ``arg_constraints`` only for concrete values; under ``jit`` or ``vmap`` it
+    cannot, and e.g. a negative scale then gives a NaN log-density whose score is finite (the
+    magic box is 1 whatever ``log p`` is). This puts the same checks in the computation, with a
+    host callback that raises ``ValueError`` at run time.
+    """
+    for dist_name, name, constraint, valid in _constraint_checks(dist):
+        _check_valid(valid, dist_name, name, constraint)
+
+
+def nan_unless_valid(dist: Any) -> jax.Array:
+    """1.0 when every parameter of ``dist`` satisfies its constraint, NaN otherwise.
+
+    Without ``debug=True`` nothing can raise inside ``jit``, so an estimate built from invalid
+    parameters (a negative scale, probs outside [0, 1]) is multiplied by this factor: its value
+    and every derivative are NaN instead of finite, plausible numbers (a product, not a
+    ``where``, so that the NaN reaches the gradient too).
+    """
+    ok = jnp.array(True)
+    for _, _, _, valid in _constraint_checks(dist):
+        ok = ok & jnp.all(valid)
+    return jnp.where(ok, 1.0, jnp.nan)
 
 
 def _check_valid(valid: jax.Array, dist_name: str, name: str, constraint: Any) -> None:
