@@ -143,6 +143,34 @@ def _includes(markdown: str, page_file: Path, config) -> str:
     return INCLUDE.sub(include, markdown)
 
 
+LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])[ \t]+\S")
+FENCE = re.compile(r"^[ \t]*(```|~~~)")
+
+
+def _gfm_lists(markdown: str) -> str:
+    """A blank line before a list that follows a paragraph line, as GitHub renders it.
+
+    GitHub starts a list right after a line of text ("Why it exists:\\n- ..."); Python-Markdown
+    needs a blank line first, or the items run into the paragraph.
+    """
+    out: list[str] = []
+    in_fence = in_list = False
+    prev_blank = True
+    for line in markdown.split("\n"):
+        if FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence:
+            if LIST_ITEM.match(line):
+                if not in_list and not prev_blank:
+                    out.append("")
+                in_list = True
+            elif line.strip() and prev_blank and not line[:1].isspace():
+                in_list = False
+        out.append(line)
+        prev_blank = not line.strip()
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------- examples
 @contextlib.contextmanager
 def _chdir(path):  # contextlib.chdir is Python >= 3.11
@@ -208,6 +236,7 @@ def on_page_markdown(markdown, page, config, files):
     docs_dir = Path(config["docs_dir"]).resolve()
     markdown = _includes(markdown, page_file, config)
     markdown = _rewrite_links(markdown, page_file.parent, page_file.parent, config)
+    markdown = _gfm_lists(markdown)
     top_level_guide = page_file.parent.resolve() == docs_dir
     if top_level_guide and os.environ.get("DOCS_RUN_EXAMPLES", "1") != "0":
         markdown = _run_examples(markdown, page_file)
