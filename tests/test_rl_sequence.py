@@ -308,34 +308,6 @@ def test_surrogate_loss_rejects_unknown_variant(policy):
         surrogate_loss(pol, th, thr, idx, advantage="ppo")
 
 
-# ---------------------------------------------------------------------------------------------
-# The same policy as a `compare` problem (a Categorical over the 15 sequences)
-
-
-def test_tiny_sequence_problem_for_compare():
-    import expectax as ex
-    from expectax.problems.sequence import tiny_sequence
-
-    prob = tiny_sequence()
-    p = jnp.exp(TinySequencePolicy().seq_logp(prob.params["logits"]))
-    assert float(jnp.sum(p)) == pytest.approx(1.0, abs=1e-5)
-    res = ex.compare(
-        prob.f,
-        prob.dist_fn,
-        prob.params,
-        prob.estimators,
-        num_samples=4,
-        repeats=300,
-        exact_grad=prob.exact_grad,
-        seed=0,
-        time_budget=0.05,
-    )
-    for report in res.reports:
-        assert report.error is None, report.name
-        assert np.max(np.abs(report.bias_z)) < res.bias_threshold, report.name
-    assert res.recommended is not None
-
-
 def test_later_ppo_steps_with_per_token_ratios_are_biased(policy):
     """Sampled from π_old, the gradient at θ ≠ θ_old: per-token ratios are not the sequence
     importance weight, so even unclipped the estimate is biased for ∇E_θ[R] (θ_old = θ: exact)."""

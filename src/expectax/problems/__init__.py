@@ -140,6 +140,7 @@ except ModuleNotFoundError as _err:
     if _err.name != "expectax.problems.discrete_toys":
         raise
 
-from expectax.problems.sequence import tiny_sequence  # noqa: E402
+from expectax.problems.sequence import tiny_sequence, tiny_sequence_kl  # noqa: E402
 
 register_problem("tiny-sequence", tiny_sequence)
+register_problem("tiny-sequence-kl", tiny_sequence_kl)

@@ -11,8 +11,11 @@ gradients are exact sums (differentiated by autodiff). Completions have lengths 
 KL handling) from :mod:`expectax.rl.sequence` on a sampled batch, and :func:`gradient_samples`
 draws independent batches and returns one gradient per batch, for bias and variance against
 :meth:`TinySequencePolicy.exact_grads`. ``tests/test_rl_sequence.py`` and
-``benchmarks/sequence_pg.py`` use them; :func:`tiny_sequence` is the same policy as a
-``compare`` problem (a Categorical over the 15 sequences).
+``benchmarks/sequence_pg.py`` use them. :func:`tiny_sequence` is the same policy as a
+``compare`` problem whose estimators are the variants (:class:`SequenceVariant`, one sample =
+one group of K completions), so ``expectax compare --problem tiny-sequence`` (or
+``tiny-sequence-kl``) measures their bias, variance and cost against the exact gradient and
+recommends among those unbiased for the objective (:func:`unbiased_for_objective`).
 """
 
 from __future__ import annotations
@@ -26,11 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from expectax.estimators.base import Estimator, pytree_dataclass, static_field
+
 __all__ = [
+    "KL_MODES",
+    "SequenceVariant",
     "TinySequencePolicy",
     "gradient_samples",
+    "sequence_variants",
     "surrogate_loss",
     "tiny_sequence",
+    "tiny_sequence_kl",
+    "unbiased_for_objective",
 ]
 
 
@@ -149,11 +159,15 @@ class TinySequencePolicy:
             k: jax.grad(lambda th, k=k: self.exact_values(th, theta_ref)[k])(theta) for k in keys
         }
 
-    def greedy_reward(self, theta: jax.Array) -> jax.Array:
-        """Reward of the greedy completion (argmax at every step), ReMax's baseline."""
+    def greedy_index(self, theta: jax.Array) -> jax.Array:
+        """Index of the greedy completion (argmax at every step), ReMax's baseline."""
         best = jnp.argmax(jax.lax.stop_gradient(theta), axis=-1)[self._pid]
         is_greedy = jnp.all((best == self._tokens) | (self._mask == 0), axis=-1)
-        return jnp.sum(jnp.where(is_greedy, jnp.asarray(self._rewards), 0.0))
+        return jnp.argmax(is_greedy)
+
+    def greedy_reward(self, theta: jax.Array) -> jax.Array:
+        """Reward of the greedy completion, ReMax's baseline."""
+        return jnp.asarray(self._rewards)[self.greedy_index(theta)]
 
     # ---- sampling
     def sample(self, theta: jax.Array, key: jax.Array, groups: int, k: int) -> jax.Array:
@@ -200,9 +214,34 @@ def surrogate_loss(
       theta_old, clip_eps: the policy that sampled ``idx`` (a later PPO step on the batch) and
         the clip range of :func:`~expectax.rl.sequence.clipped_surrogate`.
     """
+    old = None
+    if theta_old is not None:
+        old = jax.lax.stop_gradient(policy.token_logp(theta_old)[idx])
+    return _batch_loss(
+        policy.batch(theta, theta_ref, idx),
+        advantage=advantage,
+        loss_agg_mode=loss_agg_mode,
+        kl=kl,
+        beta=beta,
+        baseline=baseline,
+        old_logp_gkt=old,
+        clip_eps=clip_eps,
+    )
+
+
+def _batch_loss(
+    b: dict[str, jax.Array],
+    advantage: str = "rloo",
+    loss_agg_mode: str = "seq-mean-token-sum",
+    kl: str = "none",
+    beta: float = 0.0,
+    baseline: float = 0.0,
+    old_logp_gkt: jax.Array | None = None,
+    clip_eps: float | None = None,
+) -> jax.Array:
+    """:func:`surrogate_loss` on the arrays of :meth:`TinySequencePolicy.batch`."""
     from expectax.rl import sequence as seq
 
-    b = policy.batch(theta, theta_ref, idx)
     r = b["rewards_gk"]
     if kl.endswith("-reward"):
         r = seq.kl_penalized_rewards(
@@ -219,14 +258,13 @@ def surrogate_loss(
     }
     if advantage not in adv:
         raise ValueError(f"surrogate_loss: unknown advantage {advantage!r}; one of {list(adv)}.")
-    old = None
-    if theta_old is not None:
-        old = jax.lax.stop_gradient(policy.token_logp(theta_old)[idx])
+    if kl not in KL_MODES:
+        raise ValueError(f"surrogate_loss: unknown kl {kl!r}; one of {list(KL_MODES)}.")
     loss = seq.sequence_policy_loss(
         b["logp_gkt"],
         adv[advantage](),
         b["mask_gkt"],
-        old_logp_gkt=old,
+        old_logp_gkt=old_logp_gkt,
         clip_eps=clip_eps,
         loss_agg_mode=loss_agg_mode,
     )
@@ -240,8 +278,6 @@ def surrogate_loss(
             loss_agg_mode=loss_agg_mode,
             level=level,
         )
-    elif kl not in ("none",) and not kl.endswith("-reward"):
-        raise ValueError(f"surrogate_loss: unknown kl {kl!r}.")
     return loss
 
 
@@ -289,25 +325,257 @@ def gradient_samples(
     return out[0] if single else out
 
 
-def tiny_sequence(
-    vocab: int = 3, length: int = 3, reward_scale: float = 1.0, reward_shift: float = 0.0
-):
-    """``compare`` problem: ``E[R(y)]`` for a sequence ``y`` from the tiny autoregressive policy.
+#: The ``kl`` options of :func:`surrogate_loss`.
+KL_MODES = (
+    "none",
+    "k1-reward",
+    "k2-reward",
+    "k3-reward",
+    "k1-loss",
+    "k2-loss",
+    "k3-loss",
+    "k2-seq-loss",
+    "k3-seq-loss",
+)
 
-    The distribution is a Categorical over the enumerated sequences with logits
-    ``log π_θ(y)`` (the sum of token log-probabilities), so the sample-level estimators of
-    ``compare`` (score function with or without a leave-one-out baseline, i.e. REINFORCE and
-    RLOO; ``UnorderedSet``) apply unchanged; the exact gradient is by enumeration. Params
-    ``{"logits": (num_prefixes, V)}``.
+
+def unbiased_for_objective(
+    advantage: str,
+    loss_agg_mode: str = "seq-mean-token-sum",
+    kl: str = "none",
+    beta: float = 0.0,
+    objective_beta: float = 0.0,
+) -> bool:
+    """Whether a variant's expected gradient is ``∇(E[R] − β·KL(π‖π_ref))`` (on-policy).
+
+    By design (each case measured in ``docs/sequence-policy-gradients.md`` and tested in
+    ``tests/test_rl_sequence.py``): an advantage whose baseline does not depend on the sample
+    (``reinforce``, ``rloo``, ``remax``), the per-sequence token sum ``seq-mean-token-sum``, and
+    for ``objective_beta > 0`` the KL as ``k1`` in the reward or as the sequence-level ``k2``
+    loss term with ``beta == objective_beta``. Everything else (GRPO's std, Dr. GRPO's
+    ``(K−1)/K``, REINFORCE++'s batch normalisation, token-mean and per-sequence length
+    normalisation, Dr. GRPO's constant, k2/k3 in the reward, per-token k2/k3 loss terms, a KL
+    ignored or with another β) is biased for that objective.
+    """
+    if advantage not in ("reinforce", "rloo", "remax") or loss_agg_mode != "seq-mean-token-sum":
+        return False
+    if objective_beta == 0:
+        return kl == "none" or beta == 0
+    return kl in ("k1-reward", "k2-seq-loss") and beta == objective_beta
+
+
+@pytree_dataclass
+class SequenceVariant(Estimator):
+    r"""One sequence-policy-gradient variant as a ``compare`` estimator on the tiny policy.
+
+    A *sample* is one group of ``k`` completions of the prompt, so ``num_samples`` is the
+    number of groups ``G`` per estimate: each estimate draws ``(G, k)`` sequences from
+    ``dist_fn(params)`` (the Categorical over the enumerated sequences of :func:`tiny_sequence`),
+    evaluates the reward ``f`` on each, and returns the ascent direction ``−∇ loss`` of
+    :func:`surrogate_loss` (advantage × loss aggregation × KL handling, from
+    :mod:`expectax.rl.sequence`) on that batch. The value is the batch's mean reward (minus
+    ``objective_beta`` × the mean sequence-level k1, when the objective has a KL).
+
+    The batch is one joint estimate (REINFORCE++ normalises over the batch, ``token-mean``
+    divides by its token count), so the estimator refuses ``per_sample_grads`` and chunking.
+    ``unbiased`` is :func:`unbiased_for_objective`: ``compare`` recommends only those.
+
+    Attributes:
+      policy: the :class:`TinySequencePolicy` (params are ``{"logits": (num_prefixes, V)}``;
+        the reference policy is ``policy.init_params("reference")``).
+      label: the row's name.
+      k: completions per group.
+      advantage, loss_agg_mode, kl, beta, baseline: as in :func:`surrogate_loss`.
+      objective_beta: the β of the problem's objective ``E[R] − β·KL``.
+    """
+
+    policy: TinySequencePolicy = static_field(repr=False)
+    label: str = static_field()
+    k: int = static_field(default=4)
+    advantage: str = static_field(default="rloo")
+    loss_agg_mode: str = static_field(default="seq-mean-token-sum")
+    kl: str = static_field(default="none")
+    beta: float = static_field(default=0.0)
+    baseline: float = static_field(default=0.0)
+    objective_beta: float = static_field(default=0.0)
+
+    joint_samples = True
+
+    def __post_init__(self):
+        from expectax.rl.sequence import LOSS_AGG_MODES
+
+        where = f"SequenceVariant({self.label!r})"
+        if not isinstance(self.policy, TinySequencePolicy):
+            raise TypeError(
+                f"{where}: policy must be a TinySequencePolicy, got {type(self.policy).__name__}."
+            )
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(
+                f"{where}: k (completions per group) must be an int ≥ 1, got {self.k!r}."
+            )
+        if self.k < 2 and self.advantage not in ("reinforce", "remax", "reinforce++"):
+            raise ValueError(
+                f"{where}: advantage={self.advantage!r} uses the group, so k must be ≥ 2, got "
+                f"k={self.k}. Use advantage='reinforce' or 'remax' for single completions."
+            )
+        if self.loss_agg_mode not in LOSS_AGG_MODES:
+            raise ValueError(
+                f"{where}: loss_agg_mode must be one of {', '.join(LOSS_AGG_MODES)}; got "
+                f"{self.loss_agg_mode!r}."
+            )
+        if self.kl not in KL_MODES:
+            raise ValueError(f"{where}: kl must be one of {', '.join(KL_MODES)}; got {self.kl!r}.")
+        if self.beta < 0 or self.objective_beta < 0:
+            raise ValueError(
+                f"{where}: beta and objective_beta must be ≥ 0, got {self.beta}, "
+                f"{self.objective_beta}."
+            )
+
+    @property
+    def unbiased(self) -> bool:  # type: ignore[override]
+        return unbiased_for_objective(
+            self.advantage, self.loss_agg_mode, self.kl, self.beta, self.objective_beta
+        )
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def evaluations(self, num_samples: int, dist: Any = None) -> int:
+        # K rewards per group, plus one greedy completion per group (prompt) for ReMax
+        return num_samples * (self.k + (self.advantage == "remax"))
+
+    def terms(self, ctx: Any, key: jax.Array, num_samples: int) -> jax.Array:
+        if ctx.stacked:
+            raise ValueError(
+                f"{self.name}: a batch of groups is one joint estimate (batch normalisation and "
+                "token-mean couple the groups), so per-sample gradients are not defined; use "
+                "ex.expectation or ex.compare, or gradient_samples for one gradient per batch."
+            )
+        params = ctx.params
+        if not (isinstance(params, dict) and "logits" in params):
+            raise ValueError(
+                f"{self.name}: params must be {{'logits': (num_prefixes, V)}} of the tiny "
+                f"sequence policy (expectax.problems.sequence.tiny_sequence), got "
+                f"{jax.tree_util.tree_structure(params)}."
+            )
+        pol = self.policy
+        theta = params["logits"]
+        theta_ref = pol.init_params("reference")
+        idx = jax.lax.stop_gradient(ctx.dist.sample(key, (num_samples, self.k)))
+        b = pol.batch(theta, theta_ref, idx)
+        b["rewards_gk"] = ctx.f(idx.reshape(-1)).reshape(num_samples, self.k)
+        if self.advantage == "remax":
+            greedy = ctx.f(pol.greedy_index(theta)[None])
+            b["greedy_rewards_g"] = jnp.broadcast_to(greedy, (num_samples,))
+        ascent = -_batch_loss(
+            b,
+            advantage=self.advantage,
+            loss_agg_mode=self.loss_agg_mode,
+            kl=self.kl,
+            beta=self.beta,
+            baseline=self.baseline,
+        )
+        value = jnp.mean(b["rewards_gk"])
+        if self.objective_beta:
+            k1 = jnp.sum((b["logp_gkt"] - b["ref_logp_gkt"]) * b["mask_gkt"], axis=-1)
+            value = value - self.objective_beta * jnp.mean(k1)
+        surrogate = jax.lax.stop_gradient(value) + ascent - jax.lax.stop_gradient(ascent)
+        return jnp.broadcast_to(surrogate, (num_samples,))
+
+
+def sequence_variants(
+    policy: TinySequencePolicy, k: int = 4, beta: float = 0.0, baseline: float = 0.0
+) -> tuple[SequenceVariant, ...]:
+    """The variants :func:`tiny_sequence` compares by default.
+
+    ``beta = 0`` (objective ``E[R]``): REINFORCE without and with a constant ``baseline``,
+    RLOO, ReMax (unbiased); Dr. GRPO, GRPO (token sum and its original per-sequence token
+    mean), RLOO with DAPO's token-mean, REINFORCE++ and REINFORCE++-baseline (biased).
+    ``beta > 0`` (objective ``E[R] − β·KL(π‖π_ref)``): RLOO with k1 in the reward or the
+    sequence-level k2 loss, ReMax and REINFORCE (constant baseline) with k1 in the reward
+    (unbiased); RLOO ignoring the KL, RLOO with k3 in the reward or the per-token k2 or k3 loss,
+    GRPO with its k3 loss and per-sequence token mean, Dr. GRPO with k1 in the reward (biased).
+    """
+
+    def v(label: str, **kw: Any) -> SequenceVariant:
+        return SequenceVariant(policy, label, k=k, objective_beta=beta, **kw)
+
+    b = f"b={baseline:.3g}"
+    if beta == 0:
+        return (
+            v("REINFORCE, b=0", advantage="reinforce"),
+            v(f"REINFORCE, {b}", advantage="reinforce", baseline=baseline),
+            v("RLOO", advantage="rloo"),
+            v("ReMax", advantage="remax"),
+            v("Dr. GRPO", advantage="dr-grpo"),
+            v("GRPO (÷std), token sum", advantage="grpo"),
+            v("GRPO, seq-mean-token-mean", advantage="grpo", loss_agg_mode="seq-mean-token-mean"),
+            v("RLOO, token-mean (DAPO)", advantage="rloo", loss_agg_mode="token-mean"),
+            v("REINFORCE++", advantage="reinforce++"),
+            v("REINFORCE++-baseline", advantage="reinforce++-baseline"),
+        )
+    kl = {"beta": beta}
+    return (
+        v("RLOO, k1 reward", advantage="rloo", kl="k1-reward", **kl),
+        v("RLOO, k2 seq. loss", advantage="rloo", kl="k2-seq-loss", **kl),
+        v("ReMax, k1 reward", advantage="remax", kl="k1-reward", **kl),
+        v(
+            f"REINFORCE {b}, k1 reward",
+            advantage="reinforce",
+            baseline=baseline,
+            kl="k1-reward",
+            **kl,
+        ),
+        v("RLOO, no KL", advantage="rloo"),
+        v("RLOO, k3 reward", advantage="rloo", kl="k3-reward", **kl),
+        v("RLOO, k2 token loss", advantage="rloo", kl="k2-loss", **kl),
+        v("RLOO, k3 token loss", advantage="rloo", kl="k3-loss", **kl),
+        v(
+            "GRPO (k3 loss, seq-mean-token-mean)",
+            advantage="grpo",
+            kl="k3-loss",
+            loss_agg_mode="seq-mean-token-mean",
+            **kl,
+        ),
+        v("Dr. GRPO, k1 reward", advantage="dr-grpo", kl="k1-reward", **kl),
+    )
+
+
+def tiny_sequence(
+    vocab: int = 3,
+    length: int = 3,
+    reward_scale: float = 1.0,
+    reward_shift: float = 0.0,
+    k: int = 4,
+    beta: float = 0.0,
+):
+    r"""``compare`` problem: the sequence-RL variants on the tiny autoregressive policy.
+
+    The objective is ``J(θ) = E[R(y)] − β·KL(π_θ‖π_ref)`` (``β = 0``: ``E[R]``), with
+    ``J`` and ``∇J`` exact by enumeration. ``dist_fn`` is a Categorical over the enumerated
+    sequences with logits ``log π_θ(y)`` and ``f`` the reward of a sequence; the default
+    estimators are :func:`sequence_variants`, for which one *sample* is a group of ``k``
+    completions (``compare(..., num_samples=G)``: G groups per estimate). Variants biased for
+    ``J`` are reported with their measured bias and never recommended. The sample-level core
+    estimators (``ScoreFunction``, ``UnorderedSet``, ...) still apply to ``f`` and ``dist_fn``,
+    with ``num_samples`` counting sequences. Params ``{"logits": (num_prefixes, V)}``.
+
+    Registered as ``tiny-sequence`` (these defaults) and ``tiny-sequence-kl`` (``beta=0.5``).
+    For other options on the command line, a problem file ``p.py`` with
+    ``def problem(): return tiny_sequence(k=8, length=4)`` and ``--problem p.py:problem``.
     """
     import numpyro.distributions as dist
 
-    import expectax as ex
-    from expectax import baselines
     from expectax.problems import Problem
 
     pol = TinySequencePolicy(vocab, length, reward_scale, reward_shift)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"tiny_sequence: k (completions per group) must be an int ≥ 2, got {k!r}.")
+    if not beta >= 0:
+        raise ValueError(f"tiny_sequence: beta must be ≥ 0, got {beta!r}.")
     rewards = pol.rewards
+    theta_ref = pol.init_params("reference")
 
     def f(params, x):
         return jnp.asarray(rewards)[x]
@@ -316,21 +584,27 @@ def tiny_sequence(
         return dist.Categorical(logits=pol.seq_logp(params["logits"]))
 
     def exact_value(params):
-        p = jnp.exp(pol.seq_logp(params["logits"]))
-        return jnp.sum(p * jnp.asarray(rewards))
+        values = pol.exact_values(params["logits"], theta_ref)
+        return values["reward"] - beta * values["kl"] if beta else values["reward"]
 
+    params = {"logits": pol.init_params()}
+    baseline = round(float(pol.exact_values(params["logits"], theta_ref)["reward"]), 2)
+    objective = f"E[R] − {beta:g}·KL(π‖π_ref)" if beta else "E[R]"
     return Problem(
-        name="tiny-sequence",
-        description=f"E[R(y)], y ~ autoregressive softmax policy, V={vocab}, L={length}, "
-        f"R = {reward_scale:g}·#(token {vocab - 1}) + {reward_shift:g}",
+        name="tiny-sequence-kl" if beta else "tiny-sequence",
+        description=f"{objective}, y ~ autoregressive softmax policy, V={vocab}, L={length}, "
+        f"R = {reward_scale:g}·#(token {vocab - 1}) + {reward_shift:g}; one sample = one group "
+        f"of K={k} completions",
         f=f,
         dist_fn=dist_fn,
-        params={"logits": pol.init_params()},
+        params=params,
         exact_value=exact_value,
         exact_grad=jax.grad(exact_value),
-        estimators=(
-            ex.ScoreFunction(),
-            ex.ScoreFunction(baseline=baselines.LeaveOneOut()),
-            ex.UnorderedSet(),
-        ),
+        estimators=sequence_variants(pol, k, beta, baseline),
     )
+
+
+def tiny_sequence_kl(**kwargs: Any):
+    """:func:`tiny_sequence` with ``beta=0.5`` (objective ``E[R] − 0.5·KL(π‖π_ref)``)."""
+    kwargs.setdefault("beta", 0.5)
+    return tiny_sequence(**kwargs)
