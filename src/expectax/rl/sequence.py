@@ -134,24 +134,57 @@ _SHAPE_HINT = {
 def _check_finite(name: str, x: jax.Array, fn: str) -> None:
     if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
         bad = np.argwhere(~np.isfinite(np.asarray(x)))[0].tolist()
+        what = (
+            "Fix the reward function or drop the completion (and its group) before computing "
+            "advantages."
+            if "reward" in name
+            else f"Check how {name} was computed (a NaN reward or model output upstream?)."
+        )
         raise ValueError(
-            f"{fn}: {name} has a non-finite entry (NaN or inf) at index {tuple(bad)}. Fix the "
-            "reward function or drop the completion (and its group) before computing advantages."
+            f"{fn}: {name} has a non-finite entry (NaN or inf) at index {tuple(bad)}. {what}"
         )
 
 
 def _check_logp(name: str, x: jax.Array, fn: str) -> None:
-    """Log-probabilities must be finite where used and ≤ 0 (catches logits passed by mistake)."""
+    """Log-probabilities must be finite and ≤ 0 (catches logits, probabilities of 0, NaN)."""
     if not _is_concrete(x):
         return
     arr = np.asarray(x)
     if np.any(np.isnan(arr)):
-        raise ValueError(f"{fn}: {name} contains NaN; compute log-probs with log_softmax.")
+        bad = tuple(np.argwhere(np.isnan(arr))[0].tolist())
+        raise ValueError(
+            f"{fn}: {name} contains NaN (first at index {bad}); compute log-probs with "
+            "log_softmax and check the model's outputs."
+        )
+    if np.any(np.isinf(arr)):
+        bad = tuple(np.argwhere(np.isinf(arr))[0].tolist())
+        raise ValueError(
+            f"{fn}: {name} is infinite at index {bad}: a sampled token of probability 0 under "
+            "that policy means log-probs of another policy or batch (or padding filled with "
+            "-inf). Pass log_softmax(logits) gathered at the sampled tokens of this batch, and "
+            "fill padding with 0 (it is masked)."
+        )
     if np.any(arr > 1e-5):
+        bad = tuple(np.argwhere(arr > 1e-5)[0].tolist())
         raise ValueError(
             f"{fn}: {name} must hold log-probabilities (≤ 0), got a maximum of "
-            f"{float(arr.max()):.4g}. Pass log_softmax(logits) gathered at the sampled tokens, "
-            "not the logits themselves."
+            f"{float(arr.max()):.4g} (first positive at index {bad}). Pass log_softmax(logits) "
+            "gathered at the sampled tokens, not the logits themselves."
+        )
+
+
+def _check_mask_values(name: str, m: jax.Array, fn: str) -> None:
+    """A mask holds 1 for real tokens and 0 for padding (weights in [0, 1] are accepted)."""
+    if not _is_concrete(m):
+        return
+    arr = np.asarray(m)
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
+    if np.any(bad):
+        where = tuple(np.argwhere(bad)[0].tolist())
+        raise ValueError(
+            f"{fn}: {name} must hold 1 for tokens and 0 for padding (or weights in [0, 1]), "
+            f"got {arr[where]!r} at index {where}. Pass a 0/1 mask, e.g. "
+            "(tokens != pad_id).astype(float)."
         )
 
 
@@ -174,12 +207,19 @@ def _check_group_size(fn: str, rewards_gk: jax.Array, minimum: int, why: str) ->
         )
 
 
-def _mask(mask_gkt, like: jax.Array, fn: str) -> jax.Array:
+def _mask(mask_gkt, like: jax.Array, fn: str, like_name: str = "logp_gkt") -> jax.Array:
     if mask_gkt is None:
         return jnp.ones_like(like)
     m = _as_array("mask_gkt", mask_gkt, fn, 3)
-    _check_same_shape(fn, "logp_gkt", like, mask_gkt=m)
+    _check_same_shape(fn, like_name, like, mask_gkt=m)
+    _check_mask_values("mask_gkt", m, fn)
     return m.astype(like.dtype)
+
+
+def _check_nonnegative(name: str, value, fn: str) -> None:
+    """A coefficient ≥ 0 (checked when concrete: a traced schedule passes through)."""
+    if _is_concrete(value) and not bool(np.all(np.asarray(value) >= 0)):
+        raise ValueError(f"{fn}: {name} must be ≥ 0 (and not NaN), got {value!r}.")
 
 
 def _group_mean(r_gk: jax.Array) -> jax.Array:
@@ -220,6 +260,7 @@ def reinforce_advantages(rewards_gk, baseline=0.0) -> jax.Array:
     r = _as_array("rewards_gk", rewards_gk, fn, 2)
     _check_finite("rewards_gk", r, fn)
     b = jnp.asarray(baseline, r.dtype)
+    _check_finite("baseline", b, fn)
     if b.ndim == 1:
         if b.shape != r.shape[:1]:
             raise ValueError(
@@ -375,6 +416,13 @@ def reinforce_pp_advantages(
         r = r - _group_mean(r)
     m = jnp.ones_like(r) if mask_gk is None else _as_array("mask_gk", mask_gk, fn, 2)
     _check_same_shape(fn, "rewards_gk", r, mask_gk=m)
+    if mask_gk is not None:
+        _check_mask_values("mask_gk", m, fn)
+        if _is_concrete(m) and not bool(jnp.any(m > 0)):
+            raise ValueError(
+                f"{fn}: mask_gk excludes every completion, so the batch mean and std are "
+                "undefined. Keep at least one completion (1 in mask_gk) or skip the batch."
+            )
     n = jnp.maximum(jnp.sum(m), 1.0)
     mean = jnp.sum(r * m) / n
     std = jnp.sqrt(jnp.sum(jnp.square(r - mean) * m) / n)
@@ -463,7 +511,14 @@ def kl_estimate(
     References:
       Schulman (2020), "Approximating KL divergence", http://joschu.net/blog/kl-approx.html.
     """
-    fn = "kl_estimate"
+    return _kl_estimate(logp_gkt, ref_logp_gkt, mask_gkt, estimator, level, "kl_estimate")
+
+
+def _kl_estimate(logp_gkt, ref_logp_gkt, mask_gkt, estimator, level, fn: str) -> jax.Array:
+    if level not in ("token", "sequence"):
+        raise ValueError(f"{fn}: level must be 'token' or 'sequence', got {level!r}.")
+    if estimator not in ("k1", "k2", "k3"):
+        raise ValueError(f"{fn}: estimator must be 'k1', 'k2' or 'k3', got {estimator!r}.")
     lp = _as_array("logp_gkt", logp_gkt, fn, 3)
     ref = _as_array("ref_logp_gkt", ref_logp_gkt, fn, 3)
     _check_same_shape(fn, "logp_gkt", lp, ref_logp_gkt=ref)
@@ -473,9 +528,7 @@ def kl_estimate(
     log_r = (jax.lax.stop_gradient(ref) - lp) * m
     if level == "token":
         return _k_of_log_ratio(log_r, estimator, fn) * m
-    if level == "sequence":
-        return _k_of_log_ratio(jnp.sum(log_r, axis=-1), estimator, fn)
-    raise ValueError(f"{fn}: level must be 'token' or 'sequence', got {level!r}.")
+    return _k_of_log_ratio(jnp.sum(log_r, axis=-1), estimator, fn)
 
 
 @_numpy_boundary
@@ -520,9 +573,8 @@ def kl_penalized_rewards(
         raise ValueError(
             f"{fn}: logp_gkt has (G, K) = {lp.shape[:2]} but rewards_gk has shape {r.shape}."
         )
-    if beta < 0:
-        raise ValueError(f"{fn}: beta must be ≥ 0, got {beta}.")
-    k = kl_estimate(lp, ref_logp_gkt, mask_gkt, estimator=estimator)
+    _check_nonnegative("beta", beta, fn)
+    k = _kl_estimate(lp, ref_logp_gkt, mask_gkt, estimator, "token", fn)
     return jax.lax.stop_gradient(r - beta * jnp.sum(k, axis=-1))
 
 
@@ -565,11 +617,12 @@ def kl_loss(
       Schulman (2020); Shao et al. (2024) (GRPO's k3 loss); Tang & Munos (2025), "On a few
       pitfalls in KL divergence gradient estimation for RL", arXiv:2506.09477.
     """
-    k = kl_estimate(logp_gkt, ref_logp_gkt, mask_gkt, estimator=estimator, level=level)
+    fn = "kl_loss"
+    k = _kl_estimate(logp_gkt, ref_logp_gkt, mask_gkt, estimator, level, fn)
     if level == "sequence":
         return jnp.mean(k)
-    m = _mask(mask_gkt, k, "kl_loss")
-    return aggregate_loss(k, m, loss_agg_mode, constant=constant)
+    m = _mask(mask_gkt, k, fn)
+    return _aggregate(k, m, loss_agg_mode, constant, fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +650,10 @@ def importance_ratios(logp_gkt, old_logp_gkt=None) -> jax.Array:
     Returns:
       ``(G, K, T)`` ratios.
     """
-    fn = "importance_ratios"
+    return _ratios(logp_gkt, old_logp_gkt, "importance_ratios")
+
+
+def _ratios(logp_gkt, old_logp_gkt, fn: str) -> jax.Array:
     lp = _as_array("logp_gkt", logp_gkt, fn, 3)
     _check_logp("logp_gkt", lp, fn)
     if old_logp_gkt is None:
@@ -635,24 +691,34 @@ def clipped_surrogate(
       Schulman et al. (2017), "Proximal policy optimization algorithms", arXiv:1707.06347. Yu et
       al. (2025), "DAPO", arXiv:2503.14476.
     """
-    fn = "clipped_surrogate"
-    ratio = _as_array("ratio_gkt", ratio_gkt, fn, 3)
+    return _clipped(ratio_gkt, advantages, clip_eps, clip_eps_high, "clipped_surrogate")
+
+
+def _clipped(
+    ratio_gkt, advantages, clip_eps, clip_eps_high, fn: str, ratio_name: str = "ratio_gkt"
+) -> jax.Array:
+    ratio = _as_array(ratio_name, ratio_gkt, fn, 3)
     adv = _as_array("advantages", advantages, fn, (2, 3))
+    _check_finite("advantages", adv, fn)
     if adv.ndim == 2:
         if adv.shape != ratio.shape[:2]:
             raise ValueError(
-                f"{fn}: advantages has shape {adv.shape} but ratio_gkt has (G, K) = "
-                f"{ratio.shape[:2]}."
+                f"{fn}: advantages has shape {adv.shape} but {ratio_name} has (G, K) = "
+                f"{ratio.shape[:2]}; pass one advantage per completion (G, K) or per token "
+                "(G, K, T) of the same batch."
             )
         adv = adv[:, :, None]
     elif adv.shape != ratio.shape:
-        raise ValueError(f"{fn}: advantages has shape {adv.shape}, ratio_gkt {ratio.shape}.")
+        raise ValueError(
+            f"{fn}: advantages has shape {adv.shape}, {ratio_name} {ratio.shape}; per-token "
+            "advantages must match token for token."
+        )
     adv = jax.lax.stop_gradient(adv)
-    if clip_eps is None or clip_eps == float("inf"):
+    if clip_eps is None or (_is_concrete(clip_eps) and clip_eps == float("inf")):
         return -ratio * adv
     hi = clip_eps if clip_eps_high is None else clip_eps_high
-    if clip_eps < 0 or hi < 0:
-        raise ValueError(f"{fn}: clip_eps and clip_eps_high must be ≥ 0, got {clip_eps}, {hi}.")
+    _check_nonnegative("clip_eps", clip_eps, fn)
+    _check_nonnegative("clip_eps_high", hi, fn)
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + hi)
     return -jnp.minimum(ratio * adv, clipped * adv)
 
@@ -691,11 +757,32 @@ def aggregate_loss(
     """
     fn = "aggregate_loss"
     loss = _as_array("loss_gkt", loss_gkt, fn, 3)
-    m = _mask(mask_gkt, loss, fn)
+    _check_finite("loss_gkt", loss, fn)
+    m = _mask(mask_gkt, loss, fn, "loss_gkt")
+    return _aggregate(loss, m, loss_agg_mode, constant, fn)
+
+
+def _aggregate(
+    loss: jax.Array,
+    m: jax.Array,
+    loss_agg_mode: str,
+    constant: float | None,
+    fn: str,
+) -> jax.Array:
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(
+            f"{fn}: loss_agg_mode must be one of {', '.join(LOSS_AGG_MODES)}; got "
+            f"{loss_agg_mode!r}."
+        )
     masked = loss * m
     if loss_agg_mode == "seq-mean-token-sum":
         return jnp.mean(jnp.sum(masked, axis=-1))
     if loss_agg_mode == "token-mean":
+        if _is_concrete(m) and not bool(jnp.any(m > 0)):
+            raise ValueError(
+                f"{fn}: mask_gkt has no tokens at all, so 'token-mean' would divide by zero. "
+                "Pass the mask of this batch's completions (1 for each token, EOS included)."
+            )
         return jnp.sum(masked) / jnp.maximum(jnp.sum(m), 1.0)
     if loss_agg_mode == "seq-mean-token-mean":
         lengths = jnp.sum(m, axis=-1)
@@ -707,14 +794,11 @@ def aggregate_loss(
                 "per completion or drop the empty ones."
             )
         return jnp.mean(jnp.sum(masked, axis=-1) / jnp.maximum(lengths, 1.0))
-    if loss_agg_mode == "seq-mean-token-sum-norm":
-        c = loss.shape[-1] if constant is None else constant
-        if not c > 0:
-            raise ValueError(f"{fn}: constant must be > 0, got {c}.")
-        return jnp.mean(jnp.sum(masked, axis=-1)) / c
-    raise ValueError(
-        f"{fn}: loss_agg_mode must be one of {', '.join(LOSS_AGG_MODES)}; got {loss_agg_mode!r}."
-    )
+    # "seq-mean-token-sum-norm"
+    c = loss.shape[-1] if constant is None else constant
+    if _is_concrete(c) and not bool(np.all(np.asarray(c) > 0)):
+        raise ValueError(f"{fn}: constant must be > 0, got {c!r}.")
+    return jnp.mean(jnp.sum(masked, axis=-1)) / c
 
 
 def sequence_policy_loss(
@@ -764,6 +848,6 @@ def sequence_policy_loss(
     fn = "sequence_policy_loss"
     lp = _as_array("logp_gkt", logp_gkt, fn, 3)
     m = _mask(mask_gkt, lp, fn)
-    ratio = importance_ratios(lp, old_logp_gkt)
-    per_token = clipped_surrogate(ratio, advantages, clip_eps, clip_eps_high)
-    return aggregate_loss(per_token, m, loss_agg_mode, constant=constant)
+    ratio = _ratios(lp, old_logp_gkt, fn)
+    per_token = _clipped(ratio, advantages, clip_eps, clip_eps_high, fn, "logp_gkt")
+    return _aggregate(per_token, m, loss_agg_mode, constant, fn)
