@@ -180,6 +180,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         action="store_true",
         help="evaluate: take the most likely action instead of sampling",
     )
+    parser.add_argument(
+        "--devices",
+        type=pos,
+        default=None,
+        metavar="N",
+        help="split each batch's episodes over N devices (JAX backend, CartPole-v1; the batch, "
+        "confirmation and evaluation sizes must be multiples of N). On CPU the N devices are "
+        "host devices of the same cores: a check of the sharded path, not a speed-up",
+    )
     parser.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser
 
@@ -188,6 +197,36 @@ def _out_for(args: argparse.Namespace, seed: int) -> Path:
     if args.out == DEFAULT_OUT:
         return Path("runs") / f"rl-{args.env}-s{seed}"
     return Path(args.out) if len(args.seed) == 1 else Path(args.out) / f"seed-{seed}"
+
+
+def device_mesh(n: int):
+    """A one-axis mesh (``"episodes"``) of the first ``n`` devices.
+
+    On CPU, asks JAX for ``n`` host devices (``jax_num_cpu_devices``) when JAX has not started
+    yet and ``XLA_FLAGS`` does not already set their number; a JAX that has already started
+    (e.g. ``main()`` called inside a program that used JAX) keeps the devices it has.
+    """
+    import os
+
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    flag = "--xla_force_host_platform_device_count"
+    if n > 1 and flag not in os.environ.get("XLA_FLAGS", ""):
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:  # JAX has started already: it keeps its devices
+            pass
+    devices = jax.devices()
+    if len(devices) < n:
+        raise ValueError(
+            f"--devices {n}: JAX has {len(devices)} {devices[0].platform} device(s). Use "
+            f"--devices {len(devices)} or fewer; on CPU, run `expectax rl --devices {n}` as a "
+            f"process of its own (it asks for {n} host devices before JAX starts) or set "
+            f"XLA_FLAGS={flag}={n} before starting Python."
+        )
+    return Mesh(np.array(devices[:n]), ("episodes",))
 
 
 def _fail(err: Exception) -> int:
@@ -202,7 +241,9 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.checkpoint is not None or args.greedy:
         return _fail(ValueError("--checkpoint and --greedy belong to `expectax rl evaluate`."))
-    from expectax.rl.train import Config, TrainingError, train
+    from expectax.rl.train import Config, TrainingError, check_trainer_mesh, train
+
+    mesh = None
 
     configs = []
     try:
@@ -235,6 +276,10 @@ def run(args: argparse.Namespace) -> int:
             )
             config.validate()
             configs.append(config)
+        if args.devices is not None:
+            mesh = device_mesh(args.devices)
+            for config in configs:
+                check_trainer_mesh(config, mesh)
         # every --out is checked (writable, not an earlier run) before any training starts
         from expectax.rl.train import check_out_dir
 
@@ -260,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 checkpoint_every=args.checkpoint_every,
                 throttle=args.throttle,
+                mesh=mesh,
             )
         except TrainingError as err:  # this seed could not go on; the other seeds still run
             print(f"expectax rl: error: seed {config.seed}: {err}", file=sys.stderr)
@@ -312,6 +358,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None:
         return _fail(ValueError("evaluate needs --checkpoint DIR (the --out of a training run)."))
+    if args.devices is not None:
+        return _fail(ValueError("--devices belongs to training; evaluate runs on one device."))
     if len(args.seed) != 1:
         return _fail(ValueError("evaluate takes one --seed (the evaluation's random numbers)."))
     try:

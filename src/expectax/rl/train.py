@@ -57,6 +57,7 @@ from expectax.rl.losses import (
     value_loss,
 )
 from expectax.rl.policies import Policy, mlp_apply, mlp_init, policy_for_space
+from expectax.rl.sharded import EpisodeAxis, check_episode_mesh, shard_replicated
 
 __all__ = [
     "Batch",
@@ -300,7 +301,10 @@ def sample_actions(
 ) -> jax.Array:
     """Actions for a batch of observations ``(N, obs_dim)``: ``key`` split into ``N`` keys, one
     sample of each observation's distribution (the random-number path of every rollout)."""
-    keys = jax.random.split(key, obs.shape[0])
+    return _sample_with_keys(policy, params, obs, jax.random.split(key, obs.shape[0]), greedy)
+
+
+def _sample_with_keys(policy: Policy, params, obs: jax.Array, keys: jax.Array, greedy: bool):
     return jax.vmap(lambda o, k: _act(policy.apply(params, o), k, greedy))(obs, keys)
 
 
@@ -308,10 +312,25 @@ def sample_actions(
 # The update: shared by both backends.
 
 
-def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransformation):
+def _make_update(
+    config: Config,
+    policy: Policy,
+    optimizer: optax.GradientTransformation,
+    axis: EpisodeAxis | None = None,
+):
+    """The update on a batch; ``axis`` says how the batch's episodes lie (default: all local,
+    the plain ``jnp`` reductions) and provides every cross-episode reduction."""
+
     def loss_fn(params, batch: Batch, baseline_state):
+        ax = axis if axis is not None else EpisodeAxis(batch.rewards.shape[0])
         mask = batch.mask
-        returns = jax.vmap(discounted_returns, in_axes=(0, None))(batch.rewards, config.gamma)
+        if ax.sharded:  # a scan's initial carry must vary over the axis as its inputs do
+            v_t = jnp.zeros_like(batch.rewards[:, -1])
+            returns = jax.vmap(discounted_returns, in_axes=(0, None, 0))(
+                batch.rewards, config.gamma, v_t
+            )
+        else:
+            returns = jax.vmap(discounted_returns, in_axes=(0, None))(batch.rewards, config.gamma)
         apply = jax.vmap(jax.vmap(policy.apply, in_axes=(None, 0)), in_axes=(None, 0))
         d = apply(params["policy"], batch.obs)
         logp = log_prob(d, batch.actions)  # numpyro's Bernoulli-logits gradient is wrong at 0
@@ -320,35 +339,40 @@ def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransf
         if config.baseline == "none":
             baseline = jnp.zeros_like(returns)
         elif config.baseline == "leave_one_out":
-            baseline = leave_one_out_baseline(returns, mask)
+            baseline = _leave_one_out(returns, mask, ax)
         elif config.baseline == "moving_average":
-            b_t, new_baseline_state = moving_average_baseline(baseline_state, returns, mask)
+            if ax.sharded:  # the batch mean over all devices' episodes, as one row
+                g = ax.sum(returns * mask, axis=0, keepdims=True) / ax.total
+                b_t, new_baseline_state = moving_average_baseline(baseline_state, g)
+            else:
+                b_t, new_baseline_state = moving_average_baseline(baseline_state, returns, mask)
             baseline = jnp.broadcast_to(b_t, returns.shape)
         else:  # critic
             v = jax.vmap(jax.vmap(mlp_apply, in_axes=(None, 0)), in_axes=(None, 0))(
                 params["critic"], batch.obs
             )[..., 0]
             baseline = jax.lax.stop_gradient(v)
-            extra = config.value_coef * jnp.mean(jax.vmap(value_loss)(v, returns, mask))
+            extra = config.value_coef * ax.mean(jax.vmap(value_loss)(v, returns, mask))
         if config.normalize_advantages:
             # A standard deviation within float32 rounding of the returns' scale is no signal:
             # such advantages become 0 instead of rounding residue blown up to unit size.
-            scale = jnp.max(jnp.abs(returns) * mask)
+            scale = ax.max(jnp.abs(returns) * mask)
             eps = 1e-5 * jnp.maximum(scale, 1.0)
-            adv = normalize_advantages(returns - baseline, mask, eps=eps)
+            adv = _normalize(returns - baseline, mask, eps, ax)
             pg = jax.vmap(reinforce_loss, in_axes=(0, 0, None, 0))(logp, adv, None, mask)
         else:
             pg = jax.vmap(reinforce_loss)(logp, returns, baseline, mask)
-        loss = jnp.mean(pg) + extra
+        loss = ax.mean(pg) + extra
         if config.entropy_coef:
-            loss = loss + config.entropy_coef * jnp.mean(jax.vmap(entropy_loss)(d.entropy(), mask))
+            loss = loss + config.entropy_coef * ax.mean(jax.vmap(entropy_loss)(d.entropy(), mask))
         return loss, new_baseline_state
 
     def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         (loss, baseline_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, state.baseline_state
         )
-        train_return = jnp.mean(jnp.sum(batch.rewards * batch.mask, axis=1))
+        ax = axis if axis is not None else EpisodeAxis(batch.rewards.shape[0])
+        train_return = ax.mean(jnp.sum(batch.rewards * batch.mask, axis=1))
         # Late in training (after a batch reached late_return) one Adam step per
         # late_batch_factor batches, on their mean gradient: a larger batch, less noise.
         acc = jax.tree_util.tree_map(jnp.add, state.grad_acc, grads)
@@ -375,7 +399,7 @@ def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransf
             pick(opt_state, state.opt_state),
             baseline_state,
             state.batch + 1,
-            state.episodes + batch.rewards.shape[0],
+            state.episodes + ax.total,
             jax.tree_util.tree_map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc),
             jnp.where(reset, 0, count).astype(jnp.int32),
             late,
@@ -391,6 +415,27 @@ def _make_update(config: Config, policy: Policy, optimizer: optax.GradientTransf
         }
 
     return update
+
+
+def _leave_one_out(returns: jax.Array, mask: jax.Array, ax: EpisodeAxis) -> jax.Array:
+    """:func:`~expectax.rl.losses.leave_one_out_baseline` over all of ``ax``'s episodes."""
+    if not ax.sharded:
+        return leave_one_out_baseline(returns, mask)
+    g = returns * mask  # the same differences from global episode 0's return
+    ref = ax.first(g)
+    d = g - ref
+    return ref + (ax.sum(d, axis=0, keepdims=True) - d) / (ax.total - 1)
+
+
+def _normalize(adv: jax.Array, mask: jax.Array, eps: jax.Array, ax: EpisodeAxis) -> jax.Array:
+    """:func:`~expectax.rl.losses.normalize_advantages` over all of ``ax``'s episodes."""
+    if not ax.sharded:
+        return normalize_advantages(adv, mask, eps=eps)
+    n = jnp.maximum(ax.sum(mask, axis=None), 1.0)
+    mean = ax.sum(adv * mask, axis=None) / n
+    std = jnp.sqrt(ax.sum(jnp.square(adv - mean) * mask, axis=None) / n)
+    signal = std > eps
+    return jnp.where(signal, (adv - mean) / jnp.where(signal, std, 1.0), 0.0) * mask
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -456,10 +501,17 @@ def jax_rollout(
     episode's action from its distribution (:func:`sample_actions`, shared with the Gymnasium
     backend and ``benchmarks/rl_env_speed.py``); ``greedy`` takes the most likely action.
     """
+    return _rollout(policy, params, key, EpisodeAxis(num_episodes), greedy)
+
+
+def _rollout(policy: Policy, params, key: jax.Array, ax: EpisodeAxis, greedy: bool) -> Batch:
+    """:func:`jax_rollout` of this device's ``ax.local`` episodes of ``ax.total``: episode
+    ``i`` takes key ``i`` of each split, so its steps do not depend on the number of devices
+    (each device's loop stops when its own episodes have ended)."""
     T = cartpole.MAX_EPISODE_STEPS
-    n = num_episodes
+    n = ax.local
     k_reset, k_act = jax.random.split(key)
-    states, obs0 = jax.vmap(cartpole.reset)(jax.random.split(k_reset, n))
+    states, obs0 = jax.vmap(cartpole.reset)(ax.split(k_reset))
     vstep = jax.vmap(cartpole.step)
 
     def cond(carry):
@@ -468,7 +520,8 @@ def jax_rollout(
 
     def body(carry):
         t, states, obs, done, bufs = carry
-        actions = sample_actions(policy, params, obs, jax.random.fold_in(k_act, t), greedy)
+        keys = ax.split(jax.random.fold_in(k_act, t))
+        actions = _sample_with_keys(policy, params, obs, keys, greedy)
         actions = actions.astype(jnp.int32)
         states, ts = vstep(states, actions)
         valid = (~done).astype(jnp.float32)
@@ -484,13 +537,30 @@ def jax_rollout(
         jnp.zeros((T, n), jnp.float32),
         jnp.zeros((T, n), jnp.float32),
     )
-    init = (jnp.zeros((), jnp.int32), states, obs0, jnp.zeros((n,), bool), bufs)
+    done = jnp.zeros((n,), bool)
+    init = (jnp.zeros((), jnp.int32), states, obs0, *ax.varying((done, bufs)))
     *_, (obs, actions, rewards, mask) = jax.lax.while_loop(cond, body, init)
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     return Batch(swap(obs), swap(actions), swap(rewards), swap(mask))
 
 
-def make_jax_trainer(config: Config) -> JaxTrainer:
+def check_trainer_mesh(config: Config, mesh: Any, axis_name: Any = None) -> tuple[Any, Any, int]:
+    """Refuse a ``mesh`` the trainer cannot split ``config``'s episodes over: another backend
+    than ``"jax"``, or a batch, confirmation or (with ``eval_every``) evaluation size that is
+    not a multiple of the axis size. Returns ``(mesh, axis_name, devices)``."""
+    if config.resolved_backend != "jax":
+        raise ValueError(
+            f"mesh (--devices) splits episodes over devices on the pure-JAX backend only "
+            f"(CartPole-v1); {config.env_id!r} runs on the {config.resolved_backend} backend: "
+            "drop mesh/--devices, or use --env CartPole-v1 --backend jax."
+        )
+    sizes = {"batch_episodes": config.batch_episodes, "confirm_episodes": config.confirm_episodes}
+    if config.eval_every:
+        sizes["eval_episodes"] = config.eval_episodes
+    return check_episode_mesh(mesh, axis_name, sizes)
+
+
+def make_jax_trainer(config: Config, *, mesh: Any = None, axis_name: Any = None) -> JaxTrainer:
     """The JAX backend's pure functions for ``config`` (CartPole-v1).
 
     ``step(state, key)`` collects a batch with the pure-JAX CartPole and applies one update;
@@ -498,30 +568,77 @@ def make_jax_trainer(config: Config) -> JaxTrainer:
     sampled policy, ``confirm(params, key)`` the same over ``config.confirm_episodes``. All are
     jittable and vmappable (e.g. over seeds in
     ``benchmarks/rl_cartpole.py``).
+
+    With ``mesh`` (a ``jax.sharding.Mesh``) and ``axis_name`` (one of its axes; may be omitted
+    for a one-axis mesh), ``step``, ``evaluate`` and ``confirm`` split their episodes over that
+    axis with ``jax.shard_map`` (:mod:`expectax.rl.sharded`): each device simulates its block of
+    the episodes, drawn from the same keys as without a mesh, and every cross-episode
+    reduction of the update (batch means, leave-one-out and moving-average baselines,
+    advantage normalisation) is a collective. The state enters and leaves replicated; for a
+    key, the result equals the single-device one up to the order of float sums over episodes.
+    ``batch_episodes`` and ``confirm_episodes`` (and ``eval_episodes`` when ``eval_every`` is
+    set) must be multiples of the axis size; otherwise a ``ValueError`` says which sizes
+    would do. ``rollout`` stays unsharded.
     """
     config.validate()
     policy = _policy(config)
     optimizer = make_optimizer(config)
-    update = _make_update(config, policy, optimizer)
 
     def init():
         return _init_state(config, policy, optimizer, cartpole.OBS_DIM, cartpole.MAX_EPISODE_STEPS)
 
-    def step(state, key):
-        batch = jax_rollout(policy, state.params["policy"], key, config.batch_episodes)
-        return update(state, batch)
+    def rollout(p, k, n):
+        return jax_rollout(policy, p["policy"], k, n)
 
-    def mean_return(params, key, n):
-        batch = jax_rollout(policy, params["policy"], key, n)
-        return jnp.mean(jnp.sum(batch.rewards, axis=1))
+    if mesh is None:
+        if axis_name is not None:
+            raise ValueError(
+                f"axis_name={axis_name!r} needs mesh: pass mesh=jax.sharding.Mesh(...) too, or "
+                "neither."
+            )
+        update = _make_update(config, policy, optimizer)
 
-    return JaxTrainer(
-        init,
-        lambda p, k, n: jax_rollout(policy, p["policy"], k, n),
-        step,
-        lambda p, k: mean_return(p, k, config.eval_episodes),
-        lambda p, k: mean_return(p, k, config.confirm_episodes),
-    )
+        def step(state, key):
+            batch = jax_rollout(policy, state.params["policy"], key, config.batch_episodes)
+            return update(state, batch)
+
+        def mean_return(params, key, n):
+            batch = jax_rollout(policy, params["policy"], key, n)
+            return jnp.mean(jnp.sum(batch.rewards, axis=1))
+
+        return JaxTrainer(
+            init,
+            rollout,
+            step,
+            lambda p, k: mean_return(p, k, config.eval_episodes),
+            lambda p, k: mean_return(p, k, config.confirm_episodes),
+        )
+
+    mesh, axis_name, devices = check_trainer_mesh(config, mesh, axis_name)
+    ax = EpisodeAxis(config.batch_episodes, axis_name, devices)
+    update = _make_update(config, policy, optimizer, ax)
+
+    def step_body(state, key):
+        return update(state, _rollout(policy, state.params["policy"], key, ax, False))
+
+    sharded_step = shard_replicated(step_body, mesh, axis_name, 2)
+
+    def sharded_mean_return(n: int, name: str):
+        check_episode_mesh(mesh, axis_name, {name: n})
+        eax = EpisodeAxis(n, axis_name, devices)
+
+        def body(params, key):
+            batch = _rollout(policy, params["policy"], key, eax, False)
+            return eax.mean(jnp.sum(batch.rewards, axis=1))
+
+        return shard_replicated(body, mesh, axis_name, 2)
+
+    confirm = sharded_mean_return(config.confirm_episodes, "confirm_episodes")
+
+    def evaluate(params, key):  # eval_episodes is checked when evaluate is used
+        return sharded_mean_return(config.eval_episodes, "eval_episodes")(params, key)
+
+    return JaxTrainer(init, rollout, sharded_step, evaluate, confirm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,6 +898,8 @@ def train(
     checkpoint_every: int = 1,
     throttle: float = 0.0,
     callback: Callable[[dict[str, float]], None] | None = None,
+    mesh: Any = None,
+    axis_name: Any = None,
 ) -> dict[str, Any]:
     """Train REINFORCE with ``config``; write checkpoint, CSV log, summary and curve.
 
@@ -795,6 +914,10 @@ def train(
       checkpoint_every: save every this many batches (and at the end, and on Ctrl-C); ≥ 1.
       throttle: seconds to sleep after each batch (for tests that kill a run part-way).
       callback: called after each batch with that batch's log row (a dict by column).
+      mesh, axis_name: split each batch's episodes (and the evaluations') over this axis of a
+        ``jax.sharding.Mesh`` (JAX backend only; see :func:`make_jax_trainer`). The numbers
+        equal the single-device run's up to float rounding, so a run may resume on another
+        number of devices (not bitwise).
 
     Returns:
       A dict with ``state``, ``history`` (lists per column), ``episodes_to_solve`` (training
@@ -809,6 +932,8 @@ def train(
         or inf, or the gradient is exactly zero for ``config.max_zero_grad_batches`` batches.
     """
     config.validate()
+    if mesh is not None:  # refused before any output is written
+        check_trainer_mesh(config, mesh, axis_name)
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(
             f"checkpoint_every must be an integer ≥ 1 (batches between checkpoints), got "
@@ -831,7 +956,7 @@ def train(
         state, history = load_checkpoint(ckpt, state, config)
 
     if config.resolved_backend == "jax":
-        trainer = make_jax_trainer(config)
+        trainer = make_jax_trainer(config, mesh=mesh, axis_name=axis_name)
         jstep = jax.jit(trainer.step)
         jeval = jax.jit(trainer.evaluate)
         jconfirm = jax.jit(trainer.confirm)
