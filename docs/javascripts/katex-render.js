@@ -11,6 +11,7 @@ document$.subscribe(({ body }) => {
     try {
       katex.render(tex, el, { displayMode: display, throwOnError: true });
     } catch (err) {
+      el.textContent = text;
       console.error("KaTeX could not render " + JSON.stringify(text) + ": " + err.message);
     }
   }

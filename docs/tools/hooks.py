@@ -234,13 +234,13 @@ def on_config(config):
 def on_page_markdown(markdown, page, config, files):
     page_file = Path(page.file.abs_src_path)
     docs_dir = Path(config["docs_dir"]).resolve()
-    markdown = _includes(markdown, page_file, config)
-    markdown = _rewrite_links(markdown, page_file.parent, page_file.parent, config)
-    markdown = _gfm_lists(markdown)
     top_level_guide = page_file.parent.resolve() == docs_dir
     if top_level_guide and os.environ.get("DOCS_RUN_EXAMPLES", "1") != "0":
+        # the page's own blocks, before includes: the README's are tests/test_readme.py's
         markdown = _run_examples(markdown, page_file)
-    return markdown
+    markdown = _includes(markdown, page_file, config)
+    markdown = _rewrite_links(markdown, page_file.parent, page_file.parent, config)
+    return _gfm_lists(markdown)
 
 
 def on_post_build(config):
