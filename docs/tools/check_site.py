@@ -24,6 +24,7 @@ import argparse
 import functools
 import http.server
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -58,9 +59,13 @@ class _Page(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.ids: set[str] = set()
         self.refs: list[tuple[str, str, str, str]] = []  # (tag, attribute, url, rel)
+        self.text: list[str] = []  # the text outside code, scripts and styles
+        self._skip = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
+        if tag in _SKIP:
+            self._skip += 1
         for key in ("id", "name"):
             if a.get(key) and (key == "id" or tag == "a"):
                 self.ids.add(a[key])
@@ -72,6 +77,19 @@ class _Page(HTMLParser):
             for part in a["srcset"].split(","):
                 if part.strip():
                     self.refs.append((tag, "srcset", part.split()[0], rel))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.text.append(data)
+
+
+_SKIP = ("pre", "code", "script", "style", "textarea")
+# reST that the docstrings use and griffe_rst.py converts: none of it may reach a page as text
+_LEFTOVER_REST = re.compile(r"\.\. (math|code-block)::|:(math|class|func|meth|mod|data|attr):`")
 
 
 def _parse(path: Path) -> _Page:
@@ -87,6 +105,10 @@ def check_links(site: Path) -> list[str]:
     checked = 0
     for path, page in pages.items():
         page_url = "/" + path.relative_to(site).as_posix()
+        text = "".join(page.text)
+        for m in _LEFTOVER_REST.finditer(text):
+            snippet = " ".join(text[max(0, m.start() - 40) : m.end() + 40].split())
+            problems.append(f"{path.relative_to(site)}: unconverted reST {snippet!r}")
         for tag, attr, url, rel in page.refs:
             parts = urlsplit(url)
             where = f"{path.relative_to(site)}: <{tag} {attr}={url!r}>"
