@@ -21,12 +21,14 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 import pytest
 from jax.sharding import Mesh
 
 import expectax as ex
 from expectax import baselines
+from expectax.infer import IWELBO, TraceGraph_ELBO
 
 RTOL = 1e-6
 
@@ -50,7 +52,111 @@ def tolist(tree):
     return jax.tree_util.tree_map(lambda a: np.asarray(a).tolist(), tree)
 """
 
-DEVICES_SCRIPT = """
+# One joint estimate split over devices (VIMCO, UnorderedSet, SumAndSample), particles of
+# programs and ELBOs, compare's repeats: each against mesh=None (the same key, no chunks).
+JOINT = """
+import numpyro
+import numpyro.infer.util
+import expectax.infer as ei
+
+def log_w(p, x):
+    return -jnp.sum((x - jnp.tanh(p["w"][:4])) ** 2)
+
+def bern(p):
+    return dist.Bernoulli(logits=p["w"][:4] - p["mu"]).to_event(1)
+
+def cat_f(p, x):
+    return jnp.sin(1.0 + x * p["mu"]) + x
+
+def cat(p):
+    return dist.Categorical(logits=p["w"] * jnp.exp(p["log_s"]))
+
+def program(p):
+    a = numpyro.sample("a", dist.Bernoulli(logits=p["mu"]))
+    z = numpyro.sample("z", dist.Normal(p["w"][:3], jnp.exp(p["log_s"])).to_event(1))
+    b = numpyro.sample("b", dist.Bernoulli(logits=p["w"][3] + a))
+    return jnp.sum((z - a) ** 2) + (a + b - 0.5) ** 2
+
+DATA = jnp.array([1.0, 0.0, 1.0, 1.0])
+
+def model():
+    z = numpyro.sample("z", dist.Bernoulli(0.4))
+    loc = numpyro.sample("loc", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", 4):
+        numpyro.sample("x", dist.Normal(loc + z, 1.0), obs=DATA)
+
+def guide():
+    pz, m = numpyro.param("pz", 0.3), numpyro.param("m", 0.1)
+    numpyro.sample("z", dist.Bernoulli(jax.nn.sigmoid(pz)))
+    numpyro.sample("loc", dist.Normal(m, 0.7))
+
+GUIDE_PARAMS = {"pz": jnp.array(0.3), "m": jnp.array(0.1)}
+
+def joint_split(mesh_of, mesh2):
+    out = {}
+    cases = {"VIMCO": (ex.VIMCO(), log_w, bern, 8, [1, 2, 8]),
+             "UnorderedSet": (ex.UnorderedSet(), cat_f, cat, 4, [1, 2]),
+             "SumAndSample": (ex.SumAndSample(), cat_f, cat, 4, [1, 2])}
+    for name, (est, fn, dfn, n, counts) in cases.items():
+        E = ex.expectation(fn, dfn, estimator=est, num_samples=n)
+        out[name] = {"ref": tolist(jax.jit(jax.value_and_grad(E))(PARAMS, KEY))}
+        for d in counts:
+            Em = ex.expectation(fn, dfn, estimator=est, num_samples=n, mesh=mesh_of(d))
+            out[name][d] = tolist(jax.jit(jax.value_and_grad(Em))(PARAMS, KEY))
+    E = ex.program_expectation(program, num_particles=16)
+    out["program"] = {"ref": tolist(jax.jit(jax.value_and_grad(E))(PARAMS, KEY))}
+    for d in [1, 2, 8]:
+        Em = ex.program_expectation(program, num_particles=16, mesh=mesh_of(d))
+        g = jax.jit(jax.value_and_grad(Em))
+        out["program"][d] = tolist(g(PARAMS, KEY))
+        if d == 8:  # the leave-one-out sums over the sharded particles are collectives
+            hlo = g.lower(PARAMS, KEY).compile().as_text()
+            out["program"]["collectives"] = sum(
+                (" all-reduce(" in l) or (" all-gather(" in l) for l in hlo.splitlines())
+    for cls in (ei.TraceGraph_ELBO, ei.IWELBO):
+        runs = {}
+        for d in [None, 8]:
+            kw = {} if d is None else {"mesh": mesh_of(d)}
+            L = cls(8, **kw)
+            loss = jax.jit(jax.value_and_grad(lambda p: L.loss(KEY, p, model, guide)))
+            runs["ref" if d is None else d] = tolist(loss(GUIDE_PARAMS))
+        out[cls.__name__] = runs
+    # the losses are sums of log-densities that cancel: their float error is relative to the
+    # log joint's size, not to the loss
+    point = {"z": jnp.array(1.0), "loc": jnp.array(0.1)}
+    log_joint = numpyro.infer.util.log_density(model, (), {}, point)[0]
+    out["elbo_scale"] = abs(float(log_joint))
+    rows = {}
+    for d in [None, 8]:
+        kw = {} if d is None else {"mesh": mesh_of(d)}
+        res = ex.compare(f, dist_fn, PARAMS, [ex.ScoreFunction(baseline=baselines.LeaveOneOut())],
+                         repeats=16, time_budget=0.0, **kw)
+        r = res.reports[0]
+        rows["ref" if d is None else d] = tolist({"mean": r.mean, "variance": r.variance,
+                                                   "snr": r.snr, "estimates": r.estimates})
+    out["compare"] = rows
+    # params sharded over another mesh axis: a joint estimate and a program keep them
+    pw = dict(PARAMS, w=jax.device_put(PARAMS["w"], NamedSharding(mesh2, P("m"))))
+    sharded = {}
+    for name, E in [
+        ("VIMCO", ex.expectation(log_w, bern, estimator=ex.VIMCO(), num_samples=8,
+                                 mesh=mesh2, axis_name="s")),
+        ("program", ex.program_expectation(program, num_particles=16, mesh=mesh2,
+                                           axis_name="s")),
+    ]:
+        g = jax.jit(jax.grad(E))
+        hlo = g.lower(pw, KEY).compile().as_text()
+        grad = g(pw, KEY)
+        sharded[name] = {"grad": tolist(grad), "spec": str(grad["w"].sharding.spec),
+                         "gathers": [l for l in hlo.splitlines()
+                                     if " all-gather(" in l and "f32[6]" in l]}
+    out["joint_two_axes"] = sharded
+    return out
+"""
+
+DEVICES_SCRIPT = (
+    JOINT
+    + """
 from jax.sharding import Mesh, NamedSharding, AxisType, PartitionSpec as P
 out = {"device_count": jax.device_count()}
 def mesh_of(d):
@@ -92,11 +198,26 @@ def err(name, **kw):
     except (TypeError, ValueError) as e:
         errors[name] = f"{type(e).__name__}: {e}"
 err("indivisible", estimator=ex.Pathwise(), chunk_size=16, mesh=mesh_of(8))
-err("joint", estimator=ex.VIMCO(), n=8, mesh=mesh_of(2), chunk_size=8)
+err("joint_indivisible", estimator=ex.UnorderedSet(), n=4, mesh=mesh_of(8))
 err("two_axes_no_name", estimator=ex.Pathwise(), chunk_size=8, mesh=mesh2)
+try:
+    ex.per_sample_grads(f, dist_fn, PARAMS, KEY, estimator=ex.VIMCO(), num_samples=8,
+                        mesh=mesh_of(2))
+except ValueError as e:
+    errors["joint_per_sample"] = str(e)
+try:
+    ex.program_expectation(program, num_particles=12, mesh=mesh_of(8))
+except ValueError as e:
+    errors["particles"] = str(e)
+try:
+    ex.compare(f, dist_fn, PARAMS, [ex.Pathwise()], repeats=12, mesh=mesh_of(8))
+except ValueError as e:
+    errors["repeats"] = str(e)
 out["errors"] = errors
+out.update(joint_split(mesh_of, mesh2))
 print("RESULT " + json.dumps(out))
 """
+)
 
 
 def _run(script: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict:
@@ -169,8 +290,61 @@ def test_errors_that_need_several_devices(devices):
     errors = devices["errors"]
     assert errors["indivisible"].startswith("ValueError: mesh: num_samples // chunk_size")
     assert "multiple of 8 (e.g. chunk_size=8)" in errors["indivisible"]
-    assert errors["joint"].startswith("ValueError: mesh: VIMCO")
+    assert errors["joint_indivisible"].startswith("ValueError: mesh: UnorderedSet splits")
+    assert "num_samples to be a multiple of 8" in errors["joint_indivisible"]
+    assert errors["joint_per_sample"].startswith("per_sample_grads with mesh: the one estimate")
+    assert errors["particles"].startswith("mesh: 12 particles cannot be split evenly")
+    assert errors["repeats"].startswith("mesh: 12 repeats cannot be split evenly")
     assert "axis_name is None, but mesh has axes ('s', 'm')" in errors["two_axes_no_name"]
+
+
+@pytest.mark.parametrize(
+    ("name", "d"),
+    [("VIMCO", "1"), ("VIMCO", "2"), ("VIMCO", "8"), ("UnorderedSet", "2"), ("SumAndSample", "2")],
+)
+def test_one_joint_estimate_split_over_devices_is_the_single_device_estimate(devices, name, d):
+    """VIMCO's log-sum-exp and leave-one-out means, the unordered set's baseline: from every
+    device's f values (gathered), so the estimate is mesh=None's for the same key."""
+    (value, grad), (ref_value, ref_grad) = devices[name][d], devices[name]["ref"]
+    assert value == ref_value  # the same samples and statistics; the terms assembled exactly
+    _close(grad, ref_grad)
+    if d == "1":
+        assert grad == ref_grad
+
+
+@pytest.mark.parametrize("d", ["1", "2", "8"])
+def test_program_particles_split_over_devices(devices, d):
+    (value, grad), (ref_value, ref_grad) = devices["program"][d], devices["program"]["ref"]
+    _close(value, ref_value)
+    _close(grad, ref_grad)
+
+
+def test_program_leave_one_out_is_a_collective(devices):
+    assert devices["program"]["collectives"] > 0
+
+
+@pytest.mark.parametrize("cls", ["TraceGraph_ELBO", "IWELBO"])
+def test_elbos_with_particles_split_over_8_devices(devices, cls):
+    (value, grad), (ref_value, ref_grad) = devices[cls]["8"], devices[cls]["ref"]
+    scale = devices["elbo_scale"]
+    assert abs(value - ref_value) <= RTOL * scale
+    for name in grad:  # sums over particles of derivatives of log-densities, which cancel
+        assert abs(grad[name] - ref_grad[name]) <= RTOL * scale, name
+
+
+def test_compare_repeats_split_over_8_devices_give_the_same_moments(devices):
+    rows = devices["compare"]
+    for field in ("estimates", "mean", "variance", "snr"):
+        _close(rows["8"][field], rows["ref"][field])
+
+
+@pytest.mark.parametrize("name", ["VIMCO", "program"])
+def test_joint_and_program_paths_keep_params_sharded_over_another_axis(devices, name):
+    two = devices["joint_two_axes"][name]
+    assert two["spec"] == "P('m',)"
+    assert two["gathers"] == []
+    ref = devices[name]["ref"][1] if name == "program" else devices["VIMCO"]["ref"][1]
+    _close(two["grad"], ref)
 
 
 # ----------------------------------------------------------- in this process (one device)
@@ -200,6 +374,33 @@ def test_one_device_mesh_is_bitwise_the_chunked_result():
         np.testing.assert_array_equal(a, b)
     fwd = jax.jacfwd(Em)(PARAMS, KEY)  # forward mode goes through shard_map too
     _close(fwd, g)
+
+
+def test_one_device_mesh_with_one_chunk_draws_from_the_key_itself():
+    """chunk_size=num_samples (one chunk) draws from ``key``, as without a mesh."""
+    kw = {"estimator": ex.ScoreFunction(baseline=baselines.LeaveOneOut()), "num_samples": 8}
+    E = ex.expectation(f, dist_fn, chunk_size=8, **kw)
+    Em = ex.expectation(f, dist_fn, chunk_size=8, mesh=MESH, **kw)
+    assert float(E(PARAMS, KEY)) == float(Em(PARAMS, KEY))
+    ps = ex.per_sample_grads(f, dist_fn, PARAMS, KEY, chunk_size=8, **kw)
+    psm = ex.per_sample_grads(f, dist_fn, PARAMS, KEY, chunk_size=8, mesh=MESH, **kw)
+    _close(psm, ps)
+
+
+def test_program_and_elbo_mesh_errors():
+    program = lambda p: numpyro.sample("a", dist.Normal(p["mu"], 1.0)) ** 2  # noqa: E731
+    with pytest.raises(ValueError, match="vectorize_particles is a function of your own"):
+        ex.program_expectation(
+            program, num_particles=4, mesh=MESH, vectorize_particles=lambda fn, k: fn(k)
+        )
+    with pytest.raises(ValueError, match="axis_name='s' needs mesh"):
+        ex.program_expectation(program, num_particles=4, axis_name="s")
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        TraceGraph_ELBO(4, mesh="cpu")
+    with pytest.raises(ValueError, match=r"axis_name='x' is not an axis of mesh"):
+        IWELBO(4, mesh=MESH, axis_name="x")
+    with pytest.raises(ValueError, match="axis_name='s' needs mesh"):
+        ex.compare(f, dist_fn, PARAMS, [ex.Pathwise()], repeats=4, axis_name="s")
 
 
 @pytest.mark.parametrize(

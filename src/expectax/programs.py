@@ -63,6 +63,7 @@ from numpyro import handlers
 from numpyro.ops.provenance import eval_provenance
 from numpyro.primitives import Messenger
 
+from expectax import sharding as _sharding
 from expectax.estimators.base import (
     Context,
     Estimator,
@@ -792,6 +793,25 @@ def _check_estimators(estimators: Any) -> None:
         )
 
 
+def particles_over(
+    mesh: Any, axis_name: Any, num_particles: int, vectorize: bool | Callable
+) -> bool | Callable:
+    """``vectorize_particles`` for the engine: with ``mesh``, the particles split over
+    ``axis_name`` (:func:`expectax.sharding.particle_map`)."""
+    if mesh is None:
+        if axis_name is not None:
+            raise ValueError(f"axis_name={axis_name!r} needs mesh=<a jax.sharding.Mesh>.")
+        return vectorize
+    mesh, axis_name, _ = _sharding.check_split_axis(mesh, axis_name, num_particles, "particles")
+    if callable(vectorize):
+        raise ValueError(
+            "mesh: vectorize_particles is a function of your own, and mesh brings its own "
+            "(the particles split over the mesh axis inside shard_map). Pass "
+            "vectorize_particles=True (vmap per device) or False (lax.map per device)."
+        )
+    return _sharding.particle_map(mesh, axis_name, vectorize=bool(vectorize))
+
+
 def program_expectation(
     program: Callable[..., Any],
     *,
@@ -799,6 +819,8 @@ def program_expectation(
     estimators: Mapping[str, Estimator] | None = None,
     vectorize_particles: bool | Callable = True,
     debug: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: Any = None,
 ) -> Callable[..., jax.Array]:
     r"""Turn a stochastic program into a differentiable Monte Carlo estimate of its expected cost.
 
@@ -822,6 +844,14 @@ def program_expectation(
       vectorize_particles: ``True`` (``jax.vmap`` over particles), ``False``
         (``jax.lax.map``, less memory) or a function ``(fn, keys) -> stacked results``.
       debug: check the per-site estimators' downstream costs for NaN/inf at run time.
+      mesh: a ``jax.sharding.Mesh`` to split the particles over its axis ``axis_name``
+        (``num_particles`` a multiple of the axis size): each device runs its block of
+        particles inside ``shard_map`` (with ``jax.vmap``, or ``jax.lax.map`` if
+        ``vectorize_particles=False``), particle i still drawn from the same key as without a
+        mesh, and the cross-particle statistics (leave-one-out baselines, the mean) are
+        reductions over the sharded particle axis, i.e. collectives: the same estimate, to
+        float tolerance, on any number of devices. See ``docs/scale.md``.
+      axis_name: the mesh axis the particles are split over (may be omitted for a 1-D mesh).
 
     Returns:
       ``E(params, key, *args, **kwargs) -> scalar``, usable under ``jit``, ``vmap`` and
@@ -845,7 +875,7 @@ def program_expectation(
     engine = _Engine(
         num_particles=num_particles,
         estimators=estimators,
-        vectorize=vectorize_particles,
+        vectorize=particles_over(mesh, axis_name, num_particles, vectorize_particles),
         debug=debug,
     )
 

@@ -9,6 +9,12 @@ r"""Multi-sample estimators: VIMCO, and sampling without replacement for Categor
 
 All are score-function estimators written with DiCE's magic box; every weight that couples
 the samples is a constant (``stop_gradient``), so term i carries sample i's gradient.
+
+Over a mesh (``expectation(..., mesh=...)``) the samples of the one estimate are split:
+every device draws all of them from the key (as on one device), evaluates f on its own block
+(:meth:`SampleSplit.local`), and computes the coupling statistics — VIMCO's log-sum-exp and
+leave-one-out means, the unordered set's baseline — from the gathered stop-gradient values
+of f (:meth:`SampleSplit.gather`); without a mesh the split is the identity.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from expectax import sharding
 from expectax.estimators.base import (
     Context,
     Estimator,
@@ -70,6 +77,7 @@ class VIMCO(Estimator):
     """
 
     joint_samples = True
+    splits_samples = True
 
     def min_samples(self) -> int:
         return 2
@@ -77,19 +85,20 @@ class VIMCO(Estimator):
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         k = num_samples
         check_fixed_support(ctx.dist, "VIMCO")
-        xs = jax.lax.stop_gradient(ctx.dist.sample(key, (k,)))
-        fx = ctx.f(xs)
-        f_sg = jax.lax.stop_gradient(fx)
+        split = sharding.claim_split()
+        xs = split.local(jax.lax.stop_gradient(ctx.dist.sample(key, (k,))))
+        fx = ctx.f(xs)  # this device's block of the samples
+        f_sg = split.gather(jax.lax.stop_gradient(fx))  # all k log-weights
         log_k = math.log(k)
         bound = jax.scipy.special.logsumexp(f_sg) - log_k
         others_mean = (jnp.sum(f_sg) - f_sg) / (k - 1)
-        # L̂_{−k}: f_k replaced by the mean of the others.
+        # L̂_{−k}: f_k replaced by the mean of the others (rows of this device's samples).
         swapped = jnp.where(jnp.eye(k, dtype=bool), others_mean[:, None], f_sg[None, :])
-        bound_minus = jax.scipy.special.logsumexp(swapped, axis=1) - log_k
-        weights = jax.nn.softmax(f_sg)
+        bound_minus = jax.scipy.special.logsumexp(split.local(swapped), axis=1) - log_k
+        weights = split.local(jax.nn.softmax(f_sg))
         score = (magic_box(log_prob(ctx, xs)) - 1.0) * (bound - bound_minus)
-        pathwise = weights * (fx - f_sg)
-        return bound + k * (score + pathwise)
+        pathwise = weights * (fx - jax.lax.stop_gradient(fx))
+        return split.spread(bound + k * (score + pathwise), k)
 
 
 def _single_categorical(ctx: Context, n: int, name: str) -> jax.Array:
@@ -168,6 +177,7 @@ class UnorderedSet(Estimator):
     """
 
     joint_samples = True
+    splits_samples = True
 
     def min_samples(self) -> int:
         return 2
@@ -180,11 +190,12 @@ class UnorderedSet(Estimator):
                 f"large (at most {_MAX_SET}). Use SumAndSample for larger k."
             )
         log_p_all = _single_categorical(ctx, k, "UnorderedSet")  # (k, K), row i: θ copy i
+        split = sharding.claim_split()
         base = jax.lax.stop_gradient(log_p_all[0])
         gumbel = jax.random.gumbel(key, base.shape, base.dtype)
         _, s = jax.lax.top_k(base + gumbel, k)  # the set, in sampled order
-        fx = ctx.f(s)
-        f_sg = jax.lax.stop_gradient(fx)
+        fx = ctx.f(split.local(s))  # this device's block of the set
+        f_sg = split.gather(jax.lax.stop_gradient(fx))  # f on the whole set
         lp = base[s]  # (k,)
         p = jnp.exp(lp)
         idx = np.arange(k)
@@ -206,9 +217,10 @@ class UnorderedSet(Estimator):
         cross = jnp.zeros((k,), fx.dtype).at[pi].add(p[pj] * ratio * f_sg[pj])
         baseline = p * f_sg + cross
         log_q = jnp.take_along_axis(log_p_all, s[:, None], axis=1)[:, 0]
-        coef = jax.lax.stop_gradient(weights * (f_sg - baseline))
-        w_sg = jax.lax.stop_gradient(weights)
-        return k * (w_sg * fx + coef * (magic_box(log_q) - 1.0))
+        coef = split.local(jax.lax.stop_gradient(weights * (f_sg - baseline)))
+        w_sg = split.local(jax.lax.stop_gradient(weights))
+        terms = w_sg * fx + coef * (magic_box(split.local(log_q)) - 1.0)
+        return split.spread(k * terms, k)
 
 
 @pytree_dataclass
@@ -241,10 +253,12 @@ class SumAndSample(Estimator):
     """
 
     joint_samples = True
+    splits_samples = True
 
     def terms(self, ctx: Context, key: jax.Array, num_samples: int) -> jax.Array:
         k = num_samples
         log_p_all = _single_categorical(ctx, k, "SumAndSample")  # (k, K)
+        split = sharding.claim_split()
         base = jax.lax.stop_gradient(log_p_all[0])
         num_classes = base.shape[-1]
         _, summed = jax.lax.top_k(base, k - 1)  # C, (k − 1,)
@@ -252,12 +266,13 @@ class SumAndSample(Estimator):
         gumbel = jax.random.gumbel(key, base.shape, base.dtype)
         x = jnp.argmax(jnp.where(in_c, -jnp.inf, base + gumbel))
         xs = jnp.concatenate([summed, x[None]])
-        fx = ctx.f(xs)
+        fx = ctx.f(split.local(xs))  # this device's block (no statistic couples f values)
         rows = jnp.arange(k)
         log_p = log_p_all[rows, xs]  # row i differentiates θ copy i
         last = log_p_all[k - 1]
         rest_mass = 1.0 - jnp.sum(jnp.where(in_c, jnp.exp(last), 0.0))
         log_q = log_p[k - 1] - jnp.log(rest_mass)
-        sampled = rest_mass * magic_box(log_q) * fx[k - 1]
-        exact = jnp.exp(log_p[: k - 1]) * fx[: k - 1]
-        return k * jnp.concatenate([exact, sampled[None]])
+        # term i's factor on f(x_i): p(c_i) for the summed categories, the sampled one's
+        # (1 − p(C)) · magic(log q)
+        factor = jnp.concatenate([jnp.exp(log_p[: k - 1]), (rest_mass * magic_box(log_q))[None]])
+        return split.spread(k * (split.local(factor) * fx), k)

@@ -93,6 +93,10 @@ class TraceGraph_ELBO(ELBO):
       vectorize_particles: ``True`` (vmap), ``False`` (``lax.map``) or a callable.
       estimators: optional mapping from guide site name to estimator; it overrides the
         ``infer={"estimator": ...}`` of the guide's sites.
+      mesh, axis_name: split the particles over the mesh axis ``axis_name`` (as in
+        :func:`expectax.program_expectation`): the same loss and gradient, to float
+        tolerance, on any number of devices. ``num_particles`` must be a multiple of the axis
+        size, and ``vectorize_particles`` ``True`` or ``False`` (per device).
 
     Example:
       >>> from numpyro.infer import SVI
@@ -112,6 +116,8 @@ class TraceGraph_ELBO(ELBO):
         vectorize_particles: bool | Callable = True,
         *,
         estimators: Mapping[str, Estimator] | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        axis_name: Any = None,
     ) -> None:
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         from expectax import programs
@@ -119,6 +125,10 @@ class TraceGraph_ELBO(ELBO):
         programs._check_particles(num_particles)
         programs._check_estimators(estimators)
         self.estimators = dict(estimators or {})
+        if mesh is not None or axis_name is not None:
+            self.vectorize_particles_fn = programs.particles_over(
+                mesh, axis_name, num_particles, vectorize_particles
+            )
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs) -> jax.Array:
         """``−ELBO``, estimated with ``num_particles`` particles; ``jax.grad`` is the estimator."""
@@ -181,6 +191,10 @@ class IWELBO(ELBO):
       dreg: use DReG for the guide's parameters (needs every guide site reparameterisable, and
         no parameter shared by the model and the guide).
       plate: the name of a plate over independent data points, for a bound per element.
+      mesh, axis_name: split the K particles over the mesh axis ``axis_name`` (as in
+        :func:`expectax.program_expectation`; K a multiple of the axis size): the log-sum-exp
+        and the leave-one-out signals over K become collectives, and the loss and gradient
+        are those without a mesh, to float tolerance.
 
     References:
       Burda, Grosse & Salakhutdinov (2016), "Importance weighted autoencoders". Mnih & Rezende
@@ -197,11 +211,20 @@ class IWELBO(ELBO):
         *,
         dreg: bool = False,
         plate: str | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        axis_name: Any = None,
     ) -> None:
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         from expectax import programs
 
         programs._check_particles(num_particles)
+        if mesh is not None or axis_name is not None:
+            # the K particles' log-weights come back sharded over the axis; the log-sum-exp,
+            # the softmax weights and the leave-one-out means over K are reductions over that
+            # axis, i.e. collectives
+            self.vectorize_particles_fn = programs.particles_over(
+                mesh, axis_name, num_particles, vectorize_particles
+            )
         if plate is not None and not isinstance(plate, str):
             raise TypeError(f"plate must be the name of a numpyro.plate, got {plate!r}.")
         self.dreg = bool(dreg)
