@@ -174,10 +174,12 @@ def per_sample_grads(
     ``num_samples`` and ``chunk_size``: the samples are the same. Use it for variances,
     signal-to-noise ratios and per-example diagnostics.
 
-    It costs one backward pass for all samples (not one per sample or per parameter): θ is
-    copied once per sample and ``dist_fn`` is vmapped over the copies, so sample i's gradient
-    flows into copy i. That needs ``dist_fn`` to return a JAX pytree, which numpyro's
-    distributions are.
+    It costs one backward pass for all samples (not one per sample or per parameter):
+    ``dist_fn(params)`` is built once, its leaves (and θ, for f) are copied once per sample so
+    that sample i's gradient flows into copy i, and one linearisation of ``dist_fn``, shared by
+    all samples, pulls the per-sample gradients back to θ (so a ``dist_fn`` with work of its
+    own, a network or an ``exp``, runs once, not once per sample). That needs ``dist_fn`` to
+    return a JAX pytree, which numpyro's distributions are.
 
     Args:
       f, dist_fn, estimator, num_samples, debug: as in :func:`expectation`.
@@ -216,15 +218,22 @@ def per_sample_grads(
     _check_result_size(params, num_samples, chunk)
 
     def chunk_grads(key: jax.Array, params: PyTree = params) -> PyTree:
-        stacked = jax.tree_util.tree_map(
-            lambda leaf: jnp.broadcast_to(leaf, (chunk, *jnp.shape(leaf))), params
-        )
+        # θ is copied once per sample for f (which may use it), but the distribution is built
+        # once: its leaves are copied per sample instead, so each sample's gradient with respect
+        # to the distribution's parameters lands in its own copy, and one linearisation of
+        # dist_fn, shared by all samples, pulls those gradients back to θ (vmapped over the
+        # samples). The chain rule of dist_fn (e.g. exp of a log-scale) runs once per chunk
+        # instead of once per sample and parameter; the gradient is the same.
+        stacked = _stack(params, chunk)
+        with _traced_validation(debug):
+            if dist_fn is None:
+                floats, others, pullback, treedef = [], [], None, None
+            else:
+                floats, others, pullback, treedef = _linearized_dist(dist_fn, params)
+            others = [_stack(leaf, chunk) for leaf in others]
 
-        def total(stacked: PyTree) -> jax.Array:
-            if debug:
-                stacked = _checked_grad(stacked)
-            with _validation(stacked, debug):
-                dist = None if dist_fn is None else _build_stacked(dist_fn, stacked)
+            def total(stacked: PyTree, floats: list[jax.Array]) -> jax.Array:
+                dist = None if treedef is None else _unflatten(treedef, floats, others)
                 if debug and dist is not None:
                     check_parameters(dist)
                 ctx = Context(
@@ -232,7 +241,15 @@ def per_sample_grads(
                 )
                 return jnp.sum(_terms(estimator, ctx, key, chunk))
 
-        return jax.grad(total)(stacked)
+            floats = [_stack(leaf, chunk) for leaf in floats]
+            grads, float_grads = jax.grad(total, argnums=(0, 1))(stacked, floats)
+        if pullback is not None and float_grads:
+            (through_dist,) = jax.vmap(pullback)(float_grads)
+            grads = jax.tree_util.tree_map(operator.add, grads, through_dist)
+        if debug:
+            for leaf in jax.tree_util.tree_leaves(grads):
+                _check_finite(leaf, "the gradient with respect to params")
+        return grads
 
     def run() -> PyTree:
         if mesh is not None:
@@ -398,16 +415,59 @@ def _build(dist_fn: Callable[[PyTree], Any] | None, params: PyTree) -> Any:
     return dist
 
 
-def _build_stacked(dist_fn: Callable[[PyTree], Any], stacked: PyTree) -> Any:
-    try:
-        return jax.vmap(dist_fn)(stacked)
-    except TypeError as err:
-        raise TypeError(
-            "per_sample_grads vmaps dist_fn over one copy of params per sample, so dist_fn "
-            "must return a JAX pytree (numpyro distributions are). Register your "
-            "distribution class with jax.tree_util.register_pytree_node_class, or use "
-            f"jax.jacrev on the surrogate instead. The error was: {err}"
-        ) from err
+def _stack(tree: PyTree, n: int) -> PyTree:
+    """Every leaf of ``tree`` broadcast to a leading axis of ``n`` copies."""
+    return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (n, *jnp.shape(leaf))), tree)
+
+
+@contextlib.contextmanager
+def _traced_validation(debug: bool) -> Iterator[None]:
+    """numpyro's validation for a distribution built from traced params, as :func:`_validation`
+    sets it (on with ``debug``; otherwise off: the concrete values were checked by the caller's
+    first build, and the support mask is skipped for samples the estimator drew itself)."""
+    with numpyro_dist.validation_enabled(bool(debug)):
+        yield
+
+
+def _linearized_dist(
+    dist_fn: Callable[[PyTree], Any], params: PyTree
+) -> tuple[list[jax.Array], list[jax.Array], Callable, tuple[Any, list[bool]]]:
+    """``dist_fn(params)`` once, as its leaves, with the pullback of its float leaves to params.
+
+    Returns ``(floats, others, pullback, treedef)``: the float (differentiable) leaves, the
+    others (integer counts, boolean masks), ``pullback(cotangents of floats) -> (cotangent of
+    params,)``, linear with one set of residuals (so it can be vmapped over per-sample
+    cotangents), and what :func:`_unflatten` needs to rebuild a distribution.
+    """
+    structure: list[Any] = []
+
+    def split(params: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
+        leaves, treedef = jax.tree_util.tree_flatten(_build(dist_fn, params))
+        if not all(isinstance(leaf, _ARRAY_LIKE) for leaf in leaves):
+            raise TypeError(_NOT_A_PYTREE)
+        mask = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
+        structure.append((treedef, mask))
+        floats = [jnp.asarray(x) for x, is_f in zip(leaves, mask, strict=True) if is_f]
+        others = [jnp.asarray(x) for x, is_f in zip(leaves, mask, strict=True) if not is_f]
+        return floats, others
+
+    floats, pullback, others = jax.vjp(split, params, has_aux=True)
+    return floats, others, pullback, structure[0]
+
+
+def _unflatten(treedef: tuple[Any, list[bool]], floats: list[Any], others: list[Any]) -> Any:
+    """The distribution from its float and other leaves (as split by :func:`_linearized_dist`)."""
+    tree, mask = treedef
+    floats, others = iter(floats), iter(others)
+    return jax.tree_util.tree_unflatten(tree, [next(floats) if f else next(others) for f in mask])
+
+
+_ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, float, int, bool)
+_NOT_A_PYTREE = (
+    "per_sample_grads copies the parameters of dist_fn(params) once per sample, so dist_fn "
+    "must return a JAX pytree (numpyro distributions are). Register your distribution class "
+    "with jax.tree_util.register_pytree_node_class, or use jax.jacrev on the surrogate instead."
+)
 
 
 def _check_estimator(estimator: Any) -> None:
