@@ -107,7 +107,7 @@ def test_cli_json_on_the_kl_problem(tmp_path, capsys):
 
             def problem():
                 prob = get_problem("tiny-sequence-kl")
-                keep = ("RLOO, k1 reward", "RLOO, k3 token loss")
+                keep = ("RLOO + k1 reward", "RLOO + k3 token loss")
                 return dataclasses.replace(
                     prob, estimators=tuple(e for e in prob.estimators if e.name in keep)
                 )
@@ -119,8 +119,8 @@ def test_cli_json_on_the_kl_problem(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert "0.5·KL(π‖π_ref)" in payload["description"]
     rows = {row["name"]: row for row in payload["estimators"]}
-    good, bad = rows["RLOO, k1 reward"], rows["RLOO, k3 token loss"]
+    good, bad = rows["RLOO + k1 reward"], rows["RLOO + k3 token loss"]
     assert good["unbiased_by_design"] and max(map(abs, good["bias_z"])) < 5
     assert not bad["unbiased_by_design"]
     assert np.max(np.abs(bad["bias_z"])) > payload["bias_threshold_z"]
-    assert payload["recommended"] == "RLOO, k1 reward"
+    assert payload["recommended"] == "RLOO + k1 reward"

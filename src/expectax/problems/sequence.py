@@ -504,41 +504,41 @@ def sequence_variants(
     b = f"b={baseline:.3g}"
     if beta == 0:
         return (
-            v("REINFORCE, b=0", advantage="reinforce"),
-            v(f"REINFORCE, {b}", advantage="reinforce", baseline=baseline),
+            v("REINFORCE b=0", advantage="reinforce"),
+            v(f"REINFORCE {b}", advantage="reinforce", baseline=baseline),
             v("RLOO", advantage="rloo"),
             v("ReMax", advantage="remax"),
             v("Dr. GRPO", advantage="dr-grpo"),
-            v("GRPO (÷std), token sum", advantage="grpo"),
-            v("GRPO, seq-mean-token-mean", advantage="grpo", loss_agg_mode="seq-mean-token-mean"),
-            v("RLOO, token-mean (DAPO)", advantage="rloo", loss_agg_mode="token-mean"),
+            v("GRPO (÷std)", advantage="grpo"),
+            v("GRPO seq-mean-token-mean", advantage="grpo", loss_agg_mode="seq-mean-token-mean"),
+            v("RLOO token-mean (DAPO)", advantage="rloo", loss_agg_mode="token-mean"),
             v("REINFORCE++", advantage="reinforce++"),
             v("REINFORCE++-baseline", advantage="reinforce++-baseline"),
         )
     kl = {"beta": beta}
     return (
-        v("RLOO, k1 reward", advantage="rloo", kl="k1-reward", **kl),
-        v("RLOO, k2 seq. loss", advantage="rloo", kl="k2-seq-loss", **kl),
-        v("ReMax, k1 reward", advantage="remax", kl="k1-reward", **kl),
+        v("RLOO + k1 reward", advantage="rloo", kl="k1-reward", **kl),
+        v("RLOO + k2 seq. loss", advantage="rloo", kl="k2-seq-loss", **kl),
+        v("ReMax + k1 reward", advantage="remax", kl="k1-reward", **kl),
         v(
-            f"REINFORCE {b}, k1 reward",
+            f"REINFORCE {b} + k1 reward",
             advantage="reinforce",
             baseline=baseline,
             kl="k1-reward",
             **kl,
         ),
-        v("RLOO, no KL", advantage="rloo"),
-        v("RLOO, k3 reward", advantage="rloo", kl="k3-reward", **kl),
-        v("RLOO, k2 token loss", advantage="rloo", kl="k2-loss", **kl),
-        v("RLOO, k3 token loss", advantage="rloo", kl="k3-loss", **kl),
+        v("RLOO (KL ignored)", advantage="rloo"),
+        v("RLOO + k3 reward", advantage="rloo", kl="k3-reward", **kl),
+        v("RLOO + k2 token loss", advantage="rloo", kl="k2-loss", **kl),
+        v("RLOO + k3 token loss", advantage="rloo", kl="k3-loss", **kl),
         v(
-            "GRPO (k3 loss, seq-mean-token-mean)",
+            "GRPO (k3 loss; seq-mean-token-mean)",
             advantage="grpo",
             kl="k3-loss",
             loss_agg_mode="seq-mean-token-mean",
             **kl,
         ),
-        v("Dr. GRPO, k1 reward", advantage="dr-grpo", kl="k1-reward", **kl),
+        v("Dr. GRPO + k1 reward", advantage="dr-grpo", kl="k1-reward", **kl),
     )
 
 
