@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "MAX_EPISODE_STEPS",
@@ -163,7 +164,8 @@ def _fmix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
-_LANES = jnp.array([0x9E3779B9, 0x7F4A7C15, 0xF39CC060, 0x1B873593], jnp.uint32)
+# numpy, not jnp: importing expectax creates no JAX arrays (so JAX can still be configured)
+_LANES = np.array([0x9E3779B9, 0x7F4A7C15, 0xF39CC060, 0x1B873593], np.uint32)
 
 
 def uniforms_from_words(words: jax.Array) -> tuple[jax.Array, jax.Array]:
