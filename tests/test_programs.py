@@ -502,3 +502,32 @@ def test_score_function_site_with_a_support_that_depends_on_theta_is_refused():
     E = ex.program_expectation(program, num_particles=2)
     grads = estimates(jax.grad(E), jnp.array(1.0), jax.random.key(15), repeats=2000)
     assert_unbiased(grads, 0.5, k=5)  # d/dθ E[x] = d/dθ θ/2
+
+
+def _invalid_program(p):
+    z = numpyro.sample("z", dist.Normal(p["mu"], p["sigma"]))
+    b = numpyro.sample("b", dist.Bernoulli(probs=p["q"]))
+    numpyro.sample("y", dist.Normal(z + b, p["noise"]), obs=0.5)
+
+
+INVALID = {
+    "latent-scale": {"sigma": -1.0},
+    "latent-probs": {"q": 1.3},
+    "observed-scale": {"noise": -0.1},
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID))
+def test_invalid_parameters_error_eagerly_and_are_nan_under_jit(case):
+    """numpyro's check, with expectax's advice, when the values are known; under jit nothing
+    can raise, so the value and every gradient coordinate are NaN, never plausible numbers."""
+    good = {"mu": 0.0, "sigma": 1.0, "q": 0.3, "noise": 1.0}
+    params = {k: jnp.asarray(v) for k, v in {**good, **INVALID[case]}.items()}
+    E = ex.program_expectation(_invalid_program, num_particles=4)
+    with pytest.raises(ValueError, match=r"invalid parameters \(numpyro: .*Check the values"):
+        jax.grad(E)(params, jax.random.key(0))
+    step = jax.jit(jax.value_and_grad(E))
+    value, grads = step(params, jax.random.key(0))
+    assert np.isnan(value) and all(np.isnan(g) for g in jax.tree_util.tree_leaves(grads)), grads
+    value, ok = step({k: jnp.asarray(v) for k, v in good.items()}, jax.random.key(0))
+    assert np.isfinite(value) and all(np.isfinite(g) for g in jax.tree_util.tree_leaves(ok)), ok

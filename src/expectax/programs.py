@@ -71,6 +71,7 @@ from expectax.estimators.base import (
     check_fixed_support,
     log_prob,
     magic_box,
+    nan_unless_valid,
 )
 
 __all__ = ["default_estimator", "program_expectation"]
@@ -279,9 +280,24 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
                 sites[name] = site
         if out is not None:
             costs[RETURN] = (_return_cost(out), ())
+        if not provenance and _guarded(params):
+            # nothing can raise under jit: parameters outside their constraints make every
+            # cost, so the estimate and its gradient, NaN instead of plausible numbers
+            factor = 1.0
+            for site in tr.values():
+                if site["type"] == "sample":
+                    factor = factor * nan_unless_valid(site["fn"])
+            costs = {n: (v * factor, fr) for n, (v, fr) in costs.items()}
         return _Run(sites, costs)
 
     return run
+
+
+def _guarded(params: PyTree) -> bool:
+    """numpyro validates parameters (the user's setting) but cannot here: params are traced."""
+    return numpyro_dist._VALIDATION_ENABLED and any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)
+    )
 
 
 def _call(program: Callable, args: tuple, kwargs: dict) -> Any:
@@ -289,6 +305,14 @@ def _call(program: Callable, args: tuple, kwargs: dict) -> Any:
         return program(*args, **kwargs)
     except jax.errors.ConcretizationTypeError as err:
         raise _control_flow_error(err) from err
+    except ValueError as err:
+        if "distribution got invalid" not in str(err):
+            raise
+        raise ValueError(
+            f"the program built a distribution with invalid parameters (numpyro: {err}). Check "
+            "the values in params (e.g. a scale must be positive: use jax.nn.softplus or exp of "
+            "an unconstrained parameter; probs in [0, 1]: use jax.nn.sigmoid or logits=)."
+        ) from err
 
 
 def _control_flow_error(err: Exception) -> ValueError:
