@@ -138,3 +138,16 @@ def test_equal_returns_give_exactly_zero_advantages(strict_ranks):
     R = jnp.array([[1.0, 2.0], [4.0, 0.0], [7.0, 3.0]])
     want = jnp.array([[5.5, 1.5], [4.0, 2.5], [2.5, 1.0]])
     np.testing.assert_allclose(rl.leave_one_out_baseline(R), want, rtol=1e-6)
+
+
+def test_discounted_returns_inside_shard_map():
+    """The scan's carry varies over the mesh axis as the rewards do (a replicated initial
+    carry is an error inside shard_map), also for an empty trajectory."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()[:1]), ("e",))
+    per_device = jax.vmap(rl.losses.discounted_returns, in_axes=(0, None))
+    f = jax.shard_map(lambda r: per_device(r, 0.5), mesh=mesh, in_specs=P("e"), out_specs=P("e"))
+    np.testing.assert_allclose(f(jnp.ones((2, 3))), [[1.75, 1.5, 1.0]] * 2)
+    assert rl.losses.discounted_returns(jnp.ones(0), 0.5).shape == (0,)

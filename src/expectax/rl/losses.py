@@ -83,7 +83,10 @@ def discounted_returns(
         g = r + d * g
         return g, g
 
-    _, g_t = jax.lax.scan(body, jnp.asarray(v_t, r_t.dtype), (r_t, discount_t), reverse=True)
+    # the carry starts from r_t (plus 0) so that it varies as r_t does: inside shard_map a
+    # replicated initial carry for a per-device scan is an error
+    g_T = jnp.asarray(v_t, r_t.dtype) + jnp.sum(jnp.zeros_like(r_t[:1]))
+    _, g_t = jax.lax.scan(body, g_T, (r_t, discount_t), reverse=True)
     return g_t
 
 

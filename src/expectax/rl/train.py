@@ -324,13 +324,7 @@ def _make_update(
     def loss_fn(params, batch: Batch, baseline_state):
         ax = axis if axis is not None else EpisodeAxis(batch.rewards.shape[0])
         mask = batch.mask
-        if ax.sharded:  # a scan's initial carry must vary over the axis as its inputs do
-            v_t = jnp.zeros_like(batch.rewards[:, -1])
-            returns = jax.vmap(discounted_returns, in_axes=(0, None, 0))(
-                batch.rewards, config.gamma, v_t
-            )
-        else:
-            returns = jax.vmap(discounted_returns, in_axes=(0, None))(batch.rewards, config.gamma)
+        returns = jax.vmap(discounted_returns, in_axes=(0, None))(batch.rewards, config.gamma)
         apply = jax.vmap(jax.vmap(policy.apply, in_axes=(None, 0)), in_axes=(None, 0))
         d = apply(params["policy"], batch.obs)
         logp = log_prob(d, batch.actions)  # numpyro's Bernoulli-logits gradient is wrong at 0
