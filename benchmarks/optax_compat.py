@@ -19,9 +19,13 @@ Cases: (a) the diagonal-Gaussian test functions of Mohamed et al. (2020) in 100 
 (b) the Bayesian-logistic-regression expected log joint with 50 samples, on scikit-learn's
 breast-cancer data (30 features + bias = 31 weights) and a synthetic 2000-weight problem.
 
-Time is the minimum over interleaved repeats (the three implementations alternate, so load
-on a shared machine hits them alike); memory is XLA's compiled ``temp + output`` bytes
-(``memory_analysis()``), the peak working memory of one call beyond its inputs.
+Time: in each repeat the three implementations run one after the other (interleaved, so load
+on a shared machine hits them alike), each a loop of calls long enough to time (about 20 ms,
+at least one call); a row reports the median over repeats of each time and of the per-repeat
+ratios, with the ratios' range over repeats. ``--clock cpu`` times the process's CPU time
+instead of wall time (steadier on a loaded machine, where wall time includes waiting for a
+core). Memory is XLA's compiled ``temp + output`` bytes (``memory_analysis()``), the peak
+working memory of one call beyond its inputs.
 """
 
 from __future__ import annotations
@@ -161,7 +165,19 @@ def compiled(fn: Callable, params, key):
     return exe, nbytes
 
 
-def bench_case(label: str, f: Callable, dim: int, n: int, names, repeats: int) -> list[dict]:
+def time_loop(exe, params, key, inner: int, clock: Callable[[], float]) -> float:
+    """Seconds per call of ``inner`` back-to-back calls (after one untimed call)."""
+    jax.block_until_ready(exe(params, key))
+    t0 = clock()
+    for _ in range(inner):
+        out = exe(params, key)
+    jax.block_until_ready(out)
+    return (clock() - t0) / inner
+
+
+def bench_case(
+    label: str, f: Callable, dim: int, n: int, names, repeats: int, clock: Callable[[], float]
+) -> list[dict]:
     params = [jnp.full((dim,), 0.1, jnp.float32), jnp.full((dim,), -1.0, jnp.float32)]
     key = jax.random.PRNGKey(0)
     rows = []
@@ -175,25 +191,32 @@ def bench_case(label: str, f: Callable, dim: int, n: int, names, repeats: int) -
             ),
             "floor": floor_jacobians(name, f, n),
         }
-        exes, mems, times = {}, {}, {k: math.inf for k in impls}
+        exes, mems = {}, {}
         for impl, fn in impls.items():
             exes[impl], mems[impl] = compiled(fn, params, key)
             jax.block_until_ready(exes[impl](params, key))  # warm up
+        inner = {}  # calls per timed loop: ~20 ms of each implementation's wall time
+        for impl, exe in exes.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(exe(params, key))
+            inner[impl] = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-6)))
+        times = {k: [] for k in impls}
         for r in range(repeats):
             k = jax.random.fold_in(key, r)
             for impl in impls:
-                t0 = time.perf_counter()
-                jax.block_until_ready(exes[impl](params, k))
-                times[impl] = min(times[impl], time.perf_counter() - t0)
+                times[impl].append(time_loop(exes[impl], params, k, inner[impl], clock))
+        times = {i: np.asarray(t) for i, t in times.items()}
         # same key → same mean gradient up to Monte Carlo error (a sanity check, not a test)
         means = {i: [np.asarray(j).mean(0) for j in exes[i](params, key)] for i in impls}
         rows.append(
             dict(
                 case=label,
                 estimator=name,
-                t_optax=times["optax"],
-                t_compat=times["compat"],
-                t_floor=times["floor"],
+                t_optax=float(np.median(times["optax"])),
+                t_compat=float(np.median(times["compat"])),
+                t_floor=float(np.median(times["floor"])),
+                speed_up=spread(times["optax"] / times["compat"]),
+                vs_floor=spread(times["compat"] / times["floor"]),
                 m_optax=mems["optax"],
                 m_compat=mems["compat"],
                 m_floor=mems["floor"],
@@ -209,15 +232,25 @@ def bench_case(label: str, f: Callable, dim: int, n: int, names, repeats: int) -
     return rows
 
 
+def spread(ratios: np.ndarray) -> tuple[float, float, float]:
+    """(median, min, max) of per-repeat ratios."""
+    return float(np.median(ratios)), float(np.min(ratios)), float(np.max(ratios))
+
+
 def ratio(a, b) -> str:
     if a is None or b is None or b == 0:
         return "n/a"
     return f"{a / b:.2f}"
 
 
+def fmt_spread(s: tuple[float, float, float]) -> str:
+    return f"{s[0]:.2f} [{s[1]:.2f}-{s[2]:.2f}]"
+
+
 HEADER = (
     f"{'case':<26} {'estimator':<15} {'optax ms':>9} {'compat ms':>9} {'floor ms':>9} "
-    f"{'speed-up':>8} {'vs floor':>8} {'mem optax/compat':>16} {'mem compat/floor':>16}"
+    f"{'speed-up [range]':>20} {'vs floor [range]':>18} {'mem optax/compat':>16} "
+    f"{'mem compat/floor':>16}"
 )
 
 
@@ -225,7 +258,7 @@ def fmt_row(r: dict) -> str:
     return (
         f"{r['case']:<26} {r['estimator']:<15} {1e3 * r['t_optax']:9.2f} "
         f"{1e3 * r['t_compat']:9.2f} {1e3 * r['t_floor']:9.2f} "
-        f"{ratio(r['t_optax'], r['t_compat']):>8} {ratio(r['t_compat'], r['t_floor']):>8} "
+        f"{fmt_spread(r['speed_up']):>20} {fmt_spread(r['vs_floor']):>18} "
         f"{ratio(r['m_optax'], r['m_compat']):>16} {ratio(r['m_compat'], r['m_floor']):>16}"
     )
 
@@ -233,7 +266,10 @@ def fmt_row(r: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=11, help="interleaved repeats (odd)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time"
+    )
     parser.add_argument("--samples", type=int, default=50, help="samples for case (b)")
     parser.add_argument("--big-dim", type=int, default=2000, help="weights, synthetic (b)")
     parser.add_argument("--big-data", type=int, default=100, help="data points, synthetic (b)")
@@ -242,15 +278,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     dim_a = 10 if args.quick else 100
     big = 200 if args.quick else args.big_dim
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; min of {repeats} repeats")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; median of {repeats} interleaved "
+        f"repeats, {args.clock} clock"
+    )
     print(HEADER)
     rows = []
     for label, f in gaussian_test_functions(dim_a).items():
-        rows += bench_case(label, f, dim_a, 100, ESTIMATORS, repeats)
+        rows += bench_case(label, f, dim_a, 100, ESTIMATORS, repeats, clock)
     rows += bench_case(
-        "BLR breast cancer D=31", breast_cancer(), 31, args.samples, ESTIMATORS, repeats
+        "BLR breast cancer D=31", breast_cancer(), 31, args.samples, ESTIMATORS, repeats, clock
     )
     names = ESTIMATORS[:2] if args.skip_big_mv else ESTIMATORS
     rows += bench_case(
@@ -259,9 +299,11 @@ def main(argv: list[str] | None = None) -> None:
         big,
         args.samples,
         names,
-        max(2, repeats // 5),
+        max(3, repeats // 3),
+        clock,
     )
-    print("\nspeed-up = optax time / compat time; vs floor = compat time / floor time;")
+    print("\nspeed-up = optax time / compat time; vs floor = compat time / floor time; both the")
+    print("median of the per-repeat ratios, [the range over repeats];")
     print("memory = XLA temp + output bytes of the compiled call.")
     print(f"largest |mean(optax) − mean(compat)| per row: {[round(r['agree'], 4) for r in rows]}")
 
