@@ -26,6 +26,10 @@ APPLICATIONS: dict[str, tuple[str, str]] = {
         "Bayesian logistic regression on breast cancer: estimators and control variates",
     ),
     "rl": ("expectax.rl.cli", "train REINFORCE (policy gradients) on a Gymnasium environment"),
+    "rl-seq": (
+        "expectax.rl.seq_cli",
+        "train a small transformer with RLOO, GRPO, Dr. GRPO, ... on a verifiable-reward task",
+    ),
     "svi": (
         "expectax.vi.svi",
         "train a sigmoid belief network with numpyro SVI: numpyro's vs expectax's TraceGraph_ELBO",
