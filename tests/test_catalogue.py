@@ -162,6 +162,15 @@ def test_invalid_parameters_without_debug_under_jit_are_nan(case, chunk_size):
     assert all(np.all(np.isnan(g)) for g in jax.tree_util.tree_leaves(grads)), grads
 
 
+@pytest.mark.parametrize("case", ["normal-negative-scale", "bernoulli-probs-above-1"])
+def test_invalid_parameters_per_sample_grads_under_jit_are_nan(case):
+    dist_fn, params, estimator = BAD_CASES[case]
+    jac = jax.jit(
+        lambda p: ex.per_sample_grads(SQ, dist_fn, p, KEY, estimator=estimator, num_samples=4)
+    )(params)
+    assert all(np.all(np.isnan(g)) for g in jax.tree_util.tree_leaves(jac)), jac
+
+
 def test_invalid_parameters_nan_only_where_invalid_under_vmap():
     E = ex.expectation(SQ, NORMAL, estimator=ex.ScoreFunction(), num_samples=4)
     batch = {"mu": jnp.array([0.5, 0.5]), "sigma": jnp.array([1.0, -1.0])}

@@ -75,9 +75,13 @@ def expectation(
         ``fold_in(key, j)``) and the mean is a collective, so the result for a key is the
         single-device chunked result, whatever the number of devices (the value bitwise, the
         gradient up to the order of the sum). Params enter replicated over ``axis_name``;
-        params sharded over another mesh axis keep their sharding. Refused by estimators
-        whose samples form one joint estimate (VIMCO, UnorderedSet, SumAndSample). See
-        ``docs/scale.md``.
+        params sharded over another mesh axis keep their sharding. Estimators whose samples
+        form one joint estimate (VIMCO, UnorderedSet, SumAndSample) take ``chunk_size=None``
+        with a mesh: every device draws all ``num_samples`` from ``key``, evaluates f on its
+        own block, and their coupling statistics (VIMCO's log-sum-exp, the unordered set's
+        baseline) come from the gathered values of f, so the estimate is the single-device
+        one. Without ``debug``, parameters outside their constraints give NaN under ``jit``
+        (nothing can raise there). See ``docs/scale.md``.
       axis_name: the mesh axis the samples are split over (may be omitted for a 1-D mesh).
 
     Returns:
@@ -271,6 +275,9 @@ def per_sample_grads(
     if debug and _concrete((params, key)):
         with debug_errors():
             return jax.block_until_ready(run())
+    if _guarded(params, debug) and dist is not None:
+        factor = _base.nan_unless_valid(dist)  # invalid parameters under jit: NaN, as for E
+        return jax.tree_util.tree_map(lambda g: g * factor, run())
     return run()
 
 
