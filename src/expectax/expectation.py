@@ -68,7 +68,9 @@ def expectation(
         ``jax.errors.JaxRuntimeError``, so wrap the call in :func:`debug_errors` to get the
         ``FloatingPointError``/``ValueError`` back. Debug mode wraps params in a ``custom_vjp``
         to check the gradient, so use it with reverse mode (``jax.grad``); forward mode and
-        ``jax.hessian`` need ``debug=False``.
+        ``jax.hessian`` need ``debug=False``. Without ``debug``, parameters outside their
+        constraints make the value and the gradient NaN under ``jit`` or ``vmap`` (where
+        nothing can raise), never finite, plausible numbers.
       mesh: a ``jax.sharding.Mesh`` to split the samples over its axis ``axis_name``
         (needs ``chunk_size``; the number of chunks must be a multiple of the axis size). Each
         device computes a contiguous block of chunks (chunk ``j`` still drawn with
@@ -80,8 +82,7 @@ def expectation(
         with a mesh: every device draws all ``num_samples`` from ``key``, evaluates f on its
         own block, and their coupling statistics (VIMCO's log-sum-exp, the unordered set's
         baseline) come from the gathered values of f, so the estimate is the single-device
-        one. Without ``debug``, parameters outside their constraints give NaN under ``jit``
-        (nothing can raise there). See ``docs/scale.md``.
+        one. See ``docs/scale.md``.
       axis_name: the mesh axis the samples are split over (may be omitted for a 1-D mesh).
 
     Returns:
