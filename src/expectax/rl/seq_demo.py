@@ -410,11 +410,14 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
         one = jax.vmap(lambda s, kk: sample_completion(model, c, s, kk), (None, 0))
         comp, mask = jax.vmap(one)(targets, keys)  # (G, K, L)
         r = rewards_for(c, digit_sums(c, comp, mask), targets[:, None])
-        lp_old = jax.lax.stop_gradient(logp_all(params, targets, comp, mask))
+        # the sampling policy's log-probs: only the KL penalty in the reward needs them before
+        # the loss; otherwise the loss's own forward pass (on-policy: the same values) gives them
+        reward_kl = c.kl.endswith("-reward") and c.beta > 0
+        lp_old = jax.lax.stop_gradient(logp_all(params, targets, comp, mask)) if reward_kl else None
         lp_ref = jax.lax.stop_gradient(logp_all(ref_params, targets, comp, mask))
         r_used = r
         greedy_r = None
-        if c.kl.endswith("-reward") and c.beta > 0:
+        if reward_kl:
             r_used = seq.kl_penalized_rewards(r, lp_old, lp_ref, mask, c.beta, estimator=kl_est)
         if VARIANTS[c.variant][0] == "remax":
             gc, gm = jax.vmap(lambda s: sample_completion(model, c, s, key, greedy=True))(targets)
@@ -434,9 +437,10 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
                 loss = loss + c.beta * seq.kl_loss(
                     lp, lp_ref, mask, estimator=kl_est, loss_agg_mode=c.agg
                 )
-            return loss
+            return loss, jax.lax.stop_gradient(lp)
 
-        grads = jax.grad(loss_fn)(params)
+        grads, lp_cur = jax.grad(loss_fn, has_aux=True)(params)
+        lp_old = lp_cur if lp_old is None else lp_old
         updates, new_opt = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
         keep = lambda new, old: jax.tree_util.tree_map(
@@ -466,6 +470,7 @@ def train(
     config: SeqConfig,
     seeds: Sequence[int],
     progress: Callable[[int], None] | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` once per seed, all seeds in one vmapped, jitted computation.
 
@@ -474,7 +479,10 @@ def train(
     ``evals`` (step, then arrays ``(seeds,)`` of the exact evaluation), ``final`` (the last
     exact evaluation), ``tokens_per_s`` (completion tokens, EOS included, sampled per second of
     training over all seeds, compilation excluded), ``compile_s`` and ``train_s``.
-    ``progress(steps_done)`` is called after each chunk.
+    ``progress(steps_done)`` is called after each chunk. ``compiler_options`` go to XLA's
+    compiler for the training and evaluation programs (e.g.
+    ``{"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}``
+    compiles about three times as fast and runs slower: the tests use it).
     """
     import optax
 
@@ -485,8 +493,13 @@ def train(
     base_keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
     init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base_keys)
     train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(base_keys)
-    models = eqx.filter_vmap(lambda k: TransformerPolicy(c, k))(init_keys)
-    params, static = eqx.partition(models, eqx.is_array)
+    # one model per seed, stacked: eager initialisation compiles each random op once and then
+    # reuses it, which is several times cheaper than vmapping (or jitting) the initialiser
+    models = [TransformerPolicy(c, init_keys[j]) for j in range(len(seeds))]
+    static = eqx.partition(models[0], eqx.is_array)[1]
+    params = jax.tree_util.tree_map(
+        lambda *a: jnp.stack(a), *(eqx.filter(m, eqx.is_array) for m in models)
+    )
     optimizer = optax.adam(c.learning_rate)
     from expectax.rl import losses
 
@@ -512,8 +525,9 @@ def train(
         lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(chunk) + i * chunk)
     )(train_keys)
     active0 = jnp.arange(chunk) < c.steps
-    run_c = jax.jit(run_chunk).lower(carry, chunk_keys(0), active0).compile()
-    eval_c = jax.jit(evaluate).lower(params, params).compile()
+    opts = compiler_options
+    run_c = jax.jit(run_chunk).lower(carry, chunk_keys(0), active0).compile(opts)
+    eval_c = jax.jit(evaluate).lower(params, params).compile(opts)
     compile_s = time.perf_counter() - t0
 
     evals = [dict(step=0, **jax.device_get(eval_c(params, params)))]
