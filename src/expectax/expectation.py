@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions.distribution as numpyro_dist
@@ -448,12 +449,18 @@ def _linearized_dist(
     cotangents), and what :func:`_unflatten` needs to rebuild a distribution.
     """
     structure: list[Any] = []
+    depends = _depends_on_input(lambda p: jax.tree_util.tree_leaves(_build(dist_fn, p)), params)
 
     def split(params: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
         leaves, treedef = jax.tree_util.tree_flatten(_build(dist_fn, params))
         if not all(isinstance(leaf, _ARRAY_LIKE) for leaf in leaves):
             raise TypeError(_NOT_A_PYTREE)
-        mask = [jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves]
+        # only leaves that depend on params are differentiated: a constant leaf (a fixed
+        # support's bound, a constant scale) stays a constant, as it is in expectation()
+        mask = [
+            jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and dep
+            for leaf, dep in zip(leaves, depends, strict=True)
+        ]
         structure.append((treedef, mask))
         floats = [jnp.asarray(x) for x, is_f in zip(leaves, mask, strict=True) if is_f]
         others = [jnp.asarray(x) for x, is_f in zip(leaves, mask, strict=True) if not is_f]
@@ -461,6 +468,21 @@ def _linearized_dist(
 
     floats, pullback, others = jax.vjp(split, params, has_aux=True)
     return floats, others, pullback, structure[0]
+
+
+def _depends_on_input(fn: Callable[[PyTree], list[Any]], params: PyTree) -> list[bool]:
+    """For each output of ``fn(params)``, whether it depends on ``params`` (traced jaxpr).
+
+    A forward pass over the equations of ``fn``'s jaxpr: an equation with a dependent input
+    makes all its outputs dependent (conservative for nested calls).
+    """
+    closed = jax.make_jaxpr(fn)(params)
+    jaxpr = closed.jaxpr
+    dependent = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, jax.extend.core.Literal) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    return [not isinstance(v, jax.extend.core.Literal) and v in dependent for v in jaxpr.outvars]
 
 
 def _unflatten(treedef: tuple[Any, list[bool]], floats: list[Any], others: list[Any]) -> Any:
