@@ -7,8 +7,8 @@ episodes to solve, and the evaluation episodes are counted apart. The seeds run 
 backend, vmapped over seeds (the same ``make_jax_trainer`` functions and the same keys as
 ``expectax rl``, so each seed's result is the command's: check with ``--cli-seeds``).
 
-Seeds 0–199 were used for tuning; the held-out seeds, never used to choose anything, are
-1000–1099.
+Seeds 0–299 were used for tuning; the held-out seeds, never used to choose anything, are
+1000–1099, 2000–2099 and 3000–3099.
 
     python benchmarks/rl_cartpole.py --seeds 1000-1099 [--set lr=0.02 normalize_advantages=1]
         [--cli-seeds 1000 1001] [--plot docs/img/rl_cartpole.png] [--json out.json]
@@ -144,7 +144,8 @@ def main() -> None:
     config = Config(backend="jax", **_parse_set(args.set))
     print(
         f"config: hidden {config.hidden}, gain {config.input_gain}, batch "
-        f"{config.batch_episodes}, Adam {config.learning_rate}, gamma {config.gamma}, baseline "
+        f"{config.batch_episodes}, Adam {config.learning_rate} (b1 {config.adam_b1}, b2 "
+        f"{config.adam_b2}, clip {config.max_grad_norm}), gamma {config.gamma}, baseline "
         f"{config.baseline}, normalised advantages {config.normalize_advantages}; budget "
         f"{config.episodes} episodes; seeds {seeds[0]}..{seeds[-1]} ({len(seeds)})"
     )

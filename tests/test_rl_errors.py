@@ -221,6 +221,9 @@ def test_config_checks_name_the_field():
         ("seed", 2**32, r"seed must satisfy 0 <= seed < 2\*\*32"),
         ("eval_every", -1, "eval_every must be ≥ 0"),
         ("lr_final_fraction", 2.0, r"lr_final_fraction must be in \[0, 1\]"),
+        ("adam_b1", 1.0, r"adam_b1 must be in \[0, 1\)"),
+        ("adam_eps", 0.0, "adam_eps must be a positive finite number"),
+        ("max_grad_norm", -1.0, r"max_grad_norm must be a positive finite number \(or None"),
     ]:
         with pytest.raises(ValueError, match=match):
             dataclasses.replace(Config(), **{field: value}).validate()

@@ -131,7 +131,7 @@ def test_sharded_step_equals_the_unsharded_step_on_1_2_and_8_devices(devices):
     ref = step["ref"]
     assert step["1"] == ref  # one device: bitwise
     for d in ("2", "8"):
-        # the state includes Adam's moments (0.1 × the gradient, 0.001 × its square): the
+        # the state includes Adam's moments (0.5 × the gradient, 0.001 × its square): the
         # gradients agree, not only the parameters after the step
         _close(step[d]["state"], ref["state"])
         m, r = step[d]["metrics"], ref["metrics"]

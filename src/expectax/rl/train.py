@@ -108,6 +108,10 @@ class Config:
     batch_episodes: int = 4
     learning_rate: float = 1e-2
     lr_final_fraction: float = 1.0
+    adam_b1: float = 0.5  # less momentum than Adam's 0.9: fewer collapses (docs/rl.md)
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = None
     gamma: float = 0.99
     baseline: str = "leave_one_out"
     normalize_advantages: bool = False
@@ -156,6 +160,23 @@ class Config:
             )
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}.")
+        for name in ("adam_b1", "adam_b2"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                flag = name.replace("_", "-")
+                raise ValueError(f"{name} must be in [0, 1), got {v}: e.g. --{flag} 0.5.")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ValueError(
+                f"adam_eps must be a positive finite number, got {self.adam_eps}: e.g. "
+                "--adam-eps 1e-8."
+            )
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
+            raise ValueError(
+                f"max_grad_norm must be a positive finite number (or None: no clipping), got "
+                f"{self.max_grad_norm}: e.g. --max-grad-norm 100, or leave the flag out."
+            )
         for name in ("learning_rate", "gamma", "input_gain", "entropy_coef", "value_coef"):
             v = getattr(self, name)
             if not math.isfinite(v):
@@ -433,16 +454,20 @@ def _normalize(adv: jax.Array, mask: jax.Array, eps: jax.Array, ax: EpisodeAxis)
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """Adam at ``config.learning_rate``, decayed linearly to ``lr_final_fraction`` of it over
-    the budget's batches (1.0: constant)."""
-    if config.lr_final_fraction == 1.0:
-        return optax.adam(config.learning_rate)
-    schedule = optax.linear_schedule(
-        config.learning_rate,
-        config.learning_rate * config.lr_final_fraction,
-        max(config.num_batches - 1, 1),
-    )
-    return optax.adam(schedule)
+    """Adam (``adam_b1``, ``adam_b2``, ``adam_eps``) at ``config.learning_rate``, decayed
+    linearly to ``lr_final_fraction`` of it over the budget's batches (1.0: constant); with
+    ``max_grad_norm``, the gradient is first clipped to that global norm."""
+    lr: Any = config.learning_rate
+    if config.lr_final_fraction != 1.0:
+        lr = optax.linear_schedule(
+            config.learning_rate,
+            config.learning_rate * config.lr_final_fraction,
+            max(config.num_batches - 1, 1),
+        )
+    adam = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    if config.max_grad_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
 
 def _init_state(config: Config, policy: Policy, optimizer, obs_dim: int, max_steps: int):
