@@ -30,10 +30,37 @@ TINY = dict(digits=3, max_len=3, min_target=0, max_target=4, d_model=8, heads=1,
 # compilation (and one evaluation compilation) serve every test of the module
 EASY_CONFIG = dict(digits=2, max_len=2, min_target=0, max_target=2, d_model=8, heads=1, layers=1)
 EASY = [
-    "--digits", "2", "--max-len", "2", "--min-target", "0", "--max-target", "2",
-    "--d-model", "8", "--heads", "1", "--layers", "1", "--groups", "3", "--group-size", "4",
-    "--steps", "30", "--eval-every", "30", "--lr", "0.03", "--seed", "0", "1", "--quiet",
-]  # fmt: skip
+    "--digits",
+    "2",
+    "--max-len",
+    "2",
+    "--min-target",
+    "0",
+    "--max-target",
+    "2",
+    "--d-model",
+    "8",
+    "--heads",
+    "1",
+    "--layers",
+    "1",
+    "--groups",
+    "3",
+    "--group-size",
+    "4",
+    "--steps",
+    "30",
+    "--eval-every",
+    "30",
+    "--lr",
+    "0.03",
+    "--warmup",
+    "3",
+    "--seed",
+    "0",
+    "1",
+    "--quiet",
+]  # fmt: skip (the defaults otherwise: k2 KL loss, entropy bonus, cosine decay)
 # uniform over {0, 1, EOS}: P(sum=0) = P(EOS) + P(0 EOS) + P(0 0) = 5/9, P(1) = 3/9, P(2) = 1/9
 UNIFORM_SUCCESS = (5 / 9 + 3 / 9 + 1 / 9) / 3
 
@@ -139,6 +166,9 @@ def test_cli_refuses_an_existing_run(easy_run, capsys):
         (["--variant", "rloo", "--group-size", "1"], r"--group-size must be at least 2 for rloo"),
         (["--seed", "1", "1"], r"--seed lists a seed twice"),
         (["--steps", "0"], r"argument --steps: must be positive"),
+        (["--steps", "50", "--warmup", "50"], r"--warmup must be an integer in \[0, steps\)"),
+        (["--schedule", "linear"], r"argument --schedule: invalid choice"),
+        (["--entropy", "nan"], r"argument --entropy: must be ≥ 0"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):

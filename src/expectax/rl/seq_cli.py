@@ -94,6 +94,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--beta", type=_nonneg_float, default=d.beta, help=f"KL coefficient (default {d.beta})"
     )
     parser.add_argument(
+        "--entropy",
+        type=_nonneg_float,
+        default=d.entropy,
+        help=f"entropy-bonus coefficient (exact per-token entropy; default {d.entropy})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_nonneg_int,
+        default=d.warmup,
+        help=f"linear learning-rate warm-up steps (default {d.warmup})",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=seq_demo.SCHEDULES,
+        default=d.schedule,
+        help=f"learning rate after the warm-up: constant or cosine decay to 0 (default "
+        f"{d.schedule})",
+    )
+    parser.add_argument(
         "--loss-agg-mode",
         choices=seq_demo.LOSS_AGG_MODES,
         default=None,
@@ -146,6 +165,9 @@ def _configs(args: argparse.Namespace) -> list[Any]:
             learning_rate=args.lr,
             kl=args.kl,
             beta=args.beta,
+            entropy=args.entropy,
+            warmup=args.warmup,
+            schedule=args.schedule,
             loss_agg_mode=args.loss_agg_mode,
             baseline_decay=args.baseline_decay,
             d_model=args.d_model,
@@ -175,7 +197,8 @@ def _flag_names(message: str) -> str:
 
 
 _FIELDS = (
-    "variant digits max_len groups group_size steps kl beta loss_agg_mode baseline_decay "
+    "variant digits max_len groups group_size steps kl beta entropy warmup schedule "
+    "loss_agg_mode baseline_decay "
     "d_model heads layers eval_every threshold reward"
 ).split()
 

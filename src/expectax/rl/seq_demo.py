@@ -81,6 +81,7 @@ KL_MODES = (
     "k3-loss",
 )
 REWARDS = ("exact", "partial")
+SCHEDULES = ("constant", "cosine")
 LOSS_AGG_MODES = (
     "seq-mean-token-sum",
     "token-mean",
@@ -103,6 +104,10 @@ class SeqConfig:
       groups, group_size: ``G`` prompts per step and ``K`` completions per prompt.
       steps, learning_rate: Adam steps and step size (optax).
       kl, beta: KL handling (:data:`KL_MODES`) and coefficient ``β``.
+      entropy: coefficient of an entropy bonus (the exact entropy of ``π(·|s, y_{<t})`` at every
+        sampled position, aggregated as the loss; subtracted from the loss). 0: none.
+      warmup, schedule: linear learning-rate warm-up steps, then ``"constant"`` or
+        ``"cosine"`` decay (to 0 at ``steps``; optax's ``warmup_cosine_decay_schedule``).
       loss_agg_mode: override the variant's aggregation (``None``: the variant's own).
       baseline_decay: the moving average of ``"reinforce"``.
       d_model, heads, layers: the transformer's width, attention heads, blocks.
@@ -120,8 +125,11 @@ class SeqConfig:
     group_size: int = 16
     steps: int = 600
     learning_rate: float = 2e-3
-    kl: str = "k3-loss"
-    beta: float = 0.01
+    kl: str = "k2-loss"
+    beta: float = 0.05
+    entropy: float = 0.02
+    warmup: int = 50
+    schedule: str = "cosine"
     loss_agg_mode: str | None = None
     baseline_decay: float = 0.9
     d_model: int = 32
@@ -163,6 +171,18 @@ class SeqConfig:
             0 <= self.min_target <= self.max_target <= top,
             f"targets must satisfy 0 <= min_target <= max_target <= (digits-1)*max_len = {top}, "
             f"got [{self.min_target}, {self.max_target}].",
+        )
+        need(
+            math.isfinite(self.entropy) and self.entropy >= 0,
+            f"entropy must be ≥ 0, got {self.entropy}.",
+        )
+        need(
+            isinstance(self.warmup, int) and 0 <= self.warmup < self.steps,
+            f"warmup must be an integer in [0, steps), got {self.warmup!r}.",
+        )
+        need(
+            self.schedule in SCHEDULES,
+            f"schedule: unknown {self.schedule!r}; choose from {', '.join(SCHEDULES)}.",
         )
         need(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}.")
         need(self.kl in KL_MODES, f"kl: unknown {self.kl!r}; choose from {', '.join(KL_MODES)}.")
@@ -272,11 +292,17 @@ def token_logp(
     model: TransformerPolicy, config: SeqConfig, target: jax.Array, completion, mask
 ) -> jax.Array:
     """``(L,)`` log-probabilities of the completion's tokens (0 on padding)."""
+    return _token_logp_entropy(model, config, target, completion, mask)[0]
+
+
+def _token_logp_entropy(model, config, target, completion, mask):
+    """``(L,)`` token log-probabilities and ``(L,)`` entropies of ``π(·|s, y_{<t})``."""
     logits = model(_prompt_token(config, target), completion)
     logp = jax.nn.log_softmax(logits, axis=-1)
     tok = jnp.clip(completion, 0, config.digits)
     lp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
-    return jnp.where(mask > 0, lp, 0.0)
+    ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return jnp.where(mask > 0, lp, 0.0), jnp.where(mask > 0, ent, 0.0)
 
 
 def sample_completion(
@@ -395,9 +421,10 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
     g, k = c.groups, c.group_size
     kl_est = c.kl[:2]
 
-    def logp_all(params, targets, comp, mask):
+    def logp_all(params, targets, comp, mask, entropy=False):
         model = eqx.combine(params, static)
-        per = jax.vmap(lambda s, y, m: token_logp(model, c, s, y, m), (None, 0, 0))
+        f = _token_logp_entropy if entropy else token_logp
+        per = jax.vmap(lambda s, y, m: f(model, c, s, y, m), (None, 0, 0))
         return jax.vmap(per)(targets, comp, mask)  # (G, K, L)
 
     def step(carry, xs):
@@ -431,8 +458,13 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
         adv, new_base = _advantages(c, r_used, greedy_r, base_state)
 
         def loss_fn(p):
-            lp = logp_all(p, targets, comp, mask)
+            if c.entropy > 0:
+                lp, ent = logp_all(p, targets, comp, mask, entropy=True)
+            else:
+                lp = logp_all(p, targets, comp, mask)
             loss = seq.sequence_policy_loss(lp, adv, mask, loss_agg_mode=c.agg)
+            if c.entropy > 0:
+                loss = loss - c.entropy * seq.aggregate_loss(ent, mask, loss_agg_mode=c.agg)
             if c.kl.endswith("-loss") and c.beta > 0:
                 loss = loss + c.beta * seq.kl_loss(
                     lp, lp_ref, mask, estimator=kl_est, loss_agg_mode=c.agg
@@ -500,7 +532,13 @@ def train(
     params = jax.tree_util.tree_map(
         lambda *a: jnp.stack(a), *(eqx.filter(m, eqx.is_array) for m in models)
     )
-    optimizer = optax.adam(c.learning_rate)
+    if c.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, c.warmup, c.steps)
+    elif c.warmup:
+        lr = optax.linear_schedule(0.0, c.learning_rate, c.warmup)
+    else:
+        lr = c.learning_rate
+    optimizer = optax.adam(lr)
     from expectax.rl import losses
 
     opt_state = jax.vmap(optimizer.init)(params)
