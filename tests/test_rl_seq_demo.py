@@ -65,6 +65,10 @@ EASY = [
 UNIFORM_SUCCESS = (5 / 9 + 3 / 9 + 1 / 9) / 3
 
 
+# XLA's backend optimisation off: the same programs, compiled in a third of the time
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 @pytest.fixture(scope="module")
 def easy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("rlseq")
@@ -73,9 +77,7 @@ def easy_run(tmp_path_factory):
 
     buf = io.StringIO()
     capture.setattr(sys, "stdout", buf)
-    # XLA's backend optimisation off: the same programs, compiled in a third of the time
-    fast_compile = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-    fast = functools.partial(sd.train, compiler_options=fast_compile)
+    fast = functools.partial(sd.train, compiler_options=FAST_COMPILE)
     capture.setattr(sd, "train", fast)
     try:
         with jax.numpy_rank_promotion("raise"):
@@ -100,7 +102,8 @@ def test_a_sample_is_one_of_the_enumerated_completions(easy_run):
     model = eqx.tree_at(lambda m: m.head.weight, model, jnp.asarray(w))  # non-uniform
     toks, masks = sd.enumerate_completions(c)
     keys = jax.random.split(jax.random.key(0), 4)
-    ys, ms = jax.jit(jax.vmap(lambda k: sd.sample_completion(model, c, jnp.asarray(1), k)))(keys)
+    sample = jax.vmap(lambda k: sd.sample_completion(model, c, jnp.asarray(1), k))
+    ys, ms = jax.jit(sample).lower(keys).compile(FAST_COMPILE)(keys)
     for y, m in zip(ys, ms, strict=True):
         rows = [i for i in range(len(toks)) if np.array_equal(toks[i], np.asarray(y))]
         assert len(rows) == 1 and np.array_equal(masks[rows[0]], np.asarray(m))
