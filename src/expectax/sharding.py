@@ -60,6 +60,7 @@ __all__ = [
     "SampleSplit",
     "check_mesh",
     "check_split_axis",
+    "mesh_axis",
     "claim_split",
     "particle_map",
     "sharded_chunk_mean",
@@ -68,6 +69,33 @@ __all__ = [
 ]
 
 PyTree = Any
+
+
+def mesh_axis(mesh: Any, axis_name: Any, what: str) -> tuple[Mesh, Any, int]:
+    """Check that ``mesh`` is a ``Mesh`` and ``axis_name`` one of its axes (the only one may be
+    omitted); ``what`` names what is split (samples, particles, episodes) in the messages.
+
+    Returns ``(mesh, axis_name, number of devices along the axis)``.
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            "mesh must be a jax.sharding.Mesh, e.g. jax.make_mesh((jax.device_count(),), "
+            f"({what!r},)); got {type(mesh).__name__}."
+        )
+    names = tuple(mesh.axis_names)
+    if axis_name is None:
+        if len(names) != 1:
+            raise ValueError(
+                f"axis_name is None, but mesh has axes {names}: pass axis_name=<the mesh axis "
+                f"the {what} are split over>."
+            )
+        axis_name = names[0]
+    if axis_name not in names:
+        raise ValueError(
+            f"axis_name={axis_name!r} is not an axis of mesh (its axes are {names}): pass "
+            f"the name of the mesh axis the {what} are split over."
+        )
+    return mesh, axis_name, int(mesh.shape[axis_name])
 
 
 def check_mesh(
@@ -82,25 +110,7 @@ def check_mesh(
 
     Returns ``(mesh, axis_name, number of devices along the axis)``.
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            "mesh must be a jax.sharding.Mesh, e.g. jax.make_mesh((jax.device_count(),), "
-            f"('samples',)); got {type(mesh).__name__}."
-        )
-    names = tuple(mesh.axis_names)
-    if axis_name is None:
-        if len(names) != 1:
-            raise ValueError(
-                f"axis_name is None, but mesh has axes {names}: pass axis_name=<the mesh axis "
-                "the samples are split over>."
-            )
-        axis_name = names[0]
-    if axis_name not in names:
-        raise ValueError(
-            f"axis_name={axis_name!r} is not an axis of mesh (its axes are {names}): pass "
-            "the name of the mesh axis the samples are split over."
-        )
-    devices = int(mesh.shape[axis_name])
+    mesh, axis_name, devices = mesh_axis(mesh, axis_name, "samples")
     if debug:
         raise ValueError(
             "debug=True does not combine with mesh (its run-time checks are host callbacks "
@@ -334,25 +344,7 @@ def sharded_per_sample(
 def check_split_axis(mesh: Any, axis_name: Any, count: int, what: str) -> tuple[Mesh, Any, int]:
     """Validate ``mesh``/``axis_name`` for splitting ``count`` independent ``what`` (particles,
     repeats) evenly over the axis; returns ``(mesh, axis_name, devices)``."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            "mesh must be a jax.sharding.Mesh, e.g. jax.sharding.Mesh(np.array(jax.devices()), "
-            f"('samples',)); got {type(mesh).__name__}."
-        )
-    names = tuple(mesh.axis_names)
-    if axis_name is None:
-        if len(names) != 1:
-            raise ValueError(
-                f"axis_name is None, but mesh has axes {names}: pass axis_name=<the mesh axis "
-                f"the {what} are split over>."
-            )
-        axis_name = names[0]
-    if axis_name not in names:
-        raise ValueError(
-            f"axis_name={axis_name!r} is not an axis of mesh (its axes are {names}): pass "
-            f"the name of the mesh axis the {what} are split over."
-        )
-    devices = int(mesh.shape[axis_name])
+    mesh, axis_name, devices = mesh_axis(mesh, axis_name, what)
     if count % devices:
         fit = max(devices, count - count % devices)
         raise ValueError(

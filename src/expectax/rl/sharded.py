@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from expectax.sharding import mesh_axis
+
 __all__ = ["EpisodeAxis", "check_episode_mesh", "shard_replicated", "split_range"]
 
 
@@ -40,25 +42,7 @@ def check_episode_mesh(mesh: Any, axis_name: Any, sizes: dict[str, int]) -> tupl
 
     Returns ``(mesh, axis_name, number of devices along the axis)``.
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            "mesh must be a jax.sharding.Mesh, e.g. jax.sharding.Mesh(np.array(jax.devices()), "
-            f"('episodes',)); got {type(mesh).__name__}."
-        )
-    names = tuple(mesh.axis_names)
-    if axis_name is None:
-        if len(names) != 1:
-            raise ValueError(
-                f"axis_name is None, but mesh has axes {names}: pass axis_name=<the mesh axis "
-                "the episodes are split over>."
-            )
-        axis_name = names[0]
-    if axis_name not in names:
-        raise ValueError(
-            f"axis_name={axis_name!r} is not an axis of mesh (its axes are {names}): pass the "
-            "name of the mesh axis the episodes are split over."
-        )
-    devices = int(mesh.shape[axis_name])
+    mesh, axis_name, devices = mesh_axis(mesh, axis_name, "episodes")
     for name, n in sizes.items():
         if n % devices:
             raise ValueError(
