@@ -43,9 +43,12 @@ __all__ = [
     "add_common_flags",
     "atomic_write",
     "check_seed",
+    "finite_float",
     "format_mean_se",
     "json_safe",
     "mean_se",
+    "nonneg_float",
+    "nonneg_int",
     "plot_panels",
     "positive_float",
     "positive_int",
@@ -89,23 +92,37 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err).replace("--seed must", "must")) from None
 
 
-def _positive(kind: type) -> Any:
+def _number(kind: type, lower: str | None) -> Any:
+    """argparse ``type=`` for a finite ``kind`` that is ``> 0`` (``lower="positive"``), ``≥ 0``
+    (``"nonneg"``) or anything (``None``), with one-line usage errors."""
+    article = "an integer" if kind is int else "a number"
+    need = {"positive": "positive and finite", "nonneg": "≥ 0 and finite", None: "finite"}[lower]
+    if kind is int and lower == "nonneg":
+        need = "≥ 0"
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {article}, got {text!r}") from None
+        ok = math.isfinite(value) and (
+            lower is None or (value > 0 if lower == "positive" else value >= 0)
+        )
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{lower or 'finite'} {kind.__name__}"
     return parse
 
 
-#: argparse ``type=`` for a positive int / a positive finite float (one-line usage errors).
-positive_int = _positive(int)
-positive_float = _positive(float)
+#: argparse ``type=`` for a positive int / a positive finite float, an int / a finite float
+#: ≥ 0, and any finite float (one-line usage errors).
+positive_int = _number(int, "positive")
+positive_float = _number(float, "positive")
+nonneg_int = _number(int, "nonneg")
+nonneg_float = _number(float, "nonneg")
+finite_float = _number(float, None)
 
 
 def add_common_flags(

@@ -22,34 +22,12 @@ __all__ = ["configure_parser", "main", "run"]
 DEFAULT_OUT = "runs/rl-ENV-sSEED"
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text!r}")
-    return v
-
-
-def _finite_float(text: str) -> float:
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return v
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``expectax rl`` flags to ``parser``."""
     from expectax.rl.train import BASELINES, Config
 
     d = Config()
-    pos, fin = runio.positive_int, _finite_float
+    pos, fin = runio.positive_int, runio.finite_float
 
     def error(message: str):  # argparse's usage block is many lines: one line instead
         parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
@@ -142,7 +120,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--value-coef", type=fin, default=d.value_coef, help="critic loss weight")
     parser.add_argument(
         "--eval-every",
-        type=_nonneg_int,
+        type=runio.nonneg_int,
         default=d.eval_every,
         help="also evaluate every N batches for the learning curve (default 0: only to confirm)",
     )

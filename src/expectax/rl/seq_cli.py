@@ -26,26 +26,6 @@ __all__ = ["configure_parser", "main", "run", "summary_markdown"]
 FILES = ("rl_seq_curves.csv", "rl_seq_evals.csv", "rl_seq_summary.json", "rl_seq_curves.png")
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be ≥ 0 and finite, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {text!r}")
-    return v
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``expectax rl-seq`` flags to ``parser``."""
     d = seq_demo.SeqConfig()
@@ -80,8 +60,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--max-len", type=pos, default=d.max_len, help="tokens per completion, EOS included (L)"
     )
-    parser.add_argument("--min-target", type=_nonneg_int, default=d.min_target)
-    parser.add_argument("--max-target", type=_nonneg_int, default=d.max_target)
+    parser.add_argument("--min-target", type=runio.nonneg_int, default=d.min_target)
+    parser.add_argument("--max-target", type=runio.nonneg_int, default=d.max_target)
     parser.add_argument("--reward", choices=seq_demo.REWARDS, default=d.reward)
     parser.add_argument(
         "--kl",
@@ -91,17 +71,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         f"reward, kN-loss adds it to the loss (default {d.kl})",
     )
     parser.add_argument(
-        "--beta", type=_nonneg_float, default=d.beta, help=f"KL coefficient (default {d.beta})"
+        "--beta", type=runio.nonneg_float, default=d.beta, help=f"KL coefficient (default {d.beta})"
     )
     parser.add_argument(
         "--entropy",
-        type=_nonneg_float,
+        type=runio.nonneg_float,
         default=d.entropy,
         help=f"entropy-bonus coefficient (exact per-token entropy; default {d.entropy})",
     )
     parser.add_argument(
         "--warmup",
-        type=_nonneg_int,
+        type=runio.nonneg_int,
         default=d.warmup,
         help=f"linear learning-rate warm-up steps (default {d.warmup})",
     )
@@ -118,7 +98,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=None,
         help="override every variant's own aggregation",
     )
-    parser.add_argument("--baseline-decay", type=_nonneg_float, default=d.baseline_decay)
+    parser.add_argument("--baseline-decay", type=runio.nonneg_float, default=d.baseline_decay)
     parser.add_argument("--d-model", type=pos, default=d.d_model)
     parser.add_argument("--heads", type=pos, default=d.heads)
     parser.add_argument("--layers", type=pos, default=d.layers)
@@ -127,7 +107,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--threshold",
-        type=_nonneg_float,
+        type=runio.nonneg_float,
         default=d.threshold,
         help="exact success probability that counts as reaching the top reward",
     )
