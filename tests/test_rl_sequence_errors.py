@@ -297,3 +297,24 @@ def test_valid_edge_cases_still_work():
         lambda lp, c: seq.sequence_policy_loss(lp, ADV, M, old_logp_gkt=LP, clip_eps=c)
     )
     assert np.isfinite(clip_fn(jnp.asarray(LP), 0.2))
+
+
+def test_advantages_dispatches_to_each_estimator():
+    """``rl.sequence.advantages`` is each named estimator, and refuses an unknown name."""
+    r = jnp.array([[1.0, 0.0, 2.0], [0.5, 0.5, 1.5]])
+    greedy = jnp.array([1.0, 0.0])
+    expected = {
+        "reinforce": seq.reinforce_advantages(r, 0.3),
+        "rloo": seq.rloo_advantages(r),
+        "grpo": seq.grpo_advantages(r),
+        "dr-grpo": seq.dr_grpo_advantages(r),
+        "reinforce++": seq.reinforce_pp_advantages(r),
+        "reinforce++-baseline": seq.reinforce_pp_advantages(r, group_baseline=True),
+        "remax": seq.remax_advantages(r, greedy),
+    }
+    assert set(expected) == set(seq.ADVANTAGE_ESTIMATORS)
+    for name, want in expected.items():
+        got = seq.advantages(name, r, baseline=0.3, greedy_rewards_g=greedy)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    with pytest.raises(ValueError, match=r"advantages: unknown estimator 'ppo'; one of reinforce"):
+        seq.advantages("ppo", r)

@@ -247,22 +247,16 @@ def _batch_loss(
         r = seq.kl_penalized_rewards(
             r, b["logp_gkt"], b["ref_logp_gkt"], b["mask_gkt"], beta, estimator=kl[:2]
         )
-    adv = {
-        "reinforce": lambda: seq.reinforce_advantages(r, baseline),
-        "rloo": lambda: seq.rloo_advantages(r),
-        "grpo": lambda: seq.grpo_advantages(r),
-        "dr-grpo": lambda: seq.dr_grpo_advantages(r),
-        "reinforce++": lambda: seq.reinforce_pp_advantages(r),
-        "reinforce++-baseline": lambda: seq.reinforce_pp_advantages(r, group_baseline=True),
-        "remax": lambda: seq.remax_advantages(r, b["greedy_rewards_g"]),
-    }
-    if advantage not in adv:
-        raise ValueError(f"surrogate_loss: unknown advantage {advantage!r}; one of {list(adv)}.")
+    if advantage not in seq.ADVANTAGE_ESTIMATORS:
+        raise ValueError(
+            f"surrogate_loss: unknown advantage {advantage!r}; one of "
+            f"{list(seq.ADVANTAGE_ESTIMATORS)}."
+        )
     if kl not in KL_MODES:
         raise ValueError(f"surrogate_loss: unknown kl {kl!r}; one of {list(KL_MODES)}.")
     loss = seq.sequence_policy_loss(
         b["logp_gkt"],
-        adv[advantage](),
+        seq.advantages(advantage, r, baseline=baseline, greedy_rewards_g=b.get("greedy_rewards_g")),
         b["mask_gkt"],
         old_logp_gkt=old_logp_gkt,
         clip_eps=clip_eps,

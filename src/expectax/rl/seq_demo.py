@@ -400,19 +400,12 @@ def _advantages(c: SeqConfig, r_gk, greedy_r_g, base_state):
     from expectax.rl import sequence as seq
 
     adv = VARIANTS[c.variant][0]
-    if adv == "reinforce":
+    if adv == "reinforce":  # the baseline: a moving average of earlier batches' mean reward
         b, new_state = losses.moving_average_baseline(
             base_state, r_gk.reshape(-1, 1), decay=c.baseline_decay
         )
-        return seq.reinforce_advantages(r_gk, b[0]), new_state
-    fns: dict[str, Callable[[], jax.Array]] = {
-        "rloo": lambda: seq.rloo_advantages(r_gk),
-        "grpo": lambda: seq.grpo_advantages(r_gk),
-        "dr-grpo": lambda: seq.dr_grpo_advantages(r_gk),
-        "reinforce++": lambda: seq.reinforce_pp_advantages(r_gk),
-        "remax": lambda: seq.remax_advantages(r_gk, greedy_r_g),
-    }
-    return fns[adv](), base_state
+        return seq.advantages(adv, r_gk, baseline=b[0]), new_state
+    return seq.advantages(adv, r_gk, greedy_rewards_g=greedy_r_g), base_state
 
 
 def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
@@ -449,7 +442,7 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
         if VARIANTS[c.variant][0] == "remax":
             gc, gm = jax.vmap(lambda s: sample_completion(model, c, s, key, greedy=True))(targets)
             greedy_r = rewards_for(c, digit_sums(c, gc, gm), targets)
-            if c.kl.endswith("-reward") and c.beta > 0:
+            if reward_kl:
                 glp = logp_all(params, targets, gc[:, None], gm[:, None])
                 glp_ref = logp_all(ref_params, targets, gc[:, None], gm[:, None])
                 greedy_r = seq.kl_penalized_rewards(

@@ -38,6 +38,7 @@ arrays to be differentiated.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -47,7 +48,9 @@ import numpy as np
 from expectax.estimators.base import magic_box
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "LOSS_AGG_MODES",
+    "advantages",
     "aggregate_loss",
     "clipped_surrogate",
     "dr_grpo_advantages",
@@ -463,6 +466,43 @@ def remax_advantages(rewards_gk, greedy_rewards_g) -> jax.Array:
     _check_finite("rewards_gk", r, fn)
     _check_finite("greedy_rewards_g", b, fn)
     return jax.lax.stop_gradient(r - b[:, None])
+
+
+#: The names :func:`advantages` dispatches on (one per advantage estimator above).
+ADVANTAGE_ESTIMATORS = (
+    "reinforce",
+    "rloo",
+    "grpo",
+    "dr-grpo",
+    "reinforce++",
+    "reinforce++-baseline",
+    "remax",
+)
+
+
+def advantages(name: str, rewards_gk, *, baseline=0.0, greedy_rewards_g=None) -> jax.Array:
+    """The ``(G, K)`` advantages of the estimator ``name``, one of :data:`ADVANTAGE_ESTIMATORS`.
+
+    A registry in one function (what a trainer's ``--advantage`` flag selects):
+    ``"reinforce"`` is :func:`reinforce_advantages` with ``baseline``, ``"remax"``
+    :func:`remax_advantages` with ``greedy_rewards_g``, ``"reinforce++-baseline"``
+    :func:`reinforce_pp_advantages` with ``group_baseline=True``; the others take only the
+    rewards.
+    """
+    estimators: dict[str, Callable[[], jax.Array]] = {
+        "reinforce": lambda: reinforce_advantages(rewards_gk, baseline),
+        "rloo": lambda: rloo_advantages(rewards_gk),
+        "grpo": lambda: grpo_advantages(rewards_gk),
+        "dr-grpo": lambda: dr_grpo_advantages(rewards_gk),
+        "reinforce++": lambda: reinforce_pp_advantages(rewards_gk),
+        "reinforce++-baseline": lambda: reinforce_pp_advantages(rewards_gk, group_baseline=True),
+        "remax": lambda: remax_advantages(rewards_gk, greedy_rewards_g),
+    }
+    if name not in estimators:
+        raise ValueError(
+            f"advantages: unknown estimator {name!r}; one of {', '.join(ADVANTAGE_ESTIMATORS)}."
+        )
+    return estimators[name]()
 
 
 # --------------------------------------------------------------------------------------------
