@@ -60,8 +60,8 @@ __all__ = [
     "SampleSplit",
     "check_mesh",
     "check_split_axis",
-    "mesh_axis",
     "claim_split",
+    "mesh_axis",
     "particle_map",
     "sharded_chunk_mean",
     "sharded_per_sample",
@@ -366,13 +366,7 @@ def particle_map(
     """
 
     def run(fn: Callable[[jax.Array], PyTree], keys: jax.Array) -> PyTree:
-        n = keys.shape[0]
-        devices = int(mesh.shape[axis_name])
-        if n % devices:
-            raise ValueError(
-                f"mesh: {n} particles cannot be split evenly over the {devices} devices of axis "
-                f"{axis_name!r}; use num_particles a multiple of {devices}."
-            )
+        check_split_axis(mesh, axis_name, keys.shape[0], "particles")
 
         def body(local_keys: jax.Array) -> PyTree:
             return jax.vmap(fn)(local_keys) if vectorize else jax.lax.map(fn, local_keys)
