@@ -16,26 +16,20 @@ and point to the command or benchmark that runs it in full.
 from __future__ import annotations
 
 import re
-import textwrap
+import sys
 from pathlib import Path
 
 import matplotlib
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-NO_RUN = "<!-- no-run -->"
+sys.path.insert(0, str(DOCS / "tools"))
+from doc_blocks import NO_RUN, python_blocks  # noqa: E402 - the site build's parser too
 
 
 def blocks(path: Path) -> list[tuple[int, str, bool]]:
     """``(line, code, runs)`` for each ```python block of a markdown file."""
-    text = path.read_text()
-    out = []
-    for match in re.finditer(r"```python\n(.*?)^[ \t]*```", text, flags=re.S | re.M):
-        start = match.start()
-        line = text.count("\n", 0, start) + 1
-        preceding = text[:start].rstrip().rsplit("\n", 1)[-1].strip()
-        out.append((line, textwrap.dedent(match.group(1)), preceding != NO_RUN))
-    return out
+    return [(b.line, b.code, b.runs) for b in python_blocks(path.read_text())]
 
 
 GUIDES = sorted(DOCS.glob("*.md"))

@@ -37,14 +37,15 @@ from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_blocks import python_blocks  # noqa: E402 - the parser tests/test_docs_examples.py uses
+
 KATEX_VERSION = "0.16.22"
 KATEX_SHA512 = (
     "XCHRdUw4lf3SKBaJe4EvgqIuWwkPSo9XoeO8GjQW94Bp7TWv9hNhzZjZ+OH9yf1UmLygb7DIT5GSFQiyt16zYg=="
 )
 KATEX_FILES = ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js")
 
-NO_RUN = "<!-- no-run -->"  # the marker of tests/test_docs_examples.py
-PYTHON_BLOCK = re.compile(r"```python\n(.*?)^([ \t]*)```", flags=re.S | re.M)  # as in that test
 INCLUDE = re.compile(r"^<!-- include: (?P<path>\S+) -->[ \t]*$", flags=re.M)
 LINK = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]\n]*)\]\((?P<target>[^)\s]+)\)")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -193,12 +194,10 @@ def _run_examples(markdown: str, page_file: Path) -> str:
     last = 0
     start_time = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, _chdir(tmp):
-        for match in PYTHON_BLOCK.finditer(markdown):
-            preceding = markdown[: match.start()].rstrip().rsplit("\n", 1)[-1].strip()
-            if preceding == NO_RUN:
+        for block in python_blocks(markdown):
+            if not block.runs:
                 continue
-            line = markdown.count("\n", 0, match.start()) + 1
-            code = textwrap.dedent(match.group(1))
+            line, code = block.line, block.code
             out = io.StringIO()
             try:
                 with contextlib.redirect_stdout(out):
@@ -211,14 +210,14 @@ def _run_examples(markdown: str, page_file: Path) -> str:
                 ) from err
             printed = out.getvalue().rstrip()
             if printed:
-                indent = match.group(2)
+                indent = block.indent
                 shown = textwrap.indent(printed, indent, lambda _: True)
-                pieces.append(markdown[last : match.end()])
+                pieces.append(markdown[last : block.end])
                 pieces.append(
                     f'\n\n{indent}```text title="Output (run when this site was built)"\n'
                     f"{shown}\n{indent}```"
                 )
-                last = match.end()
+                last = block.end
     pieces.append(markdown[last:])
     _state.setdefault("timings", []).append((name, time.perf_counter() - start_time))
     return "".join(pieces)
