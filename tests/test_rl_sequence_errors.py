@@ -256,6 +256,18 @@ CASES = {
         lambda S: S.grpo_advantages(R, ddof=2),
         r"grpo_advantages: ddof must be 0 or 1",
     ),
+    # eps=-1 used to give ±inf and NaN silently (issue 19)
+    **{
+        f"{name}-eps-{bad}": (
+            lambda S, fn=fn, bad=bad: fn(S, float(bad)),
+            rf"{name}: eps must be a finite scalar ≥ 0 .* got {bad}",
+        )
+        for name, fn in {
+            "grpo_advantages": lambda S, e: S.grpo_advantages(R, eps=e),
+            "reinforce_pp_advantages": lambda S, e: S.reinforce_pp_advantages(R, eps=e),
+        }.items()
+        for bad in ("-1", "nan", "inf")
+    },
 }
 
 
@@ -288,6 +300,12 @@ def test_valid_edge_cases_still_work():
     import jax
 
     assert seq.reinforce_advantages(R[:, :1]).shape == (G, 1)
+    # eps = 0 is allowed: a group of equal rewards gets zero advantages, not 0/0
+    same = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]], np.float32)
+    adv0 = seq.grpo_advantages(same, eps=0.0)
+    np.testing.assert_array_equal(adv0[0], 0.0)
+    np.testing.assert_allclose(adv0[1], [-1.0, 0.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(seq.reinforce_pp_advantages(np.ones((2, 3)), eps=0.0), 0.0)
     assert seq.remax_advantages(R[:, :1], np.zeros(G, np.float32)).shape == (G, 1)
     assert np.isfinite(seq.sequence_policy_loss(LP, ADV, EMPTY_SEQ))
     assert np.isfinite(seq.aggregate_loss(LOSS, EMPTY_SEQ, "token-mean"))

@@ -91,7 +91,8 @@ def _numpy_boundary(fn):
         any_jax = any(isinstance(v, jax.Array) for v in values)
         any_numpy = any(isinstance(v, np.ndarray) for v in values)
         out = fn(*args, **kwargs)
-        if any_numpy and not any_jax:
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(out))
+        if any_numpy and not any_jax and not traced:  # inside jit the result stays a tracer
             return jax.tree_util.tree_map(np.asarray, out)
         return out
 
@@ -102,6 +103,19 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _host(x) -> np.ndarray | None:
+    """``x`` as a NumPy array when its values are known, ``None`` under a trace.
+
+    Value checks compute on this host copy (never with ``jnp``, whose operations inside
+    ``jax.jit`` return tracers even on concrete inputs, so that ``bool(...)`` of them raises
+    ``TracerBoolConversionError``): an array closed over by a jitted function is still checked,
+    a traced one passes through.
+    """
+    if not _is_concrete(x):
+        return None
+    return np.asarray(x)
+
+
 def _as_array(name: str, x, fn: str, rank: int | tuple[int, ...]) -> jax.Array:
     ranks = (rank,) if isinstance(rank, int) else rank
     if x is None:
@@ -109,9 +123,12 @@ def _as_array(name: str, x, fn: str, rank: int | tuple[int, ...]) -> jax.Array:
     if not hasattr(x, "shape") and not isinstance(x, int | float):
         # lists and tuples: accept, as NumPy would
         x = np.asarray(x)
-    arr = jnp.asarray(x)
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.float32)
+    # NumPy in, or a JAX array closed over by a jitted function: keep it concrete (not a
+    # constant of the trace), so that the value checks still see it
+    with jax.ensure_compile_time_eval():
+        arr = jnp.asarray(x)
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            arr = arr.astype(jnp.float32)
     if arr.ndim not in ranks:
         want = " or ".join(map(str, ranks))
         raise ValueError(
@@ -135,8 +152,9 @@ _SHAPE_HINT = {
 
 
 def _check_finite(name: str, x: jax.Array, fn: str) -> None:
-    if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        bad = np.argwhere(~np.isfinite(np.asarray(x)))[0].tolist()
+    arr = _host(x)
+    if arr is not None and not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0].tolist()
         what = (
             "Fix the reward function or drop the completion (and its group) before computing "
             "advantages."
@@ -150,9 +168,9 @@ def _check_finite(name: str, x: jax.Array, fn: str) -> None:
 
 def _check_logp(name: str, x: jax.Array, fn: str) -> None:
     """Log-probabilities must be finite and ≤ 0 (catches logits, probabilities of 0, NaN)."""
-    if not _is_concrete(x):
+    arr = _host(x)
+    if arr is None:
         return
-    arr = np.asarray(x)
     if np.any(np.isnan(arr)):
         bad = tuple(np.argwhere(np.isnan(arr))[0].tolist())
         raise ValueError(
@@ -178,9 +196,9 @@ def _check_logp(name: str, x: jax.Array, fn: str) -> None:
 
 def _check_mask_values(name: str, m: jax.Array, fn: str) -> None:
     """A mask holds 1 for real tokens and 0 for padding (weights in [0, 1] are accepted)."""
-    if not _is_concrete(m):
+    arr = _host(m)
+    if arr is None:
         return
-    arr = np.asarray(m)
     bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
     if np.any(bad):
         where = tuple(np.argwhere(bad)[0].tolist())
@@ -221,8 +239,26 @@ def _mask(mask_gkt, like: jax.Array, fn: str, like_name: str = "logp_gkt") -> ja
 
 def _check_nonnegative(name: str, value, fn: str) -> None:
     """A coefficient ≥ 0 (checked when concrete: a traced schedule passes through)."""
-    if _is_concrete(value) and not bool(np.all(np.asarray(value) >= 0)):
+    arr = _host(value)
+    if arr is not None and not np.all(arr >= 0):
         raise ValueError(f"{fn}: {name} must be ≥ 0 (and not NaN), got {value!r}.")
+
+
+def _check_eps(eps, fn: str, name: str = "eps") -> None:
+    """A stabiliser added to a standard deviation: finite and ≥ 0 (checked when concrete)."""
+    arr = _host(eps)
+    if arr is not None and not (arr.ndim == 0 and np.isfinite(arr) and arr >= 0):
+        raise ValueError(
+            f"{fn}: {name} must be a finite scalar ≥ 0 (it is added to the standard deviation "
+            f"before dividing), got {eps!r}. Use a small positive value such as 1e-4 (TRL) or "
+            "1e-6 (verl)."
+        )
+
+
+def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+    """``num / den``, and 0 where ``den == 0`` (a group of equal rewards with ``eps = 0``)."""
+    ok = den != 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
 def _group_mean(r_gk: jax.Array) -> jax.Array:
@@ -262,7 +298,8 @@ def reinforce_advantages(rewards_gk, baseline=0.0) -> jax.Array:
     fn = "reinforce_advantages"
     r = _as_array("rewards_gk", rewards_gk, fn, 2)
     _check_finite("rewards_gk", r, fn)
-    b = jnp.asarray(baseline, r.dtype)
+    with jax.ensure_compile_time_eval():
+        b = jnp.asarray(baseline, r.dtype)
     _check_finite("baseline", b, fn)
     if b.ndim == 1:
         if b.shape != r.shape[:1]:
@@ -330,7 +367,8 @@ def grpo_advantages(rewards_gk, eps: float = 1e-4, ddof: int = 1) -> jax.Array:
 
     Args:
       rewards_gk: ``(G, K)`` rewards, ``K ≥ 2``.
-      eps: added to the std, as in TRL's ``GRPOTrainer`` (1e-4).
+      eps: added to the std, as in TRL's ``GRPOTrainer`` (1e-4); a finite scalar ≥ 0. With
+        ``eps = 0`` a group of equal rewards gets zero advantages (not 0/0).
       ddof: 1 for the sample std (``torch.std``'s default, used by TRL), 0 for the population
         std.
 
@@ -347,9 +385,10 @@ def grpo_advantages(rewards_gk, eps: float = 1e-4, ddof: int = 1) -> jax.Array:
     _check_finite("rewards_gk", r, fn)
     if ddof not in (0, 1):
         raise ValueError(f"{fn}: ddof must be 0 or 1, got {ddof}.")
+    _check_eps(eps, fn)
     d = r - _group_mean(r)
     std = jnp.sqrt(jnp.sum(d**2, axis=1, keepdims=True) / (r.shape[1] - ddof))
-    return jax.lax.stop_gradient(d / (std + eps))
+    return jax.lax.stop_gradient(_safe_divide(d, std + eps))
 
 
 @_numpy_boundary
@@ -414,6 +453,7 @@ def reinforce_pp_advantages(
     fn = "reinforce_pp_advantages"
     r = _as_array("rewards_gk", rewards_gk, fn, 2)
     _check_finite("rewards_gk", r, fn)
+    _check_eps(eps, fn)
     if group_baseline:
         _check_group_size(fn, r, 2, "group_baseline=True")
         r = r - _group_mean(r)
@@ -421,7 +461,8 @@ def reinforce_pp_advantages(
     _check_same_shape(fn, "rewards_gk", r, mask_gk=m)
     if mask_gk is not None:
         _check_mask_values("mask_gk", m, fn)
-        if _is_concrete(m) and not bool(jnp.any(m > 0)):
+        m_host = _host(m)
+        if m_host is not None and not np.any(m_host > 0):
             raise ValueError(
                 f"{fn}: mask_gk excludes every completion, so the batch mean and std are "
                 "undefined. Keep at least one completion (1 in mask_gk) or skip the batch."
@@ -429,7 +470,7 @@ def reinforce_pp_advantages(
     n = jnp.maximum(jnp.sum(m), 1.0)
     mean = jnp.sum(r * m) / n
     std = jnp.sqrt(jnp.sum(jnp.square(r - mean) * m) / n)
-    return jax.lax.stop_gradient((r - mean) / (std + eps) * m)
+    return jax.lax.stop_gradient(_safe_divide(r - mean, std + eps) * m)
 
 
 @_numpy_boundary
@@ -754,7 +795,8 @@ def _clipped(
             "advantages must match token for token."
         )
     adv = jax.lax.stop_gradient(adv)
-    if clip_eps is None or (_is_concrete(clip_eps) and clip_eps == float("inf")):
+    eps_host = None if clip_eps is None else _host(clip_eps)
+    if clip_eps is None or (eps_host is not None and np.all(eps_host == np.inf)):
         return -ratio * adv
     hi = clip_eps if clip_eps_high is None else clip_eps_high
     _check_nonnegative("clip_eps", clip_eps, fn)
@@ -818,7 +860,8 @@ def _aggregate(
     if loss_agg_mode == "seq-mean-token-sum":
         return jnp.mean(jnp.sum(masked, axis=-1))
     if loss_agg_mode == "token-mean":
-        if _is_concrete(m) and not bool(jnp.any(m > 0)):
+        m_host = _host(m)
+        if m_host is not None and not np.any(m_host > 0):
             raise ValueError(
                 f"{fn}: mask_gkt has no tokens at all, so 'token-mean' would divide by zero. "
                 "Pass the mask of this batch's completions (1 for each token, EOS included)."
@@ -826,8 +869,9 @@ def _aggregate(
         return jnp.sum(masked) / jnp.maximum(jnp.sum(m), 1.0)
     if loss_agg_mode == "seq-mean-token-mean":
         lengths = jnp.sum(m, axis=-1)
-        if _is_concrete(lengths) and bool(jnp.any(lengths == 0)):
-            g, k = np.argwhere(np.asarray(lengths) == 0)[0].tolist()
+        m_host = _host(m)
+        if m_host is not None and np.any(m_host.sum(-1) == 0):
+            g, k = np.argwhere(m_host.sum(-1) == 0)[0].tolist()
             raise ValueError(
                 f"{fn}: mask_gkt leaves sequence (group {g}, completion {k}) with no tokens, so "
                 "'seq-mean-token-mean' would divide by zero. Keep at least one token (e.g. EOS) "
@@ -836,7 +880,8 @@ def _aggregate(
         return jnp.mean(jnp.sum(masked, axis=-1) / jnp.maximum(lengths, 1.0))
     # "seq-mean-token-sum-norm"
     c = loss.shape[-1] if constant is None else constant
-    if _is_concrete(c) and not bool(np.all(np.asarray(c) > 0)):
+    c_host = _host(c)
+    if c_host is not None and not np.all(c_host > 0):
         raise ValueError(f"{fn}: constant must be > 0, got {c!r}.")
     return jnp.mean(jnp.sum(masked, axis=-1)) / c
 
