@@ -44,14 +44,22 @@ from expectax.rl.sequence import (
     rloo_advantages,
     sequence_policy_loss,
 )
-from expectax.rl.train import (
-    Config,
-    TrainingError,
-    load_checkpoint,
-    make_jax_trainer,
-    save_checkpoint,
-    train,
-)
+
+#: The Gymnasium trainer's names (``expectax rl``): it needs the ``apps`` extra (optax,
+#: gymnasium), so it is imported on first use; :mod:`expectax.rl.sequence`, the losses and the
+#: policies import with the core alone.
+_TRAINER = ("Config", "TrainingError", "load_checkpoint", "make_jax_trainer", "save_checkpoint")
+
+
+def __getattr__(name: str):
+    # ``train`` is both the function and its module: importing the module makes
+    # ``expectax.rl.train`` the module, which is callable (it calls the function).
+    if name in _TRAINER or name == "train":
+        import importlib
+
+        return getattr(importlib.import_module("expectax.rl.train"), name)
+    raise AttributeError(f"module 'expectax.rl' has no attribute {name!r}")
+
 
 __all__ = [
     "Config",

@@ -31,7 +31,9 @@ import difflib
 import json
 import math
 import os
+import sys
 import time
+import types
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -1151,3 +1153,14 @@ def train(
                 threshold,
             )
     return {"state": state, "history": history, **summary}
+
+
+class _CallableModule(types.ModuleType):
+    """``expectax.rl.train`` names both this module and its :func:`train`: importing the module
+    makes the package attribute the module, so the module calls the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

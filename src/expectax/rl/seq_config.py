@@ -1,0 +1,177 @@
+"""``expectax rl-seq``'s configuration: the variants, the options and :class:`SeqConfig`.
+
+Separate from :mod:`expectax.rl.seq_demo` (the transformer and the training, which need
+equinox) so that ``expectax rl-seq --help`` lists every flag and its choices without the
+``seq`` extra installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "KL_MODES",
+    "LOSS_AGG_MODES",
+    "REWARDS",
+    "SCHEDULES",
+    "VARIANTS",
+    "SeqConfig",
+]
+
+#: variant -> (advantage estimator, default loss aggregation), as in each paper's recipe.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "reinforce": ("reinforce", "seq-mean-token-sum"),  # moving-average baseline (Williams 1992)
+    "rloo": ("rloo", "seq-mean-token-sum"),  # Ahmadian et al. (2024)
+    "grpo": ("grpo", "seq-mean-token-mean"),  # Shao et al. (2024): std norm + per-seq length
+    "dr-grpo": ("dr-grpo", "seq-mean-token-sum-norm"),  # Liu et al. (2025): constant L
+    "reinforce++": ("reinforce++", "token-mean"),  # Hu (2025): batch normalisation, OpenRLHF
+    "remax": ("remax", "seq-mean-token-sum"),  # Li et al. (2024): greedy baseline
+}
+DEFAULT_VARIANTS = ("reinforce", "rloo", "grpo", "dr-grpo", "reinforce++")
+KL_MODES = (
+    "none",
+    "k1-reward",
+    "k2-reward",
+    "k3-reward",
+    "k1-loss",
+    "k2-loss",
+    "k3-loss",
+)
+REWARDS = ("exact", "partial")
+SCHEDULES = ("constant", "cosine")
+LOSS_AGG_MODES = (
+    "seq-mean-token-sum",
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqConfig:
+    """One variant's training run (every seed of :func:`train` shares it).
+
+    Attributes:
+      variant: a key of :data:`VARIANTS`.
+      digits: ``D``, the digits ``0 … D−1`` (the output vocabulary is ``D + 1`` with EOS).
+      max_len: ``L``, tokens per completion at most (EOS included).
+      min_target, max_target: the prompts' targets, uniform on ``[min_target, max_target]``
+        (``max_target ≤ (D − 1) L``).
+      reward: ``"exact"`` (1 if the sum is the target, else 0) or ``"partial"``.
+      groups, group_size: ``G`` prompts per step and ``K`` completions per prompt.
+      steps, learning_rate: Adam steps and step size (optax).
+      kl, beta: KL handling (:data:`KL_MODES`) and coefficient ``β``.
+      entropy: coefficient of an entropy bonus (the exact entropy of ``π(·|s, y_{<t})`` at every
+        sampled position, aggregated as the loss; subtracted from the loss). 0: none.
+      warmup, schedule: linear learning-rate warm-up steps, then ``"constant"`` or
+        ``"cosine"`` decay (to 0 at ``steps``; optax's ``warmup_cosine_decay_schedule``).
+      loss_agg_mode: override the variant's aggregation (``None``: the variant's own).
+      baseline_decay: the moving average of ``"reinforce"``.
+      d_model, heads, layers: the transformer's width, attention heads, blocks.
+      eval_every: steps between exact evaluations (and per compiled chunk of steps).
+      threshold: the success probability that counts as reaching the top reward.
+    """
+
+    variant: str = "rloo"
+    digits: int = 5
+    max_len: int = 4
+    min_target: int = 0
+    max_target: int = 12
+    reward: str = "exact"
+    groups: int = 16
+    group_size: int = 16
+    steps: int = 600
+    learning_rate: float = 2e-3
+    kl: str = "k2-loss"
+    beta: float = 0.05
+    entropy: float = 0.02
+    warmup: int = 50
+    schedule: str = "cosine"
+    loss_agg_mode: str | None = None
+    baseline_decay: float = 0.9
+    d_model: int = 32
+    heads: int = 2
+    layers: int = 2
+    eval_every: int = 100
+    threshold: float = 0.95
+
+    @property
+    def agg(self) -> str:
+        return self.loss_agg_mode or VARIANTS[self.variant][1]
+
+    @property
+    def num_targets(self) -> int:
+        return self.max_target - self.min_target + 1
+
+    def validate(self) -> SeqConfig:
+        """Raise ``ValueError`` naming the field for an inconsistent configuration."""
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(
+            self.variant in VARIANTS,
+            f"variant: unknown {self.variant!r}; choose from {', '.join(VARIANTS)}.",
+        )
+        for name in ("digits", "max_len", "groups", "steps", "d_model", "heads", "layers"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}.")
+        need(self.digits >= 2, f"digits must be at least 2, got {self.digits}.")
+        need(
+            self.max_len <= 6,
+            f"max_len must be at most 6 (the evaluation enumerates every completion), got "
+            f"{self.max_len}.",
+        )
+        top = (self.digits - 1) * self.max_len
+        need(
+            0 <= self.min_target <= self.max_target <= top,
+            f"targets must satisfy 0 <= min_target <= max_target <= (digits-1)*max_len = {top}, "
+            f"got [{self.min_target}, {self.max_target}].",
+        )
+        need(
+            math.isfinite(self.entropy) and self.entropy >= 0,
+            f"entropy must be ≥ 0, got {self.entropy}.",
+        )
+        need(
+            isinstance(self.warmup, int) and 0 <= self.warmup < self.steps,
+            f"warmup must be an integer in [0, steps), got {self.warmup!r}.",
+        )
+        need(
+            self.schedule in SCHEDULES,
+            f"schedule: unknown {self.schedule!r}; choose from {', '.join(SCHEDULES)}.",
+        )
+        need(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}.")
+        need(self.kl in KL_MODES, f"kl: unknown {self.kl!r}; choose from {', '.join(KL_MODES)}.")
+        need(math.isfinite(self.beta) and self.beta >= 0, f"beta must be ≥ 0, got {self.beta}.")
+        need(
+            self.loss_agg_mode is None or self.loss_agg_mode in LOSS_AGG_MODES,
+            f"loss_agg_mode: unknown {self.loss_agg_mode!r}; one of {', '.join(LOSS_AGG_MODES)}.",
+        )
+        need(
+            self.d_model % self.heads == 0,
+            f"d_model ({self.d_model}) must be a multiple of heads ({self.heads}).",
+        )
+        need(
+            0.0 <= self.baseline_decay < 1.0,
+            f"baseline_decay must be in [0, 1), got {self.baseline_decay}.",
+        )
+        need(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"learning_rate must be positive, got {self.learning_rate}.",
+        )
+        adv = VARIANTS[self.variant][0]
+        need(
+            not (adv in ("rloo", "grpo", "dr-grpo") and self.group_size < 2),
+            f"group_size must be at least 2 for {self.variant} (a group baseline), got "
+            f"{self.group_size}.",
+        )
+        need(self.group_size >= 1, f"group_size must be positive, got {self.group_size}.")
+        need(
+            isinstance(self.eval_every, int) and self.eval_every >= 1,
+            f"eval_every must be a positive integer, got {self.eval_every!r}.",
+        )
+        need(0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}.")
+        return self
