@@ -113,10 +113,13 @@ def test_runs_several_seeds_writes_files_and_refuses_to_overwrite(tmp_path, caps
     argv += ["--seed", "3", "4", "--variance-every", "20", "--json"]
     assert blr.run(_args(tmp_path, *argv)) == 0
     summary = json.loads(capsys.readouterr().out)
-    for name in ("blr_pathwise_none_seed3.csv", "blr_pathwise_none_seed4.csv", "blr_curves.png"):
+    for name in ("log.csv", "summary.csv", "summary.json", "curve.png"):
         assert (tmp_path / name).exists(), name
-    with open(tmp_path / "blr_pathwise_none_seed3.csv") as fh:
-        rows = list(csv.DictReader(fh))
+    with open(tmp_path / "log.csv") as fh:
+        log = list(csv.DictReader(fh))
+    assert {r["seed"] for r in log} == {"3", "4"}
+    rows = [r for r in log if r["seed"] == "3"]
+    assert {r["estimator"] for r in rows} == {"pathwise"}
     assert [int(r["step"]) for r in rows] == [0, 10, 20, 30, 40]
     elbo = [float(r["elbo"]) for r in rows]
     assert elbo[-1] > elbo[0] + 100.0, elbo
@@ -124,12 +127,12 @@ def test_runs_several_seeds_writes_files_and_refuses_to_overwrite(tmp_path, caps
     assert [r["seed"] for r in summary["runs"]] == [3, 4]
     assert summary["runs"][0]["final_elbo"] != summary["runs"][1]["final_elbo"]
     assert abs(summary["optimum"] + 67.4634) < 5e-4
-    with open(tmp_path / "blr_summary.csv") as fh:
+    with open(tmp_path / "summary.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
-    before = (tmp_path / "blr_summary.csv").read_text()
+    before = (tmp_path / "summary.csv").read_text()
     assert blr.run(_args(tmp_path, *argv)) == 2  # refuses an earlier run's files
     assert "already holds an earlier run" in capsys.readouterr().err
-    assert (tmp_path / "blr_summary.csv").read_text() == before
+    assert (tmp_path / "summary.csv").read_text() == before
     assert blr.run(_args(tmp_path, *argv, "--overwrite")) == 0
 
 
@@ -139,7 +142,7 @@ def test_diverged_run_is_reported_as_diverged(tmp_path, capsys):
     (r,) = json.loads(capsys.readouterr().out)["runs"]
     assert r["status"] == "diverged" and r["diverged_at_step"] <= 30
     assert r["final_elbo"] is None and r["accuracy"] is None
-    assert (tmp_path / "blr_curves.png").exists()
+    assert (tmp_path / "curve.png").exists()
 
 
 def test_command_line_refusals(tmp_path, capsys):

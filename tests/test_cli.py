@@ -134,7 +134,7 @@ CLI_CATALOGUE = [
     ("file raises", "problem = undefined_name\n", [], "failed with NameError: name 'undefined"),
     ("missing object", "other = 1\n", [], "defines no 'problem'; it defines"),
     ("missing keys", "problem = {'f': 1}\n", [], r"lacks keys \['dist_fn', 'params'\]"),
-    ("unknown estimator", None, ["--estimator", "nope"], "--estimator: unknown 'nope'"),
+    ("unknown estimator", None, ["--estimator", "nope"], "--estimator: invalid choice 'nope'"),
     ("repeats 1", None, ["--repeats", "1"], "--repeats must be at least 2"),
     ("num samples 0", None, ["--num-samples", "0"], "--num-samples must be at least 1, got 0"),
     ("huge seed", None, ["--seed", str(10**30)], "--seed: seed must be a 64-bit integer"),

@@ -111,7 +111,7 @@ def test_a_sample_is_one_of_the_enumerated_completions(easy_run):
 
 def test_initial_policy_is_uniform_and_the_reference(easy_run):
     _, _, out = easy_run
-    rows = (out / "rl_seq_evals.csv").read_text().splitlines()
+    rows = (out / "evals.csv").read_text().splitlines()
     head = rows[0].split(",")
     first = [dict(zip(head, r.split(","), strict=True)) for r in rows[1:]]
     first = [r for r in first if r["step"] == "0"]
@@ -132,9 +132,9 @@ def test_rewards_exact_and_partial():
 def test_cli_json_run_trains_and_writes_files(easy_run):
     rc, summary, out = easy_run
     assert rc == 0
-    for name in ("rl_seq_curves.csv", "rl_seq_evals.csv", "rl_seq_summary.json"):
+    for name in ("log.csv", "evals.csv", "summary.json"):
         assert (out / name).is_file()
-    assert (out / "rl_seq_curves.png").stat().st_size > 0
+    assert (out / "curve.png").stat().st_size > 0
     (group,) = summary["groups"]
     assert group["variant"] == "rloo" and group["seeds"] == [0, 1]
     assert group["tokens_per_s"] > 0
@@ -146,7 +146,7 @@ def test_cli_json_run_trains_and_writes_files(easy_run):
     # the uniform initial policy succeeds with probability 1/3 on average (≤ 5/9 on every
     # target); 30 steps of RLOO raise it well above that on both seeds (deterministic keys)
     assert all(r["success"] > 0.6 for r in runs), [r["success"] for r in runs]
-    evals = (out / "rl_seq_evals.csv").read_text().splitlines()
+    evals = (out / "evals.csv").read_text().splitlines()
     assert evals[0].startswith("variant,seed,step,success")
     assert len(evals) == 1 + 2 * 2  # two seeds × (step 0, step 30)
 
@@ -161,7 +161,8 @@ def test_cli_refuses_an_existing_run(easy_run, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--variant", "ppo"], r"--variant: unknown 'ppo'"),
+        (["--variant", "ppo"], r"--variant: invalid choice 'ppo'; choose from"),
+        (["--variant", "rlooo"], r"did you mean 'rloo'\?"),
         (["--kl", "k4-loss"], r"argument --kl: invalid choice"),
         (["--beta", "-1"], r"argument --beta: must be ≥ 0"),
         (["--max-target", "40"], r"--min-target/--max-target must satisfy"),
@@ -194,12 +195,17 @@ def test_missing_equinox_is_one_line(monkeypatch, capsys, tmp_path):
     for name in ("seq_demo", "seq_cli"):
         monkeypatch.delitem(sys.modules, f"expectax.rl.{name}", raising=False)
         monkeypatch.delattr(expectax.rl, name, raising=False)
-    assert cli.main(["rl-seq"]) == 2
+    assert cli.main(["rl-seq", "--help"]) == 0  # the flags, and how to install the extra
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--variant" in help_text and "--warmup" in help_text
+    assert 'pip install ".[seq]"' in help_text
+    assert cli.main(["rl-seq", "--seed", "200"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        'expectax rl-seq is unavailable: equinox is not installed; pip install "expectax[seq]" '
-        "(or pip install equinox)"
+        "expectax rl-seq: error: the 'seq' extra is not installed (equinox): "
+        'pip install "expectax[seq]" (from a checkout: pip install ".[seq]")'
     )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_config_validation_names_the_field():

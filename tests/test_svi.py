@@ -213,7 +213,7 @@ def test_cli_smoke(tmp_path, capsys):
         assert r["status"] == "ok" and r["steps"] == 3
         assert np.isfinite(r["test_iw"]) and r["test_iw"] < 0
         assert r["grad_var_init"] > 0
-    assert (out / "svi_summary.csv").exists() and (out / "svi_disarm_p2_seed0.csv").exists()
+    assert (out / "summary.csv").exists() and (out / "log.csv").exists()
     # an earlier run is never overwritten silently
     assert svi.run(_args(*argv)) == 2
     assert "already holds an earlier run" in capsys.readouterr().err

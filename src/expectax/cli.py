@@ -69,57 +69,99 @@ def _application_modules() -> dict[str, tuple[str, str]]:
     return dict(APPLICATIONS)
 
 
+#: The packages of the ``apps`` extra the command line needs (import name -> pip name).
+APPS_PACKAGES = {
+    "rich": "rich",
+    "matplotlib": "matplotlib",
+    "optax": "optax",
+    "gymnasium": "gymnasium",
+    "sklearn": "scikit-learn",
+    "scipy": "scipy",
+}
+
+
+def _missing_apps() -> list[str]:
+    """The pip names of the ``apps`` extra's packages that are not installed."""
+    return [pip for name, pip in APPS_PACKAGES.items() if importlib.util.find_spec(name) is None]
+
+
+def install_hint(extra: str) -> str:
+    """How to install ``extra``: from PyPI and from a checkout."""
+    return f'pip install "expectax[{extra}]" (from a checkout: pip install ".[{extra}]")'
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``expectax`` console script."""
+    """Entry point of the ``expectax`` console script; returns the exit status.
+
+    Every usage error, of every command, is one line on stderr and exit status 2
+    (:mod:`expectax.cliutil`).
+    """
+    from expectax import cliutil
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["compare", *argv]  # `expectax --num-samples 8` means `expectax compare ...`
-    parser = _build_parser(argv[0] if argv else None)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["compare", *argv])
+    missing = _missing_apps()
+    if missing:
+        return cliutil.fail(
+            "expectax",
+            f"the command line needs the 'apps' extra ({', '.join(missing)} missing): "
+            f"{install_hint('apps')}",
+        )
+    commands = ["compare", *_application_modules()]
+    if argv[0] not in commands:
+        try:
+            _build_parser().parse_args(argv[:1])  # -h, or an unknown command: one line, exit 2
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+    command = argv[0]
     try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        parser, run = _command_parser(command)
+        args = parser.parse_args(argv[1:])
+    except SystemExit as exit_:  # --help (0) or a usage error (2, one line printed)
+        return int(exit_.code or 0)
+    args.command = command
+    return cliutil.run_command(f"expectax {command}", run, args)
 
 
 def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; an application's module is imported only when its command is run."""
-    parser = argparse.ArgumentParser(
+    """The parser of commands (``expectax -h``); each command's own parser is
+    :func:`_command_parser`'s, so that an application's module is imported only when used."""
+    from expectax import cliutil
+
+    parser = cliutil.ArgumentParser(
         prog="expectax",
         description="Monte Carlo gradients of expectations in JAX: which estimator suits "
         "your problem?",
     )
-    sub = parser.add_subparsers(dest="command")
-    cmp = sub.add_parser(
-        "compare",
-        help="bias, variance, SNR and cost of gradient estimators on a problem",
-        description="Compare gradient estimators on a built-in problem or your own. With no "
-        f"arguments: the default problem ({DEFAULT_PROBLEM}).",
-        epilog="Exit status: 0 with a recommendation; 1 when no estimator qualifies or none "
-        "could run; 2 for a mistake in the arguments or the problem (one line on stderr).",
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "compare", help="bias, variance, SNR and cost of gradient estimators on a problem"
     )
-    _configure_compare(cmp)
-    cmp.set_defaults(run=_run_compare)
-    for name, (module, help_text) in _application_modules().items():
-        app = sub.add_parser(name, help=help_text, description=help_text)
-        if name != command:
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as err:  # an optional dependency is missing
-            app.set_defaults(run=lambda args, err=err, name=name: _missing(name, err))
-            continue
-        mod.configure_parser(app)
-        app.set_defaults(run=mod.run)
+    for name, (_, help_text) in _application_modules().items():
+        sub.add_parser(name, help=help_text)
     return parser
 
 
-def _missing(name: str, err: ImportError) -> int:
-    print(f"expectax {name} is unavailable: {err}", file=sys.stderr)
-    return 2
+def _command_parser(command: str) -> tuple[argparse.ArgumentParser, Callable[[Any], int]]:
+    """The parser of one command and the function that runs it."""
+    from expectax import cliutil
+
+    if command == "compare":
+        parser = cliutil.ArgumentParser(
+            prog="expectax compare",
+            description="Compare gradient estimators on a built-in problem or your own. With no "
+            f"arguments: the default problem ({DEFAULT_PROBLEM}).",
+            epilog="Exit status: 0 with a recommendation; 1 when no estimator qualifies or none "
+            "could run; 2 for a mistake in the arguments or the problem (one line on stderr).",
+        )
+        _configure_compare(parser)
+        return parser, _run_compare
+    module, help_text = _application_modules()[command]
+    parser = cliutil.ArgumentParser(prog=f"expectax {command}", description=help_text)
+    mod = importlib.import_module(module)
+    mod.configure_parser(parser)
+    return parser, mod.run
 
 
 def _configure_compare(p: argparse.ArgumentParser) -> None:
@@ -134,6 +176,7 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
         "--estimator",
         action="append",
         metavar="NAME",
+        choices=list(ESTIMATOR_CHOICES),
         help=f"an estimator to compare (repeatable; default: the problem's own list). "
         f"Choices: {', '.join(ESTIMATOR_CHOICES)}",
     )
@@ -156,7 +199,12 @@ def _configure_compare(p: argparse.ArgumentParser) -> None:
         choices=["paper"],
         help="instead of a comparison, redraw Figs. 2–3 of Mohamed et al. (2020) into --out",
     )
-    p.add_argument("--out", default="expectax-figures", help="output folder for --figure")
+    p.add_argument(
+        "--out",
+        default="runs/compare-paper",
+        metavar="DIR",
+        help="output folder for --figure (default runs/compare-paper)",
+    )
 
 
 class _UsageError(Exception):
@@ -168,8 +216,9 @@ def _one_line(text: str) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"expectax compare: error: {_one_line(message)}", file=sys.stderr)
-    return 2
+    from expectax import cliutil
+
+    return cliutil.fail("expectax compare", message)
 
 
 def _load_problem(spec: str) -> Any:

@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -54,6 +55,7 @@ __all__ = [
     "positive_int",
     "prepare_out",
     "progress",
+    "recording",
     "seed_arg",
     "write_csv",
     "write_json",
@@ -202,6 +204,7 @@ def prepare_out(
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {str(path)!r} is an existing file; give a directory.")
+    _note_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".expectax-probe-", dir=path)
@@ -221,6 +224,64 @@ def prepare_out(
                 "to replace it or choose another --out."
             )
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run wrote (for the one line after Ctrl-C, and no empty folder left behind).
+
+
+class RunRecord:
+    """The output folders a command created and the files it wrote (see :func:`recording`)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[Path, None] = {}  # created by this run (absent before)
+        self.files: dict[Path, None] = {}
+
+    def remove_empty(self) -> None:
+        """Remove the folders this run created that are still empty (innermost first)."""
+        for folder in sorted(self.folders, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+
+    def describe(self) -> str:
+        """What the run kept, in words: the files written, or that nothing was written."""
+        kept = [p for p in self.files if p.exists()]
+        if not kept:
+            return "nothing was written"
+        folders = sorted({str(p.parent) for p in kept})
+        names = ", ".join(p.name for p in kept[:6]) + (", ..." if len(kept) > 6 else "")
+        return f"kept {len(kept)} file(s) in {', '.join(folders)} ({names})"
+
+
+_RECORDS: list[RunRecord] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[RunRecord]:
+    """Record the folders :func:`prepare_out` creates and the files :func:`atomic_write`
+    writes while the block runs (the commands use it through
+    :func:`expectax.cliutil.run_command`)."""
+    record = RunRecord()
+    _RECORDS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDS.remove(record)
+
+
+def _note_folder(path: Path) -> None:
+    """Note ``path`` and the parents it will create, if absent, in the active records."""
+    if not _RECORDS:
+        return
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists() or str(p) in ("", "."):
+            break
+        missing.append(p)
+    for record in _RECORDS:
+        for p in missing:
+            record.folders.setdefault(p, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +305,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        for record in _RECORDS:
+            record.files.setdefault(path, None)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -338,7 +401,58 @@ def progress(*columns: Any, quiet: bool = False, console: Any = None, **kwargs: 
             TimeRemainingColumn(),
         )
     disable = bool(quiet) or not console.is_terminal
-    return Progress(*columns, console=console, disable=disable, **kwargs)
+    lines = not quiet and not console.is_terminal
+
+    class _Progress(Progress):
+        """rich's Progress that says "compiling …" when a task starts (the first steps of a
+        run compile), and, where the bar is off because the output is not a terminal, prints
+        a plain line per task at most every ``LINE_SECONDS`` and when it ends."""
+
+        def add_task(self, description: str, *args: Any, **kw: Any) -> Any:
+            task = super().add_task(description, *args, **kw)
+            if not quiet:
+                total = kw.get("total", args[1] if len(args) > 1 else None)
+                steps = f", then {int(total)} steps" if total else ""
+                console.print(
+                    f"{description.strip()}: compiling{steps} …", highlight=False, markup=False
+                )
+            self._printed = getattr(self, "_printed", {})
+            self._printed[task] = time.monotonic()
+            return task
+
+        def update(self, task: Any, *args: Any, **kw: Any) -> None:
+            super().update(task, *args, **kw)
+            if lines:
+                self._line(task)
+
+        def advance(self, task: Any, advance: float = 1) -> None:
+            super().advance(task, advance)
+            if lines:
+                self._line(task)
+
+        def _line(self, task: Any) -> None:
+            t = self._tasks.get(task)
+            if t is None:
+                return
+            now = time.monotonic()
+            done = t.total is not None and t.completed >= t.total
+            if done or now - self._printed.get(task, 0.0) >= LINE_SECONDS:
+                if done and self._printed.get(task) == math.inf:
+                    return
+                total = f"/{int(t.total)}" if t.total is not None else ""
+                console.print(
+                    f"{t.description.strip()}: {int(t.completed)}{total} steps, "
+                    f"{t.elapsed or 0.0:.0f} s",
+                    highlight=False,
+                    markup=False,
+                )
+                self._printed[task] = math.inf if done else now
+
+    return _Progress(*columns, console=console, disable=disable, **kwargs)
+
+
+#: Seconds between the plain progress lines printed where the output is not a terminal.
+LINE_SECONDS = 30.0
 
 
 def mean_se(values: Iterable[float]) -> tuple[float, float]:

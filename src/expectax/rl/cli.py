@@ -13,9 +13,10 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from expectax import runio
+from expectax import cliutil, runio
 
 __all__ = ["configure_parser", "main", "run"]
 
@@ -29,10 +30,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     d = Config()
     pos, fin = runio.positive_int, runio.finite_float
 
-    def error(message: str):  # argparse's usage block is many lines: one line instead
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parser.error = error
     parser.add_argument(
         "action",
         nargs="?",
@@ -108,15 +105,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="after a training batch reaches this mean return, average --late-batch-factor "
         "batches per Adam step (default: never)",
     )
-    parser.add_argument("--late-batch-factor", type=pos, default=d.late_batch_factor)
-    parser.add_argument("--baseline", choices=BASELINES, default=d.baseline)
+    parser.add_argument(
+        "--late-batch-factor",
+        type=pos,
+        default=d.late_batch_factor,
+        help=f"batches per Adam step after --late-return (default {d.late_batch_factor})",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default=d.baseline,
+        help=f"the score-function baseline (default {d.baseline})",
+    )
     parser.add_argument(
         "--normalize-advantages",
         action=argparse.BooleanOptionalAction,
         default=d.normalize_advantages,
         help="standardise advantages over each batch",
     )
-    parser.add_argument("--entropy-coef", type=fin, default=d.entropy_coef)
+    parser.add_argument(
+        "--entropy-coef",
+        type=fin,
+        default=d.entropy_coef,
+        help=f"weight of the entropy bonus (default {d.entropy_coef:g})",
+    )
     parser.add_argument("--value-coef", type=fin, default=d.value_coef, help="critic loss weight")
     parser.add_argument(
         "--eval-every",
@@ -223,8 +235,7 @@ def device_mesh(n: int):
 
 
 def _fail(err: Exception) -> int:
-    print(f"expectax rl: error: {err}", file=sys.stderr)
-    return 2
+    return cliutil.fail("expectax rl", err)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -387,10 +398,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if res["threshold"] is None or res["solved"] else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m expectax.rl.cli``."""
-    parser = configure_parser(argparse.ArgumentParser(prog="expectax rl", description=__doc__))
-    return run(parser.parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m expectax.rl.cli``: the same as ``expectax rl``."""
+    import sys
+
+    from expectax.cli import main as expectax_main
+
+    return expectax_main(["rl", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

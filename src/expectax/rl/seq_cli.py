@@ -1,9 +1,10 @@
 """``expectax rl-seq``: train a small transformer with each sequence policy-gradient variant.
 
 Argument parsing and output only; the model and the training are in
-:mod:`expectax.rl.seq_demo` (which needs equinox: ``pip install "expectax[seq]"``). Writes
-``rl_seq_curves.csv`` (per step and seed), ``rl_seq_evals.csv`` (exact evaluations),
-``rl_seq_summary.json`` and a figure (``--plot``, default ``OUT/rl_seq_curves.png``) into
+:mod:`expectax.rl.seq_demo` (which needs equinox: ``pip install "expectax[seq]"``, from a
+checkout ``pip install ".[seq]"``); the flags come from :mod:`expectax.rl.seq_config`, so
+``--help`` lists them without equinox. Writes ``log.csv`` (per step and seed), ``evals.csv``
+(exact evaluations), ``summary.json`` and a figure (``--plot``, default ``OUT/curve.png``) into
 ``--out``, and prints the results table. Exit status 0 after training, 2 for a usage error
 (one line on stderr), 130 when interrupted.
 """
@@ -18,39 +19,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from expectax import runio
-from expectax.rl import seq_demo
+from expectax import cliutil, runio
+from expectax.rl import seq_config
 
 __all__ = ["configure_parser", "main", "run", "summary_markdown"]
 
-FILES = ("rl_seq_curves.csv", "rl_seq_evals.csv", "rl_seq_summary.json", "rl_seq_curves.png")
+#: What ``expectax rl-seq`` writes into ``--out`` (the scheme of every command).
+FILES = ("log.csv", "evals.csv", "summary.json", "curve.png")
+
+INSTALL = 'pip install "expectax[seq]" (from a checkout: pip install ".[seq]")'
+
+
+def default_warmup(steps: int, warmup: int = seq_config.SeqConfig.warmup) -> int:
+    """The learning-rate warm-up when ``--warmup`` is not given: ``min(50, steps // 10)``."""
+    return min(warmup, steps // 10)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``expectax rl-seq`` flags to ``parser``."""
+    seq_demo = seq_config  # the names the flags need, without equinox
     d = seq_demo.SeqConfig()
     pos = runio.positive_int
     parser.description = (
         "Train a small causal transformer (equinox) from scratch with each sequence "
         "policy-gradient variant on a verifiable-reward task: the prompt is a target sum, the "
         "completion digits whose sum must equal it. All seeds of a variant train at once "
-        "(vmap, one compilation); the evaluation is exact (every completion enumerated)."
+        "(vmap, one compilation); the evaluation is exact (every completion enumerated). "
+        f"Needs the 'seq' extra (equinox): {INSTALL}."
     )
-
-    def error(message: str):  # argparse's usage block is many lines: one line instead
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parser.error = error
     parser.add_argument(
         "--variant",
         nargs="+",
         default=list(seq_demo.DEFAULT_VARIANTS),
         metavar="NAME",
+        choices=list(seq_demo.VARIANTS),
         help=f"one or more of {', '.join(seq_demo.VARIANTS)} "
         f"(default: {' '.join(seq_demo.DEFAULT_VARIANTS)})",
     )
     runio.add_common_flags(
-        parser, lr=d.learning_rate, steps=d.steps, seeds=(0, 1, 2, 3, 4), out="rl_seq_runs"
+        parser, lr=d.learning_rate, steps=d.steps, seeds=(0, 1, 2, 3, 4), out="runs/rl-seq"
     )
     parser.add_argument("--groups", type=pos, default=d.groups, help="prompts per step (G)")
     parser.add_argument(
@@ -60,9 +67,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--max-len", type=pos, default=d.max_len, help="tokens per completion, EOS included (L)"
     )
-    parser.add_argument("--min-target", type=runio.nonneg_int, default=d.min_target)
-    parser.add_argument("--max-target", type=runio.nonneg_int, default=d.max_target)
-    parser.add_argument("--reward", choices=seq_demo.REWARDS, default=d.reward)
+    parser.add_argument(
+        "--min-target",
+        type=runio.nonneg_int,
+        default=d.min_target,
+        help=f"smallest target sum of a prompt (default {d.min_target})",
+    )
+    parser.add_argument(
+        "--max-target",
+        type=runio.nonneg_int,
+        default=d.max_target,
+        help=f"largest target sum, at most (D-1)·L (default {d.max_target})",
+    )
+    parser.add_argument(
+        "--reward",
+        choices=seq_demo.REWARDS,
+        default=d.reward,
+        help=f"exact: 1 when the sum is the target; partial: credit by distance (default "
+        f"{d.reward})",
+    )
     parser.add_argument(
         "--kl",
         choices=seq_demo.KL_MODES,
@@ -82,8 +105,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--warmup",
         type=runio.nonneg_int,
-        default=d.warmup,
-        help=f"linear learning-rate warm-up steps (default {d.warmup})",
+        default=None,
+        help=f"linear learning-rate warm-up steps (default min({d.warmup}, steps // 10), so "
+        "that it fits any --steps)",
     )
     parser.add_argument(
         "--schedule",
@@ -98,10 +122,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=None,
         help="override every variant's own aggregation",
     )
-    parser.add_argument("--baseline-decay", type=runio.nonneg_float, default=d.baseline_decay)
-    parser.add_argument("--d-model", type=pos, default=d.d_model)
-    parser.add_argument("--heads", type=pos, default=d.heads)
-    parser.add_argument("--layers", type=pos, default=d.layers)
+    parser.add_argument(
+        "--baseline-decay",
+        type=runio.nonneg_float,
+        default=d.baseline_decay,
+        help=f"decay of reinforce's moving-average baseline (default {d.baseline_decay})",
+    )
+    parser.add_argument(
+        "--d-model", type=pos, default=d.d_model, help=f"transformer width (default {d.d_model})"
+    )
+    parser.add_argument(
+        "--heads", type=pos, default=d.heads, help=f"attention heads (default {d.heads})"
+    )
+    parser.add_argument(
+        "--layers", type=pos, default=d.layers, help=f"transformer blocks (default {d.layers})"
+    )
     parser.add_argument(
         "--eval-every", type=pos, default=d.eval_every, help="steps between exact evaluations"
     )
@@ -115,17 +150,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--plot",
         metavar="FILE.png",
         default=None,
-        help="the figure (default OUT/rl_seq_curves.png)",
+        help="the figure (default OUT/curve.png)",
     )
     return parser
 
 
 def _error(message: str) -> int:
-    print(f"expectax rl-seq: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+    return cliutil.fail("expectax rl-seq", message)
 
 
 def _configs(args: argparse.Namespace) -> list[Any]:
+    seq_demo = seq_config
     out = []
     for v in dict.fromkeys(args.variant):
         if v not in seq_demo.VARIANTS:
@@ -146,7 +181,7 @@ def _configs(args: argparse.Namespace) -> list[Any]:
             kl=args.kl,
             beta=args.beta,
             entropy=args.entropy,
-            warmup=args.warmup,
+            warmup=args.warmup if args.warmup is not None else default_warmup(args.steps),
             schedule=args.schedule,
             loss_agg_mode=args.loss_agg_mode,
             baseline_decay=args.baseline_decay,
@@ -189,7 +224,7 @@ def _group(result: dict[str, Any]) -> dict[str, Any]:
     firsts = [s for s in result["first_step_reached"] if s is not None]
     return {
         "variant": c["variant"],
-        "advantage": seq_demo.VARIANTS[c["variant"]][0],
+        "advantage": seq_config.VARIANTS[c["variant"]][0],
         "loss_agg_mode": c["loss_agg_mode"],
         "seeds": result["seeds"],
         "reached": int(sum(result["reached"])),
@@ -294,9 +329,15 @@ def run(args: argparse.Namespace) -> int:
     """Run ``expectax rl-seq`` with parsed ``args``; returns the exit status."""
     from rich.console import Console
 
+    try:
+        from expectax.rl import seq_demo
+    except ImportError:
+        return _error(f"the 'seq' extra is not installed (equinox): {INSTALL}")
     seeds = list(args.seed)
     if len(set(seeds)) != len(seeds):
         return _error("--seed lists a seed twice; give each once.")
+    if args.warmup is None:
+        args.warmup = default_warmup(args.steps)
     try:
         configs = _configs(args)
     except ValueError as err:
@@ -329,10 +370,10 @@ def run(args: argparse.Namespace) -> int:
                     for k in ("success", "worst_success", "greedy", "kl"):
                         row[k] = e[k][j]
                     eval_rows.append(row)
-    runio.write_csv(out / "rl_seq_curves.csv", curve_rows)
-    runio.write_csv(out / "rl_seq_evals.csv", eval_rows)
+    runio.write_csv(out / "log.csv", curve_rows)
+    runio.write_csv(out / "evals.csv", eval_rows)
     groups = [_group(r) for r in results]
-    plot = Path(args.plot) if args.plot is not None else out / "rl_seq_curves.png"
+    plot = Path(args.plot) if args.plot is not None else out / "curve.png"
     plot_curves(plot, results, title=command)
     summary = {
         "command": command,
@@ -354,18 +395,22 @@ def run(args: argparse.Namespace) -> int:
         ],
         "plot": plot,
     }
-    runio.write_json(out / "rl_seq_summary.json", summary)
+    runio.write_json(out / "summary.json", summary)
     if args.json:
         print(json.dumps(runio.json_safe(summary), indent=2, allow_nan=False))
         return 0
     print(summary_markdown(groups, configs[0].threshold), end="")
-    print(f"wrote rl_seq_curves.csv, rl_seq_evals.csv, rl_seq_summary.json to {out}; {plot}")
+    print(f"wrote log.csv, evals.csv, summary.json to {out}; {plot}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - the CLI uses run
-    parser = configure_parser(argparse.ArgumentParser(prog="expectax rl-seq"))
-    return run(parser.parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m expectax.rl.seq_cli``: the same as ``expectax rl-seq``."""
+    import sys
+
+    from expectax.cli import main as expectax_main
+
+    return expectax_main(["rl-seq", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,9 +46,9 @@ import contextlib
 import dataclasses
 import functools
 import math
-import sys
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -58,7 +58,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import kl_divergence
 
 import expectax as ex
-from expectax import runio
+from expectax import cliutil, runio
 from expectax.control_variates import DeltaMethod
 
 __all__ = [
@@ -423,12 +423,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         steps=d.steps,
         num_samples=d.num_samples,
         seeds=(d.seed,),
-        out="blr-out",
+        out="runs/blr",
         steps_help="SGD steps",
         num_samples_help="posterior samples per gradient estimate",
     )
     pos = runio.positive_int
-    parser.add_argument("--batch-size", type=pos, default=d.batch_size)
+    parser.add_argument(
+        "--batch-size",
+        type=pos,
+        default=d.batch_size,
+        help=f"data points per SGD step (default {d.batch_size})",
+    )
     parser.add_argument(
         "--init-scale",
         type=runio.positive_float,
@@ -453,9 +458,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def _file_names(labels: list[tuple[str, str]], seeds: list[int]) -> list[str]:
-    runs = [f"blr_{e}_{c}_seed{s}.csv" for e, c in labels for s in seeds]
-    return [*runs, "blr_summary.csv", "blr_summary.json", "blr_curves.png"]
+#: What ``expectax blr`` writes into ``--out`` (the scheme of every command): the per-step log
+#: of every run, one row per run, the summary with the groups, and the learning curves.
+FILES = ("log.csv", "summary.csv", "summary.json", "curve.png")
+LOG_KEYS = ("estimator", "control_variate", "seed")
 
 
 def _summary_row(name: str, cv: str, seed: int, c: dict) -> dict:
@@ -507,16 +513,14 @@ def run(args: argparse.Namespace) -> int:
     labels = [(e, c) for e in estimators for c in cvs]
     seeds = list(args.seed)
     if len(set(seeds)) != len(seeds):
-        print("expectax blr: error: --seed lists a seed twice; give each once.", file=sys.stderr)
-        return 2
+        return cliutil.fail("expectax blr", "--seed lists a seed twice; give each once.")
     try:
-        out = runio.prepare_out(args.out, _file_names(labels, seeds), overwrite=args.overwrite)
+        out = runio.prepare_out(args.out, FILES, overwrite=args.overwrite)
     except runio.OutputError as e:
-        print(f"expectax blr: error: {e}", file=sys.stderr)
-        return 2
+        return cliutil.fail("expectax blr", e)
     data = load_data()
     best, _ = optimum(data)
-    rows, curves = [], {}
+    rows, curves, log = [], {}, []
     with runio.progress(quiet=args.quiet, console=err) as bar:
         for name, cv in labels:
             for seed in seeds:
@@ -534,14 +538,12 @@ def run(args: argparse.Namespace) -> int:
                     variance_samples=args.variance_samples,
                 )
                 c = train(config, data, bar=bar)
-                runio.write_csv(
-                    out / f"blr_{name}_{cv}_seed{seed}.csv",
-                    [{k: c[k][i] for k in COLUMNS} for i in range(len(c["step"]))],
-                    COLUMNS,
-                )
+                keys = dict(zip(LOG_KEYS, (name, cv, seed), strict=True))
+                log += [keys | {k: c[k][i] for k in COLUMNS} for i in range(len(c["step"]))]
+                runio.write_csv(out / "log.csv", log, (*LOG_KEYS, *COLUMNS))  # each run kept
                 rows.append(_summary_row(name, cv, seed, c))
                 curves[(name, cv, seed)] = c
-    runio.write_csv(out / "blr_summary.csv", rows, SUMMARY_COLUMNS)
+    runio.write_csv(out / "summary.csv", rows, SUMMARY_COLUMNS)
     groups = []
     for name, cv in labels:
         rs = [r for r in rows if (r["estimator"], r["control_variate"]) == (name, cv)]
@@ -565,8 +567,8 @@ def run(args: argparse.Namespace) -> int:
         "runs": rows,
         "groups": runio.groups_json(groups),
     }
-    runio.write_json(out / "blr_summary.json", summary)
-    _plot(out / "blr_curves.png", curves, labels, seeds, best)
+    runio.write_json(out / "summary.json", summary)
+    _plot(out / "curve.png", curves, labels, seeds, best)
     if args.json:
         import json
 
@@ -595,7 +597,7 @@ def run(args: argparse.Namespace) -> int:
             _ms(g["grad_var_mu_final"], ".3g"),
         )
     Console(width=max(150, Console().width)).print(table)
-    print(f"wrote {len(rows)} run CSVs, blr_summary.csv/.json and blr_curves.png to {out}")
+    print(f"wrote {', '.join(FILES)} to {out}")
     return 0
 
 
@@ -642,8 +644,13 @@ def _plot(path: Any, curves: dict, labels: list, seeds: list[int], best: float) 
     )
 
 
-def main() -> int:  # pragma: no cover - the CLI registers configure_parser/run
-    return run(configure_parser(argparse.ArgumentParser(prog="expectax blr")).parse_args())
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m expectax.vi.blr``: the same as ``expectax blr``."""
+    import sys
+
+    from expectax.cli import main as expectax_main
+
+    return expectax_main(["blr", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

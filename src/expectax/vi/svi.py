@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from expectax import runio
+from expectax import cliutil, runio
 
 __all__ = [
     "ELBOS",
@@ -178,6 +178,11 @@ def train(config: SVIConfig, data: Any, bar: Any = None) -> dict[str, Any]:
     n, b = train_x.shape[0], config.batch_size
     if b > n:
         raise ValueError(f"--batch-size {b} exceeds the {n} training images; choose at most {n}.")
+    task = (  # prints "compiling …": the variance and the first step below compile
+        bar.add_task(f"{config.elbo} P={config.num_particles} s{config.seed}", total=config.steps)
+        if bar
+        else None
+    )
     model, guide, loss, svi, state, key = _setup(config, train_x)
     var_key, eval_key = jax.random.split(jax.random.fold_in(key, 1))
     fixed_x = jnp.asarray(train_x[:b])
@@ -188,11 +193,6 @@ def train(config: SVIConfig, data: Any, bar: Any = None) -> dict[str, Any]:
     rng = np.random.default_rng(config.seed)
     order, pos = rng.permutation(n), 0
     times, losses = [], []
-    task = (
-        bar.add_task(f"{config.elbo} P={config.num_particles} s{config.seed}", total=config.steps)
-        if bar
-        else None
-    )
     for _ in range(config.steps):
         if pos + b > n:
             order, pos = rng.permutation(n), 0
@@ -271,6 +271,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         nargs="+",
         default=list(ELBOS),
         metavar="NAME",
+        choices=list(ELBOS),
         help=f"one or more of {', '.join(ELBOS)} (default: all)",
     )
     pos = runio.positive_int
@@ -282,9 +283,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         metavar="P",
         help="particles per estimate, one run per value (default 2 8)",
     )
-    runio.add_common_flags(parser, lr=d.learning_rate, steps=d.steps, seeds=(0,), out="svi_runs")
-    parser.add_argument("--batch-size", type=pos, default=d.batch_size)
-    parser.add_argument("--hidden", type=pos, nargs=2, default=list(d.hidden), metavar=("H1", "H2"))
+    runio.add_common_flags(parser, lr=d.learning_rate, steps=d.steps, seeds=(0,), out="runs/svi")
+    parser.add_argument(
+        "--batch-size", type=pos, default=d.batch_size, help=f"images per step ({d.batch_size})"
+    )
+    parser.add_argument(
+        "--hidden",
+        type=pos,
+        nargs=2,
+        default=list(d.hidden),
+        metavar=("H1", "H2"),
+        help=f"units of the two latent layers (default {d.hidden[0]} {d.hidden[1]})",
+    )
     parser.add_argument(
         "--test-samples",
         type=pos,
@@ -308,14 +318,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _error(message: str) -> int:
-    print(f"expectax svi: error: {message}", file=sys.stderr)
-    return 2
+    return cliutil.fail("expectax svi", message)
 
 
-def _file_names(labels: Sequence[tuple[str, int]], seeds: Sequence[int]) -> list[str]:
-    names = ["svi_summary.csv", "svi_summary.json"]
-    names += [f"svi_{e}_p{p}_seed{s}.csv" for e, p in labels for s in seeds]
-    return names
+#: What ``expectax svi`` writes into ``--out`` (the scheme of every command).
+FILES = ("log.csv", "summary.csv", "summary.json")
 
 
 def _groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -385,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         return _error("--num-particles 1: the leave-one-out baseline (rloo) needs at least 2.")
     labels = [(e, p) for p in particles for e in elbos]
     try:
-        out = runio.prepare_out(args.out, _file_names(labels, seeds), overwrite=args.overwrite)
+        out = runio.prepare_out(args.out, FILES, overwrite=args.overwrite)
     except runio.OutputError as e:
         return _error(str(e))
     from expectax.vi.digits import load_digits
@@ -395,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(
             f"--batch-size {args.batch_size} exceeds the {data.train.shape[0]} training images."
         )
-    rows = []
+    rows, log = [], []
     with runio.progress(quiet=args.quiet, console=Console(stderr=True)) as bar:
         for e, p in labels:
             for seed in seeds:
@@ -412,13 +419,13 @@ def run(args: argparse.Namespace) -> int:
                     variance_samples=args.variance_samples,
                 )
                 row = train(config, data, bar=bar)
-                runio.write_csv(
-                    out / f"svi_{e}_p{p}_seed{seed}.csv",
-                    [{"step": i + 1, "loss_per_image": v} for i, v in enumerate(row["losses"])],
-                    ("step", "loss_per_image"),
-                )
+                keys = {"elbo": e, "num_particles": p, "seed": seed}
+                log += [
+                    keys | {"step": i + 1, "loss_per_image": v} for i, v in enumerate(row["losses"])
+                ]
+                runio.write_csv(out / "log.csv", log)  # rewritten after each run: each run kept
                 rows.append({k: v for k, v in row.items() if k != "losses"})
-    runio.write_csv(out / "svi_summary.csv", rows, SUMMARY_COLUMNS)
+    runio.write_csv(out / "summary.csv", rows, SUMMARY_COLUMNS)
     groups = _groups(rows)
     summary = {
         "command": "expectax svi " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
@@ -426,17 +433,22 @@ def run(args: argparse.Namespace) -> int:
         "runs": rows,
         "groups": runio.groups_json(groups),
     }
-    runio.write_json(out / "svi_summary.json", summary)
+    runio.write_json(out / "summary.json", summary)
     if args.json:
         print(json.dumps(runio.json_safe(summary), indent=2, allow_nan=False))
         return 0
     print(summary_markdown(groups), end="")
-    print(f"wrote {len(rows)} run CSVs and svi_summary.csv/.json to {out}")
+    print(f"wrote {', '.join(FILES)} to {out}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - the CLI uses run
-    return run(configure_parser(argparse.ArgumentParser(prog="expectax svi")).parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m expectax.vi.svi``: the same as ``expectax svi``."""
+    import sys
+
+    from expectax.cli import main as expectax_main
+
+    return expectax_main(["svi", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

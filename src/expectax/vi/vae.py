@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from expectax import runio
+from expectax import cliutil, runio
 from expectax.vi.digits import load_digits, load_npz
 from expectax.vi.vae_model import (  # re-exported: the names users of expectax.vi.vae know
     ESTIMATORS,
@@ -147,6 +147,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         nargs="+",
         default=["rloo"],
         metavar="NAME",
+        choices=[*ESTIMATORS, "all"],
         help=f"one or more of {', '.join(ESTIMATORS)}, or 'all' (default: rloo)",
     )
     parser.add_argument(
@@ -157,7 +158,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     pos_int, pos_float = runio.positive_int, runio.positive_float
     parser.add_argument("--latents", type=pos_int, default=32, help="Bernoulli latents (32)")
-    runio.add_common_flags(parser, lr=1e-3, steps=3000, seeds=(0,), out="vae_runs")
+    runio.add_common_flags(parser, lr=1e-3, steps=3000, seeds=(0,), out="runs/vae")
     parser.add_argument(
         "--data",
         default=None,
@@ -260,9 +261,10 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return names, notes
 
 
-def _file_names(names: list[str], seeds: list[int]) -> list[str]:
-    runs = [f"{n}_seed{s}.csv" for n in names for s in seeds]
-    return [*runs, "runs.csv", "summary.csv", "summary.json", "summary.md", "vae_curves.png"]
+#: What ``expectax vae`` writes into ``--out`` (the scheme of every command): the per-step log
+#: of every run, one row per run, the summary (with the groups, also as Markdown), the curves.
+FILES = ("log.csv", "summary.csv", "summary.json", "summary.md", "curve.png")
+LOG_KEYS = ("estimator", "seed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,15 +278,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console(stderr=True, quiet=args.quiet)
-    try:  # bad flags, data or --out: a one-line message and exit status 1, no traceback
+    try:  # bad flags, data or --out: a one-line message and exit status 2, no traceback
         names, notes = _check_args(args)
         if args.data is None:
             data = load_digits(args.threshold, test_size=args.test_size)
         else:
             data = load_npz(args.data, args.threshold, train_size=args.train_size)
-        out = runio.prepare_out(args.out, _file_names(names, args.seed), overwrite=args.overwrite)
+        out = runio.prepare_out(args.out, FILES, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"expectax vae: error: {err}") from err
+        raise cliutil.UsageError("expectax vae", err) from err
     console.print(
         escape(
             f"expectax vae: {data.name} ({data.train.shape[0]} train / {data.test.shape[0]} "
@@ -296,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note[/]: {escape(note)}")
     curves: dict[str, list[Curve]] = {}
     rows: list[dict[str, Any]] = []
+    log: list[dict[str, Any]] = []
     with runio.progress(quiet=args.quiet, console=console) as bar:
         for name in names:
             for seed in args.seed:
@@ -319,31 +322,31 @@ def run(args: argparse.Namespace) -> int:
                     log_q_grad=args.log_q_grad,
                     progress=lambda n, task=task: bar.advance(task, n),
                 )
-                runio.write_csv(
-                    out / f"{name}_seed{seed}.csv",
-                    [dict(zip(CURVE_COLUMNS, r, strict=True)) for r in zip(*curve, strict=True)],
-                    CURVE_COLUMNS,
-                )
+                keys = {"estimator": name, "seed": seed}
+                log += [
+                    keys | dict(zip(CURVE_COLUMNS, r, strict=True))
+                    for r in zip(*curve, strict=True)
+                ]
+                runio.write_csv(out / "log.csv", log, (*LOG_KEYS, *CURVE_COLUMNS))  # each run
                 curves.setdefault(name, []).append(curve)
                 rows.append(summary)
-    runio.write_csv(out / "runs.csv", rows)
+    runio.write_csv(out / "summary.csv", rows)
     table_rows = _summarise(rows)
-    runio.write_csv(out / "summary.csv", table_rows)
     runio.write_json(
         out / "summary.json",
         {
             "config": {k: v for k, v in vars(args).items() if k != "run"},
             "data": {"name": data.name, "train": len(data.train), "test": len(data.test)},
             "runs": rows,
-            "summary": table_rows,
+            "groups": table_rows,
         },
     )
     with runio.atomic_write(out / "summary.md") as fh:
         fh.write(summary_markdown(table_rows, iw_samples=args.iw_samples))
     title = f"VAE on {data.name}: {args.model}, {args.latents} latents, {args.evaluations} evals"
-    _plot(out / "vae_curves.png", curves, title, args.iw_samples)
+    _plot(out / "curve.png", curves, title, args.iw_samples)
     if args.json:
-        print(json.dumps(runio.json_safe({"runs": rows, "summary": table_rows}), indent=2))
+        print(json.dumps(runio.json_safe({"runs": rows, "groups": table_rows}), indent=2))
         return 0
     table = Table(title=f"final values after {args.steps} steps (mean ± s.e. over seeds)")
     for col in ("estimator", "evals", "train ELBO", "test IW", "log10 grad var", "s/run"):
@@ -358,12 +361,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r['seconds']:.0f}",
         )
     Console(quiet=args.quiet, width=max(100, Console().width)).print(table)
-    console.print(
-        escape(
-            f"wrote {out}/summary.csv, .json, .md, runs.csv, <estimator>_seed<k>.csv and "
-            "vae_curves.png"
-        )
-    )
+    console.print(escape(f"wrote {', '.join(FILES)} to {out}"))
     return 0
 
 
@@ -392,8 +390,11 @@ def _plot(path: Any, curves: dict[str, list[Curve]], title: str, k: int) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m expectax.vi.vae``: the same as ``expectax vae``."""
-    parser = configure_parser(argparse.ArgumentParser(prog="expectax vae"))
-    return run(parser.parse_args(argv))
+    import sys
+
+    from expectax.cli import main as expectax_main
+
+    return expectax_main(["vae", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
