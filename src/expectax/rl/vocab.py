@@ -168,7 +168,7 @@ def _check_inputs(h_bsd, w_dv, tokens_bs, mask_bs, bias_v, vocab_chunk, token_ch
     tc = _chunk("token_chunk", token_chunk, fn)
     if _concrete(tok):
         t = np.asarray(tok)
-        live = np.ones(t.shape, bool) if mask is None or not _concrete(mask) else mask != 0
+        live = np.asarray(mask) != 0 if mask is not None and _concrete(mask) else True
         bad = live & ((t < 0) | (t >= w.shape[1]))
         if np.any(bad):
             where = tuple(np.argwhere(bad)[0].tolist())
@@ -398,7 +398,7 @@ def dense_log_probs(h_bsd, w_dv, tokens_bs, mask_bs=None, bias_v=None) -> jax.Ar
     cdt = jnp.result_type(h.dtype, w.dtype)
     z = jnp.einsum("bsd,dv->bsv", h.astype(cdt), w.astype(cdt), preferred_element_type=jnp.float32)
     if bias is not None:
-        z = z + bias.astype(jnp.float32)
+        z = z + bias.astype(jnp.float32)[None, None, :]
     v = w.shape[1]
     in_range = (tok >= 0) & (tok < v)
     lp = jnp.take_along_axis(
