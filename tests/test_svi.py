@@ -222,13 +222,17 @@ def test_cli_smoke(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--elbo", "nope"], "--elbo: unknown 'nope'"),
+        (["--elbo", "nope"], "--elbo: invalid choice 'nope'"),
+        (["--elbo", "rlo"], "did you mean 'rloo'?"),
         (["--seed", "1", "1"], "lists a seed twice"),
         (["--elbo", "rloo", "--num-particles", "1"], "needs at least 2"),
         (["--batch-size", "5000"], "exceeds the 1500 training images"),
     ],
 )
 def test_cli_errors(tmp_path, capsys, argv, message):
-    assert svi.run(_args(*argv, "--out", str(tmp_path / "o"), "--quiet")) == 2
+    from expectax.cli import main
+
+    assert main(["svi", *argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # no empty folder left behind
