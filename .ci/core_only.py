@@ -36,6 +36,7 @@ PUBLIC = (
     "expectax.infer",
     "expectax.rl",
     "expectax.rl.sequence",
+    "expectax.rl.vocab",
     "expectax.rl.losses",
     "expectax.rl.policies",
     "expectax.rl.cartpole",
