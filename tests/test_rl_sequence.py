@@ -190,12 +190,12 @@ def test_kl_values_and_loss_gradients_exactly(policy):
     np.testing.assert_allclose(grad_of("k2", "sequence"), grads["kl"], rtol=1e-4, atol=1e-6)
     assert np.max(np.abs(grad_of("k2") - grads["kl"])) > 0.01  # per-token k2: biased
     assert np.max(np.abs(grad_of("k3") - grads["kl"])) > 0.01  # k3 loss: not ∇KL(π‖π_ref)
-    assert np.max(np.abs(grad_of("k3") - grads["reverse_kl"])) > 0.01  # nor ∇KL(π_ref‖π)
-    # ... but at length 1 the k3 loss is exactly the gradient of the reverse KL
+    assert np.max(np.abs(grad_of("k3") - grads["forward_kl"])) > 0.01  # nor ∇KL(π_ref‖π)
+    # ... but at length 1 the k3 loss is exactly the gradient of the forward KL(π_ref‖π)
     one = TinySequencePolicy(length=1)
     t1, r1 = one.init_params(), one.init_params("reference")
     g3 = jax.grad(lambda t: _expected_kl_term(one, t, r1, "k3"))(t1)
-    np.testing.assert_allclose(g3, one.exact_grads(t1, r1)["reverse_kl"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g3, one.exact_grads(t1, r1)["forward_kl"], rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -321,6 +321,7 @@ def test_advantages_dispatches_to_each_estimator():
     """``rl.sequence.advantages`` is each named estimator, and refuses an unknown name."""
     r = jnp.array([[1.0, 0.0, 2.0], [0.5, 0.5, 1.5]])
     greedy = jnp.array([1.0, 0.0])
+    lengths = jnp.array([[1.0, 2.0, 3.0], [2.0, 2.0, 1.0]])
     expected = {
         "reinforce": seq.reinforce_advantages(r, 0.3),
         "rloo": seq.rloo_advantages(r),
@@ -329,10 +330,12 @@ def test_advantages_dispatches_to_each_estimator():
         "reinforce++": seq.reinforce_pp_advantages(r),
         "reinforce++-baseline": seq.reinforce_pp_advantages(r, group_baseline=True),
         "remax": seq.remax_advantages(r, greedy),
+        "opo": seq.opo_advantages(r, lengths),
+        "james-stein": seq.james_stein_advantages(r),
     }
     assert set(expected) == set(seq.ADVANTAGE_ESTIMATORS)
     for name, want in expected.items():
-        got = seq.advantages(name, r, baseline=0.3, greedy_rewards_g=greedy)
+        got = seq.advantages(name, r, baseline=0.3, greedy_rewards_g=greedy, lengths_gk=lengths)
         np.testing.assert_array_equal(got, want, err_msg=name)
     with pytest.raises(ValueError, match=r"advantages: unknown estimator 'ppo'; one of reinforce"):
         seq.advantages("ppo", r)

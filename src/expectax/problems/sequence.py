@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,9 +33,12 @@ import numpy as np
 from expectax.estimators.base import Estimator, pytree_dataclass, static_field
 
 __all__ = [
+    "CORRECTIONS",
     "KL_MODES",
+    "POLICY_LOSSES",
     "SequenceVariant",
     "TinySequencePolicy",
+    "exact_gradient_moments",
     "gradient_samples",
     "sequence_variants",
     "surrogate_loss",
@@ -42,6 +46,21 @@ __all__ = [
     "tiny_sequence_kl",
     "unbiased_for_objective",
 ]
+
+
+class _DeprecatedKeys(dict):
+    """A dict whose old key ``"reverse_kl"`` maps to ``"forward_kl"`` with a warning."""
+
+    def __missing__(self, key):
+        if key == "reverse_kl" and "forward_kl" in self:
+            warnings.warn(
+                "'reverse_kl' named KL(π_ref‖π), which is the forward (mass-covering) KL; use "
+                "'forward_kl'. 'reverse_kl' will be removed.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return self["forward_kl"]
+        raise KeyError(key)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,6 +73,8 @@ class TinySequencePolicy:
       reward_scale, reward_shift: ``R(y) = scale · #\\{t: y_t = V−1\\} + shift``; the reward
         grows with the number of the last token, so it is correlated with length.
       seed: seed of the default parameters and of the reference policy.
+      reward_kind: ``"count"`` (the reward above) or ``"binary"``
+        (``R(y) = scale · 1[token V−1 occurs in y] + shift``, a verifiable 0/1 reward).
     """
 
     vocab: int = 3
@@ -61,10 +82,16 @@ class TinySequencePolicy:
     reward_scale: float = 1.0
     reward_shift: float = 0.0
     seed: int = 0
+    reward_kind: str = "count"
 
     def __post_init__(self):
         if not (isinstance(self.vocab, int) and self.vocab >= 2):
             raise ValueError(f"TinySequencePolicy: vocab must be an int ≥ 2, got {self.vocab!r}.")
+        if self.reward_kind not in ("count", "binary"):
+            raise ValueError(
+                f"TinySequencePolicy: reward_kind must be 'count' or 'binary', got "
+                f"{self.reward_kind!r}."
+            )
         if not (isinstance(self.length, int) and 1 <= self.length <= 5):
             raise ValueError(
                 f"TinySequencePolicy: length must be an int in [1, 5] (enumeration), got "
@@ -87,12 +114,13 @@ class TinySequencePolicy:
                 tokens[s, t] = tok
                 mask[s, t] = 1.0
                 pid[s, t] = prefixes[tuple(seq[:t])]
+
+        def raw(seq):
+            hits = sum(tok == v - 1 for tok in seq)
+            return hits if self.reward_kind == "count" else float(hits > 0)
+
         rewards = np.array(
-            [
-                self.reward_scale * sum(tok == v - 1 for tok in seq) + self.reward_shift
-                for seq in seqs
-            ],
-            np.float32,
+            [self.reward_scale * raw(seq) + self.reward_shift for seq in seqs], np.float32
         )
         object.__setattr__(self, "_tokens", tokens)
         object.__setattr__(self, "_mask", mask)
@@ -137,27 +165,56 @@ class TinySequencePolicy:
         return jnp.sum(self.token_logp(theta), axis=-1)
 
     def exact_values(self, theta: jax.Array, theta_ref: jax.Array) -> dict[str, jax.Array]:
-        """Exact E[R], KL(π‖π_ref), KL(π_ref‖π), E[R/|y|], E|y| and E[Σ_t k2]."""
+        """Exact E[R], KL(π‖π_ref), KL(π_ref‖π), E[R/|y|], E|y|, E[1/|y|] and E[Σ_t k2].
+
+        ``"kl"`` is ``KL(π‖π_ref)``, the reverse (mode-seeking) KL that RL fine-tuning
+        penalises; ``"forward_kl"`` is ``KL(π_ref‖π)``, the forward (mass-covering) one. The
+        key ``"reverse_kl"``, which named ``KL(π_ref‖π)`` by mistake before, still returns it
+        with a ``DeprecationWarning``.
+        """
         lp, lr = self.seq_logp(theta), self.seq_logp(theta_ref)
         p, pr = jnp.exp(lp), jnp.exp(lr)
         r = jnp.asarray(self._rewards)
-        return {
-            "reward": jnp.sum(p * r),
-            "kl": jnp.sum(p * (lp - lr)),
-            "reverse_kl": jnp.sum(pr * (lr - lp)),
-            "reward_over_length": jnp.sum(p * r / self.lengths),
-            "length": jnp.sum(p * self.lengths),
-            "k2": jnp.sum(
-                p * jnp.sum(0.5 * (self.token_logp(theta_ref) - self.token_logp(theta)) ** 2, -1)
-            ),
-        }
+        return _DeprecatedKeys(
+            {
+                "reward": jnp.sum(p * r),
+                "kl": jnp.sum(p * (lp - lr)),
+                "forward_kl": jnp.sum(pr * (lr - lp)),
+                "reward_over_length": jnp.sum(p * r / self.lengths),
+                "length": jnp.sum(p * self.lengths),
+                "inverse_length": jnp.sum(p / self.lengths),
+                "k2": jnp.sum(
+                    p
+                    * jnp.sum(0.5 * (self.token_logp(theta_ref) - self.token_logp(theta)) ** 2, -1)
+                ),
+            }
+        )
 
     def exact_grads(self, theta: jax.Array, theta_ref: jax.Array) -> dict[str, jax.Array]:
-        """Exact gradients (w.r.t. ``theta``) of every entry of :meth:`exact_values`."""
-        keys = ("reward", "kl", "reverse_kl", "reward_over_length")
-        return {
-            k: jax.grad(lambda th, k=k: self.exact_values(th, theta_ref)[k])(theta) for k in keys
-        }
+        """Exact gradients (w.r.t. ``theta``) of the entries of :meth:`exact_values`.
+
+        Keys ``"reward"``, ``"kl"``, ``"forward_kl"``, ``"reward_over_length"``,
+        ``"inverse_length"`` (and the deprecated ``"reverse_kl"``, see :meth:`exact_values`).
+        """
+        keys = ("reward", "kl", "forward_kl", "reward_over_length", "inverse_length")
+        return _DeprecatedKeys(
+            {k: jax.grad(lambda th, k=k: self.exact_values(th, theta_ref)[k])(theta) for k in keys}
+        )
+
+    def behaviour_params(self, theta: jax.Array, mismatch: float, seed: int = 0) -> jax.Array:
+        """A rollout engine's policy ``μ``: ``θ + mismatch · u`` with a fixed random direction.
+
+        ``u`` has i.i.d. standard normal entries (seeded by ``seed`` and the policy's seed), so
+        ``mismatch`` is the typical logit error of the rollout engine relative to the trainer;
+        ``mismatch = 0`` is the trainer's policy itself.
+        """
+        if not (np.isfinite(mismatch) and mismatch >= 0):
+            raise ValueError(
+                f"behaviour_params: mismatch must be finite and ≥ 0, got {mismatch!r}."
+            )
+        rng = np.random.default_rng([self.seed, 2, seed])
+        u = rng.normal(0.0, 1.0, (self.num_prefixes, self.vocab))
+        return theta + jnp.asarray(mismatch * u, theta.dtype)
 
     def greedy_index(self, theta: jax.Array) -> jax.Array:
         """Index of the greedy completion (argmax at every step), ReMax's baseline."""
@@ -183,6 +240,7 @@ class TinySequencePolicy:
             "ref_logp_gkt": jax.lax.stop_gradient(self.token_logp(theta_ref)[idx]),
             "mask_gkt": jnp.asarray(self._mask)[idx],
             "greedy_rewards_g": jnp.full((idx.shape[0],), self.greedy_reward(theta)),
+            "lengths_gk": jnp.asarray(self.lengths)[idx],
         }
 
 
@@ -198,6 +256,10 @@ def surrogate_loss(
     baseline: float = 0.0,
     theta_old: jax.Array | None = None,
     clip_eps: float | None = None,
+    theta_behaviour: jax.Array | None = None,
+    loss: str = "ppo",
+    correction: str | None = None,
+    threshold: float = 2.0,
 ) -> jax.Array:
     """The loss of one sequence-policy-gradient variant on the batch ``idx`` ``(G, K)``.
 
@@ -213,12 +275,27 @@ def surrogate_loss(
       baseline: the constant of ``advantage="reinforce"``.
       theta_old, clip_eps: the policy that sampled ``idx`` (a later PPO step on the batch) and
         the clip range of :func:`~expectax.rl.sequence.clipped_surrogate`.
+      theta_behaviour: a rollout engine's policy ``μ`` that sampled ``idx`` while the trainer's
+        log-probs are those of ``theta`` (the first step on the batch, with a rollout/trainer
+        mismatch; :meth:`TinySequencePolicy.behaviour_params`); its log-probs are the batch's
+        ``rollout_logp_gkt``.
+      loss: the policy loss (:data:`POLICY_LOSSES`): ``"ppo"``
+        (:func:`~expectax.rl.sequence.sequence_policy_loss`), ``"gspo"``, ``"cispo"``,
+        ``"sapo"``, ``"gmpo"`` or ``"vespo"`` (their functions in :mod:`expectax.rl.sequence`
+        with their defaults; VESPO takes the rollout engine's log-probs as its behaviour policy).
+      correction: ``None`` or ``"<level>-<mode>"`` of
+        :func:`~expectax.rl.sequence.rollout_correction_weights` (``"token-truncate"``,
+        ``"sequence-mask"``, …; ``"<level>-is"``: plain importance weights, no threshold).
+      threshold: the correction's ``C``.
     """
     old = None
     if theta_old is not None:
         old = jax.lax.stop_gradient(policy.token_logp(theta_old)[idx])
+    b = policy.batch(theta, theta_ref, idx)
+    if theta_behaviour is not None:
+        b["rollout_logp_gkt"] = jax.lax.stop_gradient(policy.token_logp(theta_behaviour)[idx])
     return _batch_loss(
-        policy.batch(theta, theta_ref, idx),
+        b,
         advantage=advantage,
         loss_agg_mode=loss_agg_mode,
         kl=kl,
@@ -226,6 +303,9 @@ def surrogate_loss(
         baseline=baseline,
         old_logp_gkt=old,
         clip_eps=clip_eps,
+        loss=loss,
+        correction=correction,
+        threshold=threshold,
     )
 
 
@@ -238,10 +318,38 @@ def _batch_loss(
     baseline: float = 0.0,
     old_logp_gkt: jax.Array | None = None,
     clip_eps: float | None = None,
+    loss: str = "ppo",
+    correction: str | None = None,
+    threshold: float = 2.0,
 ) -> jax.Array:
     """:func:`surrogate_loss` on the arrays of :meth:`TinySequencePolicy.batch`."""
     from expectax.rl import sequence as seq
 
+    if loss not in POLICY_LOSSES:
+        raise ValueError(f"surrogate_loss: unknown loss {loss!r}; one of {list(POLICY_LOSSES)}.")
+    if correction is not None and correction not in CORRECTIONS:
+        raise ValueError(
+            f"surrogate_loss: unknown correction {correction!r}; None or one of "
+            f"{list(CORRECTIONS)}."
+        )
+    rollout = b.get("rollout_logp_gkt")
+    if (correction is not None or loss == "vespo") and rollout is None:
+        raise ValueError(
+            "surrogate_loss: correction and loss='vespo' need the rollout engine's log-probs; "
+            "pass theta_behaviour."
+        )
+    weights = None
+    if correction is not None:
+        level, mode = correction.split("-")
+        trainer_old = b["logp_gkt"] if old_logp_gkt is None else old_logp_gkt
+        weights = seq.rollout_correction_weights(
+            jax.lax.stop_gradient(trainer_old),
+            rollout,
+            b["mask_gkt"],
+            importance_sampling_level=level,
+            mode="truncate" if mode == "is" else mode,
+            threshold=jnp.inf if mode == "is" else threshold,
+        )
     r = b["rewards_gk"]
     if kl.endswith("-reward"):
         r = seq.kl_penalized_rewards(
@@ -254,25 +362,49 @@ def _batch_loss(
         )
     if kl not in KL_MODES:
         raise ValueError(f"surrogate_loss: unknown kl {kl!r}; one of {list(KL_MODES)}.")
-    loss = seq.sequence_policy_loss(
-        b["logp_gkt"],
-        seq.advantages(advantage, r, baseline=baseline, greedy_rewards_g=b.get("greedy_rewards_g")),
-        b["mask_gkt"],
-        old_logp_gkt=old_logp_gkt,
-        clip_eps=clip_eps,
-        loss_agg_mode=loss_agg_mode,
+    adv = seq.advantages(
+        advantage,
+        r,
+        baseline=baseline,
+        greedy_rewards_g=b.get("greedy_rewards_g"),
+        lengths_gk=b.get("lengths_gk"),
     )
+    lp, m = b["logp_gkt"], b["mask_gkt"]
+    if loss == "ppo":
+        total = seq.sequence_policy_loss(
+            lp,
+            adv,
+            m,
+            old_logp_gkt=old_logp_gkt,
+            clip_eps=clip_eps,
+            loss_agg_mode=loss_agg_mode,
+            rollout_is_weights_gkt=weights,
+        )
+    elif loss == "vespo":
+        total = seq.vespo_loss(lp, rollout, adv, m, loss_agg_mode=loss_agg_mode)
+    else:
+        fn = {
+            "gspo": seq.gspo_loss,
+            "cispo": seq.cispo_loss,
+            "sapo": seq.sapo_loss,
+            "gmpo": seq.gmpo_loss,
+        }[loss]
+        kw = {} if loss == "gmpo" else {"loss_agg_mode": loss_agg_mode}
+        total = fn(lp, old_logp_gkt, adv, m, rollout_is_weights_gkt=weights, **kw)
     if kl.endswith("loss"):
         level = "sequence" if "-seq-" in kl else "token"
-        loss = loss + beta * seq.kl_loss(
-            b["logp_gkt"],
+        is_weighted = "-is-" in kl
+        total = total + beta * seq.kl_loss(
+            lp,
             b["ref_logp_gkt"],
-            b["mask_gkt"],
+            m,
             estimator=kl[:2],
             loss_agg_mode=loss_agg_mode,
             level=level,
+            importance_weighted=is_weighted,
+            old_logp_gkt=rollout if is_weighted else None,
         )
-    return loss
+    return total
 
 
 def gradient_samples(
@@ -330,7 +462,85 @@ KL_MODES = (
     "k3-loss",
     "k2-seq-loss",
     "k3-seq-loss",
+    "k3-is-loss",
+    "k3-is-seq-loss",
 )
+
+#: The ``loss`` options of :func:`surrogate_loss`.
+POLICY_LOSSES = ("ppo", "gspo", "cispo", "sapo", "gmpo", "vespo")
+
+#: The ``correction`` options of :func:`surrogate_loss` (level-mode of the rollout correction).
+CORRECTIONS = tuple(
+    f"{level}-{mode}"
+    for level in ("token", "sequence")
+    for mode in ("is", "truncate", "mask", "reject")
+)
+
+
+def exact_gradient_moments(
+    policy: TinySequencePolicy,
+    theta: jax.Array,
+    theta_ref: jax.Array,
+    k: int,
+    groups: int = 1,
+    variants: Sequence[dict[str, Any]] | None = None,
+    theta_behaviour: jax.Array | None = None,
+    condition: str | None = None,
+    chunk: int = 4096,
+    **variant: Any,
+) -> dict[str, np.ndarray]:
+    """Exact mean and variance of each variant's gradient estimate, by enumerating every batch.
+
+    Every batch of ``groups × k`` completions (``S^(G·K)`` of them for ``S`` sequences) is
+    weighted by its probability under the sampling policy (``theta_behaviour``, a rollout
+    engine's, or ``theta``), and the ascent direction ``−∇ loss`` of :func:`surrogate_loss` is
+    computed on it at ``theta``: the expected estimate and its covariance are exact sums, no
+    sampling. ``condition="informative"`` conditions on batches whose groups all have unequal
+    rewards (DAPO's dynamic sampling, which resamples until the batch is full).
+
+    Returns:
+      ``{"mean": (V, P), "var": (V,) tr Cov, "prob": P(condition)}`` for ``len(variants)``
+      variants (or ``(P,)``, a scalar for one variant given as keywords).
+    """
+    single = variants is None
+    variants = [variant] if single else list(variants)
+    n_seq, n = policy.num_sequences, groups * k
+    if n_seq**n > 2_000_000:
+        raise ValueError(
+            f"exact_gradient_moments: {n_seq}^{n} = {n_seq**n} batches is too many to enumerate; "
+            "use fewer completions (groups × k) or a shorter policy."
+        )
+    if condition not in (None, "informative"):
+        raise ValueError("exact_gradient_moments: condition must be None or 'informative'.")
+    idx = np.array(list(itertools.product(range(n_seq), repeat=n)), np.int32)
+    idx = idx.reshape(-1, groups, k)
+    sampler = theta if theta_behaviour is None else theta_behaviour
+    log_q = np.asarray(policy.seq_logp(sampler), np.float64)
+    prob = np.exp(log_q[idx].sum(axis=(1, 2)))
+    if condition == "informative":
+        r = policy.rewards[idx]
+        keep = np.all(r.max(-1) > r.min(-1), axis=-1)
+        total = prob[keep].sum()
+        prob = np.where(keep, prob, 0.0) / total
+    else:
+        total = 1.0
+    extra = {} if theta_behaviour is None else {"theta_behaviour": theta_behaviour}
+    grad = jax.grad(surrogate_loss, argnums=1)
+
+    def one(i):
+        return jnp.stack(
+            [-grad(policy, theta, theta_ref, i, **v, **extra).reshape(-1) for v in variants]
+        )
+
+    fn = jax.jit(lambda ii: jax.lax.map(one, ii, batch_size=min(chunk, len(ii))))
+    g = np.asarray(fn(jnp.asarray(idx)), np.float64)  # (B, V, P)
+    mean = np.einsum("b,bvp->vp", prob, g)
+    second = np.einsum("b,bv->v", prob, np.sum(g**2, axis=-1))
+    var = np.maximum(second - np.sum(mean**2, axis=-1), 0.0)
+    out = {"mean": mean, "var": var, "prob": float(total)}
+    if single:
+        out["mean"], out["var"] = mean[0], float(var[0])
+    return out
 
 
 def unbiased_for_objective(
