@@ -1,0 +1,152 @@
+"""Data and initial parameters of the ELBO gallery, in NumPy only.
+
+Shared by ``benchmarks/elbo_gallery.py`` (numpyro, expectax) and ``benchmarks/pyro_gallery.py``
+(Pyro, in its own environment without JAX), so that both train the same models on the same
+data from the same initial parameters. Every array is generated from a fixed NumPy seed or
+read from scikit-learn's bundled data sets (nothing is downloaded).
+
+Initial parameters are given in the *constrained* space (what ``numpyro.param`` /
+``pyro.param`` return), one set per training seed, the same for every method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- 1. the coin of Pyro's "SVI Part III" -------------------------------------------------
+#: ten flips, six heads (1) and four tails (0)
+COIN_FLIPS = np.array([1.0] * 6 + [0.0] * 4, np.float32)
+COIN_PRIOR = (10.0, 10.0)  # Beta(10, 10) prior on the fairness
+COIN_INIT = (15.0, 15.0)  # the tutorial's starting guide Beta(15, 15)
+
+# --- 2. the Dirichlet-process mixture of Pyro's tutorial ----------------------------------
+DPM_T = 6  # truncation of the stick-breaking construction
+DPM_ALPHA = 0.1  # concentration of the Dirichlet process
+DPM_CENTRES = np.array([[-8.0, -8.0], [8.0, 8.0], [1.5, 2.0], [-0.5, 1.0]])
+
+# --- 4. coal-mining disasters, 1851-1961 (Jarrett 1979; the PyMC change-point example) -----
+COAL_COUNTS = np.array(
+    [4, 5, 4, 0, 1, 4, 3, 4, 0, 6, 3, 3, 4, 0, 2, 6, 3, 3, 5, 4, 5, 3, 1, 4, 4, 1, 5, 5,
+     3, 4, 2, 5, 2, 2, 3, 4, 2, 1, 3, 2, 2, 1, 1, 1, 1, 3, 0, 0, 1, 0, 1, 1, 0, 0, 3, 1,
+     0, 3, 2, 2, 0, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 2, 1, 0, 0, 0, 1, 1, 0, 2, 3, 3, 1, 1,
+     2, 1, 1, 1, 1, 2, 4, 2, 0, 0, 1, 4, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1],
+    np.float32,
+)  # fmt: skip
+COAL_FIRST_YEAR = 1851
+
+# --- 5. spike-and-slab logistic regression ---------------------------------------------------
+SPIKE_PRIOR_INCLUSION = 0.2  # prior probability that a feature is in the model
+SPIKE_SLAB_SCALE = 2.0  # the slab: Normal(0, 2) on a standardised feature's coefficient
+
+
+def dpm_data(n_per_cluster: int = 50, seed: int = 0) -> np.ndarray:
+    """200 points in 2-D from four unit-covariance Gaussians (the tutorial's synthetic set)."""
+    rng = np.random.default_rng(seed)
+    parts = [c + rng.standard_normal((n_per_cluster, 2)) for c in DPM_CENTRES]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def digits_data(threshold: float = 0.5) -> np.ndarray:
+    """All 1,797 of scikit-learn's 8x8 digits, binarised as ``expectax.vi.digits`` does
+    (grey level > threshold x 16), in scikit-learn's order: shape (1797, 64)."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().data.astype(np.float32) / 16.0
+    return (images > threshold).astype(np.float32)
+
+
+def breast_cancer_data() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's Wisconsin breast-cancer set: 569 x 30 standardised features, 0/1 labels."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+SBN_HIDDEN = (32, 16)
+
+
+def sbn_pixel_logits(x: np.ndarray) -> np.ndarray:
+    mean = np.clip(x.mean(axis=0), 0.01, 0.99)
+    return np.log(mean / (1 - mean)).astype(np.float32)
+
+
+def initial_params(model: str, seed: int) -> dict[str, np.ndarray]:
+    """The starting values of every ``param`` site of ``model`` for training seed ``seed``."""
+    rng = np.random.default_rng([seed, 7919])
+    f32 = np.float32
+    if model == "coin":
+        return {"alpha_q": np.array(COIN_INIT[0], f32), "beta_q": np.array(COIN_INIT[1], f32)}
+    if model == "dpm":  # as in the tutorial: kappa ~ U(0, 2), tau ~ N(0, 3 I), phi ~ Dir(1/T)
+        t, n = DPM_T, 4 * 50
+        phi = rng.dirichlet(np.full(t, 1.0 / t), size=n)
+        phi = np.clip(phi, 1e-6, None)  # keep it inside the open simplex (finite logits)
+        return {
+            "kappa": rng.uniform(0.0, 2.0, t - 1).astype(f32),
+            "tau": (np.sqrt(3.0) * rng.standard_normal((t, 2))).astype(f32),
+            "phi": (phi / phi.sum(axis=1, keepdims=True)).astype(f32),
+        }
+    if model == "sbn":  # as expectax.vi.sbn.make_sbn: N(0, 0.1) weights, zero biases
+        d, (h1, h2) = 64, SBN_HIDDEN
+
+        def w(*shape):
+            return (0.1 * rng.standard_normal(shape)).astype(f32)
+
+        return {
+            "p_b2": np.zeros(h2, f32),
+            "p_w21": w(h2, h1),
+            "p_b1": np.zeros(h1, f32),
+            "p_w10": w(h1, d),
+            "p_b0": sbn_pixel_logits(digits_data()),
+            "q_w01": w(d, h1),
+            "q_b1": np.zeros(h1, f32),
+            "q_w12": w(h1, h2),
+            "q_b2": np.zeros(h2, f32),
+        }
+    if model == "coal":  # a uniform switch point, rates around 1 (log-normal guides)
+        return {
+            "switch_logits": np.zeros(len(COAL_COUNTS), f32),
+            "early_loc": np.array(0.1 * rng.standard_normal(), f32),
+            "early_scale": np.array(0.5, f32),
+            "late_loc": np.array(0.1 * rng.standard_normal(), f32),
+            "late_scale": np.array(0.5, f32),
+        }
+    if model == "spike":  # inclusion probability 1/2, small coefficients
+        d = 30
+        return {
+            "incl_logits": np.zeros(d, f32),
+            "coef_loc": (0.1 * rng.standard_normal(d)).astype(f32),
+            "coef_scale": np.full(d, 0.5, f32),
+            "bias_loc": np.array(0.0, f32),
+            "bias_scale": np.array(0.5, f32),
+        }
+    raise ValueError(f"unknown gallery model {model!r}")
+
+
+#: The gallery's rows: (row name, model, particles K, Adam learning rate, Adam b1, steps).
+#: Learning rates are the tutorials' where there is one (coin 5e-4 with b1 0.93, DPM 0.05),
+#: expectax's SVI default for the SBN (3e-3), and chosen once, before any run, for the others;
+#: the same for every method. ``--quick`` runs a tenth of the steps (at least 50).
+GALLERY = (
+    ("coin K=1", "coin", 1, 5e-4, 0.93, 3000),
+    ("coin K=2", "coin", 2, 5e-4, 0.93, 3000),
+    ("coin K=8", "coin", 8, 5e-4, 0.93, 3000),
+    ("dpm", "dpm", 4, 0.05, 0.9, 1000),
+    ("sbn", "sbn", 2, 3e-3, 0.9, 2000),
+    ("coal", "coal", 4, 0.05, 0.9, 1000),
+    ("spike", "spike", 4, 0.01, 0.9, 2000),
+)
+
+
+#: ``--quick`` runs these rows only (one coin row), for a check in a few minutes.
+QUICK_ROWS = ("coin K=2", "dpm", "sbn", "coal", "spike")
+
+
+def quick_steps(steps: int) -> int:
+    return max(50, steps // 10)
+
+
+def checkpoints(steps: int, points: int) -> list[int]:
+    """The steps at which learning curves are evaluated: ``points`` + 1 evenly spaced."""
+    return sorted({int(round(steps * i / points)) for i in range(points + 1)})

@@ -1,0 +1,189 @@
+r"""The models of the ELBO gallery: plain numpyro models and guides, no expectax inside.
+
+Each is written as a numpyro user would write it; the guides' discrete or
+non-reparameterised sites are what the gallery's ELBOs differ on.
+
+1. ``coin``: Pyro's "SVI Part III" coin. A Beta(10, 10) prior on a coin's fairness, ten
+   Bernoulli flips (six heads); the guide is a Beta with positive parameters that is *not*
+   reparameterised (``NonreparameterizedBeta``), so its gradient comes from the score function.
+   The exact ELBO is known in closed form (:func:`coin_exact_neg_elbo`).
+2. ``dpm``: Pyro's Dirichlet-process mixture tutorial, ported: stick-breaking with
+   ``T = 6`` Beta sticks, ``T`` Gaussian cluster means, and one Categorical assignment per point
+   in a plate of 200 points. Guide: Beta sticks (reparameterised in numpyro), Gaussian means,
+   ``Categorical(probs=phi_i)`` per point.
+3. ``sbn``: the two-layer sigmoid belief network of :mod:`expectax.vi.sbn` (64 binary pixels,
+   32 and 16 Bernoulli latents per image) on all 1,797 binarised digits, full batch; Bernoulli
+   guide layers.
+4. ``coal``: the coal-mining-disasters change point (the PyMC classic): Poisson counts per
+   year with an early and a late rate and an unknown switch year; the guide is a Categorical
+   over the 111 years and log-normal rates.
+5. ``spike``: spike-and-slab logistic regression on scikit-learn's breast-cancer data: a
+   Bernoulli inclusion indicator and a Normal slab coefficient per feature; the guide has a
+   Bernoulli per indicator and Gaussians for the coefficients.
+"""
+
+from __future__ import annotations
+
+import gallery_data as data
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+# ---------------------------------------------------------------------------------------------
+# 1. The coin (Pyro's SVI Part III)
+# ---------------------------------------------------------------------------------------------
+
+
+class NonreparameterizedBeta(dist.Beta):
+    """A Beta whose samples carry no gradient: ELBOs must use the score function for it."""
+
+    reparametrized_params = []
+
+    def sample(self, key, sample_shape=()):
+        return jax.lax.stop_gradient(super().sample(key, sample_shape))
+
+
+def coin_model(flips):
+    fairness = numpyro.sample("latent_fairness", dist.Beta(*data.COIN_PRIOR))
+    with numpyro.plate("data", flips.shape[0]):
+        numpyro.sample("obs", dist.Bernoulli(probs=fairness), obs=flips)
+
+
+def coin_guide(flips):
+    alpha_q = numpyro.param("alpha_q", data.COIN_INIT[0], constraint=constraints.positive)
+    beta_q = numpyro.param("beta_q", data.COIN_INIT[1], constraint=constraints.positive)
+    numpyro.sample("latent_fairness", NonreparameterizedBeta(alpha_q, beta_q))
+
+
+def coin_exact_neg_elbo(params, flips):
+    """``−ELBO = KL(q ‖ posterior) − log p(flips)``, in closed form (Beta-Bernoulli)."""
+    from jax.scipy.special import betaln, digamma
+
+    a0, b0 = data.COIN_PRIOR
+    heads = jnp.sum(flips)
+    tails = flips.shape[0] - heads
+    a_n, b_n = a0 + heads, b0 + tails
+    log_evidence = betaln(a_n, b_n) - betaln(a0, b0)
+    a, b = params["alpha_q"], params["beta_q"]
+    kl = (
+        betaln(a_n, b_n)
+        - betaln(a, b)
+        + (a - a_n) * digamma(a)
+        + (b - b_n) * digamma(b)
+        + (a_n - a + b_n - b) * digamma(a + b)
+    )
+    return kl - log_evidence
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The Dirichlet-process mixture (Pyro's tutorial, stick-breaking, T = 6)
+# ---------------------------------------------------------------------------------------------
+
+
+def mix_weights(beta):
+    """Stick-breaking: T − 1 fractions in (0, 1) -> T mixture weights that sum to one."""
+    remaining = jnp.cumprod(1.0 - beta, axis=-1)
+    return jnp.pad(beta, (0, 1), constant_values=1.0) * jnp.pad(
+        remaining, (1, 0), constant_values=1.0
+    )
+
+
+def dpm_model(points):
+    t = data.DPM_T
+    with numpyro.plate("beta_plate", t - 1):
+        beta = numpyro.sample("beta", dist.Beta(1.0, data.DPM_ALPHA))
+    with numpyro.plate("mu_plate", t):
+        mu = numpyro.sample("mu", dist.MultivariateNormal(jnp.zeros(2), 5.0 * jnp.eye(2)))
+    with numpyro.plate("data", points.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(probs=mix_weights(beta)))
+        numpyro.sample("obs", dist.MultivariateNormal(mu[z], jnp.eye(2)), obs=points)
+
+
+def dpm_guide(points):
+    t, n = data.DPM_T, points.shape[0]
+    kappa = numpyro.param(
+        "kappa",
+        lambda key: jax.random.uniform(key, (t - 1,), maxval=2.0),
+        constraint=constraints.positive,
+    )
+    tau = numpyro.param("tau", lambda key: jnp.sqrt(3.0) * jax.random.normal(key, (t, 2)))
+    phi = numpyro.param(
+        "phi",
+        lambda key: jax.random.dirichlet(key, jnp.full(t, 1.0 / t), (n,)),
+        constraint=constraints.simplex,
+    )
+    with numpyro.plate("beta_plate", t - 1):
+        numpyro.sample("beta", dist.Beta(jnp.ones(t - 1), kappa))
+    with numpyro.plate("mu_plate", t):
+        numpyro.sample("mu", dist.MultivariateNormal(tau, jnp.eye(2)))
+    with numpyro.plate("data", n):
+        numpyro.sample("z", dist.Categorical(probs=phi))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The sigmoid belief network on all digits
+# ---------------------------------------------------------------------------------------------
+
+
+def sbn(pixels):
+    """``(model, guide)`` of :func:`expectax.vi.sbn.make_sbn` (64 → 32 → 16), each called as
+    ``f(x, num_data)``; here full batch, ``num_data = 1797``."""
+    from expectax.vi.sbn import make_sbn
+
+    return make_sbn(64, data.SBN_HIDDEN, pixel_logits=data.sbn_pixel_logits(pixels))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Coal-mining disasters: a Poisson change point
+# ---------------------------------------------------------------------------------------------
+
+
+def coal_model(counts):
+    years = counts.shape[0]
+    switch = numpyro.sample("switch", dist.Categorical(logits=jnp.zeros(years)))
+    early = numpyro.sample("early_rate", dist.Exponential(1.0))
+    late = numpyro.sample("late_rate", dist.Exponential(1.0))
+    rate = jnp.where(jnp.arange(years) < switch, early, late)
+    with numpyro.plate("years", years):
+        numpyro.sample("disasters", dist.Poisson(rate), obs=counts)
+
+
+def coal_guide(counts):
+    years = counts.shape[0]
+    logits = numpyro.param("switch_logits", jnp.zeros(years))
+    numpyro.sample("switch", dist.Categorical(logits=logits))
+    for name in ("early", "late"):
+        loc = numpyro.param(f"{name}_loc", 0.0)
+        scale = numpyro.param(f"{name}_scale", 0.5, constraint=constraints.positive)
+        numpyro.sample(f"{name}_rate", dist.LogNormal(loc, scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Spike-and-slab logistic regression (breast cancer)
+# ---------------------------------------------------------------------------------------------
+
+
+def spike_model(x, y):
+    n, d = x.shape
+    with numpyro.plate("features", d):
+        included = numpyro.sample("included", dist.Bernoulli(probs=data.SPIKE_PRIOR_INCLUSION))
+        coef = numpyro.sample("coef", dist.Normal(0.0, data.SPIKE_SLAB_SCALE))
+    bias = numpyro.sample("bias", dist.Normal(0.0, 5.0))
+    logits = bias + x @ (included * coef)
+    with numpyro.plate("data", n):
+        numpyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
+
+
+def spike_guide(x, y):
+    d = x.shape[1]
+    incl_logits = numpyro.param("incl_logits", jnp.zeros(d))
+    coef_loc = numpyro.param("coef_loc", jnp.zeros(d))
+    coef_scale = numpyro.param("coef_scale", 0.5 * jnp.ones(d), constraint=constraints.positive)
+    with numpyro.plate("features", d):
+        numpyro.sample("included", dist.Bernoulli(logits=incl_logits))
+        numpyro.sample("coef", dist.Normal(coef_loc, coef_scale))
+    bias_loc = numpyro.param("bias_loc", 0.0)
+    bias_scale = numpyro.param("bias_scale", 0.5, constraint=constraints.positive)
+    numpyro.sample("bias", dist.Normal(bias_loc, bias_scale))
