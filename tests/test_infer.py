@@ -73,7 +73,13 @@ def exact_loss_grad(params):
 
 
 CONFIGS = {
-    "default (RLOO)": {},
+    "default (weighted LOO)": {},
+    "RLOO": {
+        "estimators": {
+            "z1": ex.ScoreFunction(baseline=baselines.LeaveOneOut()),
+            "z2": ex.ScoreFunction(baseline=baselines.LeaveOneOut()),
+        }
+    },
     "DisARM per site": {"estimators": {"z1": ex.DisARM(), "z2": ex.DisARM()}},
     "RELAX + RLOO": {
         "estimators": {"z1": ex.RELAX(), "z2": ex.ScoreFunction(baseline=baselines.LeaveOneOut())}

@@ -64,6 +64,7 @@ from numpyro.ops.provenance import eval_provenance
 from numpyro.primitives import Messenger
 
 from expectax import sharding as _sharding
+from expectax.baselines import natural_score_weights
 from expectax.estimators.base import (
     Context,
     Estimator,
@@ -87,8 +88,9 @@ def default_estimator(site: Mapping[str, Any], num_particles: int) -> Estimator:
     """The estimator a site gets when none is chosen for it.
 
     ``Pathwise()`` for a reparameterisable distribution (``fn.has_rsample``), otherwise the
-    score function with a leave-one-out baseline over the particles (plain score function when
-    there is a single particle).
+    score function with :class:`expectax.baselines.WeightedLeaveOneOut` over the particles
+    (the plain score function when there is a single particle and no history; see
+    ``docs/numpyro.md`` for why it replaced the plain leave-one-out baseline).
     """
     from expectax import baselines
     from expectax.estimators.pathwise import Pathwise
@@ -96,9 +98,7 @@ def default_estimator(site: Mapping[str, Any], num_particles: int) -> Estimator:
 
     if getattr(site["fn"], "has_rsample", False):
         return Pathwise()
-    if num_particles >= 2:
-        return ScoreFunction(baseline=baselines.LeaveOneOut())
-    return ScoreFunction()
+    return ScoreFunction(baseline=baselines.WeightedLeaveOneOut())
 
 
 def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
@@ -140,11 +140,13 @@ def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
                 "baselines.LeaveOneOut() or baselines.Constant(c)."
             )
         b = estimator.baseline
-        if b is not None and not isinstance(b, (baselines.LeaveOneOut, baselines.Constant)):
+        allowed = (baselines.LeaveOneOut, baselines.WeightedLeaveOneOut, baselines.Constant)
+        if b is not None and not isinstance(b, allowed):
             raise ValueError(
                 f"site {name!r}: in a program a score-function site takes baseline=None, "
-                "baselines.LeaveOneOut() (over the particles) or baselines.Constant(c); got "
-                f"{type(b).__name__}."
+                "baselines.WeightedLeaveOneOut() or baselines.LeaveOneOut() (over the "
+                "particles) or baselines.Constant(c); got "
+                f"{type(b).__name__ if not isinstance(b, str) else repr(b)}."
             )
         if isinstance(b, baselines.LeaveOneOut) and num_particles < 2:
             raise ValueError(
@@ -375,6 +377,93 @@ def _target_shape(frames: tuple[Any, ...]) -> tuple[int, ...]:
     return tuple(shape)
 
 
+# --------------------------------------------------------------------------- baselines' history
+
+_PYRO_KEYS = {
+    "use_decaying_avg_baseline",
+    "baseline_beta",
+    "baseline_value",
+    "nn_baseline",
+    "nn_baseline_input",
+}
+
+
+def _pyro_baseline(name: str, msg: Mapping[str, Any], spec: Any, history: bool) -> Estimator:
+    """Pyro's ``infer={"baseline": {...}}`` of a site, as an expectax estimator, or an error."""
+    from expectax import baselines
+    from expectax.estimators.score_function import ScoreFunction
+
+    if not isinstance(spec, Mapping) or set(spec) - _PYRO_KEYS:
+        raise ValueError(
+            f"site {name!r}: infer={{'baseline': {spec!r}}} is not a Pyro baseline dict (keys "
+            f"{sorted(_PYRO_KEYS)}). Use infer={{'estimator': ex.ScoreFunction(baseline=...)}}."
+        )
+    if "nn_baseline" in spec or "nn_baseline_input" in spec:
+        raise ValueError(
+            f"site {name!r}: Pyro's nn_baseline is not supported by expectax's ELBO. Remove it: "
+            "the default baseline (baselines.WeightedLeaveOneOut over the particles, with a "
+            "decaying average through expectax.infer.with_baselines(guide)) needs no network."
+        )
+    if getattr(msg["fn"], "has_rsample", False):
+        raise ValueError(
+            f"site {name!r}: infer={{'baseline': ...}} is for non-reparameterised sites, but "
+            f"{type(msg['fn']).__name__} is reparameterised (expectax uses Pathwise() for it)."
+        )
+    if "baseline_value" in spec:
+        value = spec["baseline_value"]
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"site {name!r}: baseline_value must be a scalar (got shape {jnp.shape(value)})."
+            )
+        return ScoreFunction(baseline=baselines.Constant(value))
+    if spec.get("use_decaying_avg_baseline"):
+        beta = spec.get("baseline_beta", 0.9)
+        if not history:
+            raise ValueError(
+                f"site {name!r}: use_decaying_avg_baseline needs the baselines' state carried "
+                "through SVI, and this guide declares none. Wrap the guide: "
+                "SVI(model, expectax.infer.with_baselines(guide), ...)."
+            )
+        return ScoreFunction(baseline=baselines.WeightedLeaveOneOut(decay=float(beta)))
+    raise ValueError(
+        f"site {name!r}: infer={{'baseline': {spec!r}}} asks for no baseline expectax knows "
+        "(use_decaying_avg_baseline=True or baseline_value=<float>)."
+    )
+
+
+def _weighted(s: _Site) -> bool:
+    from expectax import baselines
+
+    return isinstance(getattr(s.estimator, "baseline", None), baselines.WeightedLeaveOneOut)
+
+
+def _history(state, decay, d, w, name):
+    """``((λ, Σ_wd, Σ_w), new state)`` for one site: earlier steps' decaying averages (zero
+    debiased, as Adam's moments) enter as λ = max(1, N − 1) pseudo-particles."""
+    n = d.shape[0]
+    count, avg_wd, avg_w = state["count"], state["wd"], state["w"]
+    target = d.shape[1:]
+    pooled = jnp.shape(avg_wd) == () and target != ()
+    if not pooled and jnp.shape(avg_wd) != target:
+        raise ValueError(
+            f"the baselines' state of site {name!r} has shape {jnp.shape(avg_wd)}, but the "
+            f"site's downstream cost has plate shape {target}: the guide's plates changed "
+            "since SVI.init. Re-run svi.init with the guide wrapped by "
+            "expectax.infer.with_baselines."
+        )
+    w = jnp.ones_like(d) if w is None else w
+    debias = jnp.where(count > 0, 1.0 - decay ** count.astype(d.dtype), 1.0)
+    lam = jnp.where(count > 0, float(max(1, n - 1)), 0.0)
+    past = (lam, avg_wd / debias, avg_w / debias)
+    reduce = (lambda v: jnp.mean(v)) if pooled else (lambda v: jnp.mean(v, axis=0))
+    new = {
+        "count": count + 1,
+        "wd": decay * avg_wd + (1 - decay) * reduce(w * d),
+        "w": decay * avg_w + (1 - decay) * reduce(w),
+    }
+    return past, new
+
+
 # --------------------------------------------------------------------------- the engine
 
 
@@ -388,6 +477,7 @@ class _Engine:
         self.debug = debug
         self.builders: dict[str, Callable] = {}
         self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
+        self.history_available = False  # the ELBO sets it when SVI carries the baselines' state
 
     # -- estimator choice
     def _chooser(self, roles: dict[str, _Site] | None, record: dict[str, Any]):
@@ -396,6 +486,8 @@ class _Engine:
                 return roles[name].role
             infer = msg.get("infer") or {}
             est = self.estimators.get(name, infer.get("estimator"))
+            if est is None and infer.get("baseline") is not None:
+                est = _pyro_baseline(name, msg, infer["baseline"], self.history_available)
             if est is None:
                 est = default_estimator(msg, self.num_particles)
             role = _role(est, name, msg["fn"], self.num_particles)
@@ -467,7 +559,7 @@ class _Engine:
         chooser = self._chooser(sites, {})
         r = run(params, key, seed_key, chooser, {})
         self._check_same_sites(sites, r)
-        lps, fns, values = {}, {}, {}
+        lps, fns, values, weights = {}, {}, {}, {}
         for name, s in sites.items():
             site = r.sites[name]
             if s.role != "pathwise":
@@ -476,11 +568,22 @@ class _Engine:
                 check_fixed_support(site["fn"], f"ScoreFunction at site {name!r}")
                 lp = _masked(log_prob(site["fn"], site["value"]), site)
                 lps[name] = _reduce(lp, s.frames, s.frames)
+                if _weighted(s):
+                    wf = natural_score_weights(site["fn"], site["value"])
+                    if wf is not None:
+                        weights[name] = tuple(
+                            _reduce(
+                                _masked(jnp.broadcast_to(v, jnp.shape(lp)), site),
+                                s.frames,
+                                s.frames,
+                            )
+                            for v in wf
+                        )
             elif s.role in ("blackbox", "joint"):
                 builder, fns[name] = _elementwise(site["fn"], s, _sample_shape(site))
                 self.builders[name] = builder
         costs = {n: v for n, (v, _) in r.costs.items()}
-        return {"lps": lps, "costs": costs, "fns": fns, "values": values}
+        return {"lps": lps, "costs": costs, "fns": fns, "values": values, "weights": weights}
 
     def evaluations(self) -> int:
         """Runs of the program per estimate, as of the last trace: a run per particle plus the
@@ -504,7 +607,13 @@ class _Engine:
         return jax.lax.map(fn, keys)
 
     # -- the estimate
-    def estimate(self, run, params, key, check=None):
+    def estimate(self, run, params, key, check=None, history=None):
+        """The surrogate; with ``history`` (the baselines' state, :func:`history_init`),
+        ``(surrogate, new history)``."""
+        from expectax import baselines
+        from expectax.baselines import weighted_loo
+
+        new_history = dict(history or {})
         key_sites, seed_key, key_est = jax.random.split(key, 3)
         sites, cost_deps, lp_deps, cost_frames = self.structure(
             run, params, key_sites, seed_key, check
@@ -523,8 +632,16 @@ class _Engine:
                 continue
             d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
             d = jax.lax.stop_gradient(d)
-            if type(b).__name__ == "LeaveOneOut":
-                base[s.name] = (jnp.sum(d, axis=0, keepdims=True) - d) / (n - 1)
+            if isinstance(b, baselines.WeightedLeaveOneOut):
+                w, fisher = out["weights"].get(s.name, (None, None))
+                if w is not None:
+                    w, fisher = (jnp.reshape(v, d.shape) for v in (w, fisher))
+                past = None
+                if history is not None and s.name in history:
+                    past, new_history[s.name] = _history(history[s.name], b.decay, d, w, s.name)
+                base[s.name] = weighted_loo(d, w, fisher, past)
+            elif isinstance(b, baselines.LeaveOneOut):
+                base[s.name] = baselines.others_sum(d) / (n - 1)
             else:
                 base[s.name] = jnp.broadcast_to(jnp.asarray(b.c, d.dtype), d.shape)
 
@@ -558,7 +675,9 @@ class _Engine:
             deps = (cost_deps, lp_deps, cost_frames)
             t = self._blackbox(run, s, params, keys, seed_key, out, deps, sites, site_key)
             result = result + (t - jax.lax.stop_gradient(t))
-        return result
+        if history is None:
+            return result
+        return result, new_history
 
     def _blackbox(self, run, s, params, keys, seed_key, out, deps, sites, key):
         """The site estimator's surrogate: Σ over plate elements, mean over particles.

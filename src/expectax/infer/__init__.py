@@ -7,6 +7,6 @@ is a stochastic program (:mod:`expectax.programs`) whose cost is ``log p − log
 discrete guide sites and, optionally, DReG for reparameterised ones.
 """
 
-from expectax.infer.elbo import IWELBO, TraceGraph_ELBO
+from expectax.infer.elbo import BASELINE_STATE, IWELBO, TraceGraph_ELBO, with_baselines
 
-__all__ = ["IWELBO", "TraceGraph_ELBO"]
+__all__ = ["BASELINE_STATE", "IWELBO", "TraceGraph_ELBO", "with_baselines"]

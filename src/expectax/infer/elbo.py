@@ -21,7 +21,62 @@ from numpyro.infer.elbo import ELBO
 
 from expectax.estimators.base import Estimator, log_prob
 
-__all__ = ["IWELBO", "TraceGraph_ELBO"]
+__all__ = ["BASELINE_STATE", "IWELBO", "TraceGraph_ELBO", "with_baselines"]
+
+#: the name of the ``numpyro.mutable`` site that carries the baselines' state through SVI
+BASELINE_STATE = "_expectax_baselines"
+
+
+def with_baselines(guide: Callable) -> Callable:
+    """The guide, declaring a ``numpyro.mutable`` site that carries the baselines' history.
+
+    ``numpyro.infer.SVI`` passes mutable state to the loss only when the guide declares a
+    mutable site; this wrapper declares one, ``BASELINE_STATE``, holding per latent site (per
+    plate element for a local site; one value per site in a subsampled or scaled plate) the
+    decaying averages that :class:`expectax.baselines.WeightedLeaveOneOut` and Pyro-style
+    ``infer={"baseline": {"use_decaying_avg_baseline": True}}`` read. With it the baselines
+    work at any particle count, one included::
+
+        svi = SVI(model, expectax.infer.with_baselines(guide), optax.adam(1e-2),
+                  loss=expectax.infer.TraceGraph_ELBO(num_particles=1))
+
+    The guide's samples, its return value and its parameters are unchanged (numpyro's own
+    ELBOs and ``Predictive`` accept the wrapped guide too).
+    """
+    import functools
+
+    from numpyro.primitives import mutable
+
+    if not callable(guide):
+        raise TypeError(f"with_baselines(guide): guide must be a function, got {guide!r}.")
+
+    @functools.wraps(guide)
+    def wrapped(*args, **kwargs):
+        with handlers.trace() as tr:
+            out = guide(*args, **kwargs)
+        mutable(BASELINE_STATE, _history_init(tr))
+        return out
+
+    return wrapped
+
+
+def _history_init(tr) -> dict:
+    from expectax import programs
+
+    state = {}
+    for name, site in tr.items():
+        if site["type"] != "sample" or site.get("is_observed"):
+            continue
+        scale = site.get("scale")
+        pooled = scale is not None and not (isinstance(scale, (int, float)) and scale == 1)
+        shape = () if pooled else programs._target_shape(programs._frames(site))
+        dtype = jnp.result_type(float)
+        state[name] = {
+            "count": jnp.zeros((), jnp.int32),
+            "wd": jnp.zeros(shape, dtype),
+            "w": jnp.zeros(shape, dtype),
+        }
+    return state
 
 
 def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Callable:
@@ -146,8 +201,13 @@ class TraceGraph_ELBO(ELBO):
             debug=False,
         )
         run = _elbo_tracer(model, guide, args, kwargs)
-        elbo = engine.estimate(run, param_map, rng_key, check=_check_traces)
-        return {"loss": -elbo, "mutable_state": None}
+        history = param_map.get(BASELINE_STATE) if isinstance(param_map, Mapping) else None
+        engine.history_available = history is not None
+        if history is None:
+            elbo = engine.estimate(run, param_map, rng_key, check=_check_traces)
+            return {"loss": -elbo, "mutable_state": None}
+        elbo, new = engine.estimate(run, param_map, rng_key, check=_check_traces, history=history)
+        return {"loss": -elbo, "mutable_state": {BASELINE_STATE: new}}
 
 
 def _check_traces(run: Any) -> None:
