@@ -147,6 +147,10 @@ def quick_steps(steps: int) -> int:
     return max(50, steps // 10)
 
 
-def checkpoints(steps: int, points: int) -> list[int]:
-    """The steps at which learning curves are evaluated: ``points`` + 1 evenly spaced."""
-    return sorted({int(round(steps * i / points)) for i in range(points + 1)})
+def checkpoints(steps: int, points: int, early: bool = False) -> list[int]:
+    """The steps at which learning curves are evaluated: ``points`` + 1 evenly spaced, and with
+    ``early`` also 1, 2, 5, 10, 20, 50, ... (where a slower method's equal-time budget ends)."""
+    grid = {int(round(steps * i / points)) for i in range(points + 1)}
+    if early:
+        grid |= {m * 10**e for e in range(6) for m in (1, 2, 5) if m * 10**e < steps}
+    return sorted(grid)

@@ -1,0 +1,285 @@
+r"""The ELBO gallery in Pyro 1.9: ``TraceGraph_ELBO`` with Pyro's decaying-average baseline.
+
+The same models as ``benchmarks/gallery_models.py`` written in Pyro, on the same data, from the
+same initial parameters, with the same particles, Adam learning rates, step budgets and seeds
+(``benchmarks/gallery_data.py``; Pyro's random numbers differ, of course). Every
+non-reparameterised guide site carries
+``infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}``; the loss is
+``pyro.infer.TraceGraph_ELBO(num_particles=K)`` (particles in a loop, Pyro's default), with
+argument validation off (numpyro's default) and one torch thread.
+
+It exports the trained parameters (model and guide, constrained) at evenly spaced checkpoints
+(and at steps 1, 2, 5, 10, 20, 50, ..., where its equal-time budget may end) and its time per
+step to a JSON; ``benchmarks/elbo_gallery.py`` evaluates those parameters in numpyro with the
+same evaluation key as every other method, so the numbers compare. The time per step is the
+median over seeds of the training time (checkpoint export excluded) divided by the steps,
+measured in this process alone, on whatever load the machine has.
+
+It runs in its own benchmark-only environment (CPU torch), never in CI nor among the library's
+dependencies::
+
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install torch==2.13.0 pyro-ppl numpy scikit-learn
+    .venv-bench/bin/python benchmarks/pyro_gallery.py --seeds 100-104  # results/pyro_gallery.json
+    .venv-bench/bin/python benchmarks/pyro_gallery.py --quick  # results/pyro_gallery-quick.json
+
+then ``.venv/bin/python benchmarks/elbo_gallery.py`` (with the same ``--quick``/``--seeds``)
+merges it into the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import gallery_data as gdata  # noqa: E402
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+import torch  # noqa: E402
+from pyro.distributions import constraints  # noqa: E402
+from pyro.infer import SVI, TraceGraph_ELBO  # noqa: E402
+from pyro.optim import Adam  # noqa: E402
+
+BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
+
+# ---------------------------------------------------------------------------------------------
+# The models (as in gallery_models.py); param names and shapes match the numpyro versions.
+# ---------------------------------------------------------------------------------------------
+
+
+class NonreparameterizedBeta(dist.Beta):
+    has_rsample = False  # Pyro then samples without a gradient and uses the score function
+
+
+def coin_model(flips):
+    fairness = pyro.sample("latent_fairness", dist.Beta(*gdata.COIN_PRIOR))
+    with pyro.plate("data", len(flips)):
+        pyro.sample("obs", dist.Bernoulli(fairness), obs=flips)
+
+
+def coin_guide(flips):
+    alpha_q = pyro.param(
+        "alpha_q", torch.tensor(gdata.COIN_INIT[0]), constraint=constraints.positive
+    )
+    beta_q = pyro.param("beta_q", torch.tensor(gdata.COIN_INIT[1]), constraint=constraints.positive)
+    pyro.sample("latent_fairness", NonreparameterizedBeta(alpha_q, beta_q), infer=BASELINE)
+
+
+def mix_weights(beta):
+    remaining = torch.cumprod(1 - beta, -1)
+    return torch.nn.functional.pad(beta, (0, 1), value=1.0) * torch.nn.functional.pad(
+        remaining, (1, 0), value=1.0
+    )
+
+
+def dpm_model(points):
+    t = gdata.DPM_T
+    with pyro.plate("beta_plate", t - 1):
+        beta = pyro.sample("beta", dist.Beta(1.0, gdata.DPM_ALPHA))
+    with pyro.plate("mu_plate", t):
+        mu = pyro.sample("mu", dist.MultivariateNormal(torch.zeros(2), 5 * torch.eye(2)))
+    with pyro.plate("data", len(points)):
+        z = pyro.sample("z", dist.Categorical(mix_weights(beta)))
+        pyro.sample("obs", dist.MultivariateNormal(mu[z], torch.eye(2)), obs=points)
+
+
+def dpm_guide(points):
+    t, n = gdata.DPM_T, len(points)
+    kappa = pyro.param("kappa", lambda: 2 * torch.rand(t - 1), constraint=constraints.positive)
+    tau = pyro.param("tau", lambda: 3**0.5 * torch.randn(t, 2))
+    phi = pyro.param(
+        "phi", lambda: dist.Dirichlet(torch.ones(t) / t).sample([n]), constraint=constraints.simplex
+    )
+    with pyro.plate("beta_plate", t - 1):
+        pyro.sample("beta", dist.Beta(torch.ones(t - 1), kappa))
+    with pyro.plate("mu_plate", t):
+        pyro.sample("mu", dist.MultivariateNormal(tau, torch.eye(2)))
+    with pyro.plate("data", n):
+        pyro.sample("z", dist.Categorical(phi), infer=BASELINE)
+
+
+def sbn_model(x):
+    b, d = x.shape
+    h1, h2 = gdata.SBN_HIDDEN
+    p_b2 = pyro.param("p_b2", torch.zeros(h2))
+    p_w21 = pyro.param("p_w21", torch.zeros(h2, h1))
+    p_b1 = pyro.param("p_b1", torch.zeros(h1))
+    p_w10 = pyro.param("p_w10", torch.zeros(h1, d))
+    p_b0 = pyro.param("p_b0", torch.zeros(d))
+    with pyro.plate("data", b):
+        z2 = pyro.sample("z2", dist.Bernoulli(logits=p_b2.expand(b, h2)).to_event(1))
+        z1 = pyro.sample("z1", dist.Bernoulli(logits=z2 @ p_w21 + p_b1).to_event(1))
+        pyro.sample("x", dist.Bernoulli(logits=z1 @ p_w10 + p_b0).to_event(1), obs=x)
+
+
+def sbn_guide(x):
+    b, d = x.shape
+    h1, h2 = gdata.SBN_HIDDEN
+    q_w01 = pyro.param("q_w01", torch.zeros(d, h1))
+    q_b1 = pyro.param("q_b1", torch.zeros(h1))
+    q_w12 = pyro.param("q_w12", torch.zeros(h1, h2))
+    q_b2 = pyro.param("q_b2", torch.zeros(h2))
+    with pyro.plate("data", b):
+        z1 = pyro.sample("z1", dist.Bernoulli(logits=x @ q_w01 + q_b1).to_event(1), infer=BASELINE)
+        pyro.sample("z2", dist.Bernoulli(logits=z1 @ q_w12 + q_b2).to_event(1), infer=BASELINE)
+
+
+def coal_model(counts):
+    years = len(counts)
+    switch = pyro.sample("switch", dist.Categorical(logits=torch.zeros(years)))
+    early = pyro.sample("early_rate", dist.Exponential(1.0))
+    late = pyro.sample("late_rate", dist.Exponential(1.0))
+    rate = torch.where(torch.arange(years) < switch, early, late)
+    with pyro.plate("years", years):
+        pyro.sample("disasters", dist.Poisson(rate), obs=counts)
+
+
+def coal_guide(counts):
+    logits = pyro.param("switch_logits", torch.zeros(len(counts)))
+    pyro.sample("switch", dist.Categorical(logits=logits), infer=BASELINE)
+    for name in ("early", "late"):
+        loc = pyro.param(f"{name}_loc", torch.tensor(0.0))
+        scale = pyro.param(f"{name}_scale", torch.tensor(0.5), constraint=constraints.positive)
+        pyro.sample(f"{name}_rate", dist.LogNormal(loc, scale))
+
+
+def spike_model(x, y):
+    n, d = x.shape
+    with pyro.plate("features", d):
+        included = pyro.sample("included", dist.Bernoulli(gdata.SPIKE_PRIOR_INCLUSION))
+        coef = pyro.sample("coef", dist.Normal(0.0, gdata.SPIKE_SLAB_SCALE))
+    bias = pyro.sample("bias", dist.Normal(0.0, 5.0))
+    logits = bias + x @ (included * coef)
+    with pyro.plate("data", n):
+        pyro.sample("y", dist.Bernoulli(logits=logits), obs=y)
+
+
+def spike_guide(x, y):
+    d = x.shape[1]
+    incl_logits = pyro.param("incl_logits", torch.zeros(d))
+    coef_loc = pyro.param("coef_loc", torch.zeros(d))
+    coef_scale = pyro.param("coef_scale", 0.5 * torch.ones(d), constraint=constraints.positive)
+    with pyro.plate("features", d):
+        pyro.sample("included", dist.Bernoulli(logits=incl_logits), infer=BASELINE)
+        pyro.sample("coef", dist.Normal(coef_loc, coef_scale))
+    bias_loc = pyro.param("bias_loc", torch.tensor(0.0))
+    bias_scale = pyro.param("bias_scale", torch.tensor(0.5), constraint=constraints.positive)
+    pyro.sample("bias", dist.Normal(bias_loc, bias_scale))
+
+
+def models() -> dict:
+    t = torch.tensor
+    x, y = gdata.breast_cancer_data()
+    return {
+        "coin": (coin_model, coin_guide, (t(gdata.COIN_FLIPS),)),
+        "dpm": (dpm_model, dpm_guide, (t(gdata.dpm_data()),)),
+        "sbn": (sbn_model, sbn_guide, (t(gdata.digits_data()),)),
+        "coal": (coal_model, coal_guide, (t(gdata.COAL_COUNTS),)),
+        "spike": (spike_model, spike_guide, (t(x), t(y))),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def export() -> dict:
+    """The constrained values of the model's and guide's params (not Pyro's baseline state)."""
+    store = pyro.get_param_store()
+    return {
+        k: np.round(store[k].detach().numpy().astype(np.float64), 7).tolist()
+        for k in store.keys()
+        if not k.startswith("__")
+    }
+
+
+def train(key, model, guide, args, k, lr, b1, steps, seed, grid):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    pyro.poutine.trace(guide).get_trace(*args)  # creates the params (and their constraints)
+    pyro.poutine.trace(model).get_trace(*args)
+    store = pyro.get_param_store()
+    for name, value in gdata.initial_params(key, seed).items():
+        store[name] = torch.tensor(value)  # the seed's shared initial value, constrained
+    svi = SVI(model, guide, Adam({"lr": lr, "betas": (b1, 0.999)}), loss=TraceGraph_ELBO(k))
+    ckpts, done, train_s = {}, 0, 0.0
+    for g in grid:
+        t0 = time.perf_counter()
+        for _ in range(g - done):
+            svi.step(*args)
+        train_s += time.perf_counter() - t0
+        done = g
+        ckpts[g] = export()
+    return ckpts, train_s / max(done, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", default=None, help="e.g. 100-104 (headline) or 0-4")
+    ap.add_argument("--models", default=None, help="subset, e.g. coin,dpm")
+    ap.add_argument("--curve-points", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    seeds = []
+    for part in (args.seeds or ("0-1" if args.quick else "100-104")).split(","):
+        a, _, b = part.partition("-")
+        seeds += list(range(int(a), int(b or a) + 1))
+    points = 10 if args.quick else args.curve_points
+    out = args.out or os.path.join(
+        HERE, "results", "pyro_gallery" + ("-quick" if args.quick else "") + ".json"
+    )
+    torch.set_num_threads(1)  # small tensors: threads only contend on a shared machine
+    # numpyro does not validate distribution arguments by default; Pyro does (and it costs ~40%
+    # of a small model's step): off, so that the times compare like for like
+    pyro.enable_validation(False)
+    keep = set(args.models.split(",")) if args.models else None
+    table = models()
+    result = {
+        "versions": {"pyro": pyro.__version__, "torch": torch.__version__},
+        "settings": {"validation": False, "torch_threads": 1, "vectorize_particles": False},
+        "seeds": seeds,
+        "quick": args.quick,
+        "models": {},
+    }
+    t_all = time.perf_counter()
+    for name, key, k, lr, b1, steps in gdata.GALLERY:
+        if keep and key not in keep:
+            continue
+        if args.quick:
+            if name not in gdata.QUICK_ROWS:
+                continue
+            steps = gdata.quick_steps(steps)
+        model, guide, data_args = table[key]
+        grid = gdata.checkpoints(steps, points, early=True)
+        runs, times = [], []
+        for seed in seeds:
+            ckpts, step_s = train(key, model, guide, data_args, k, lr, b1, steps, seed, grid)
+            runs.append(ckpts)
+            times.append(step_s)
+        step_s = statistics.median(times)
+        result["models"][name] = {
+            "seeds": seeds,
+            "particles": k,
+            "lr": lr,
+            "steps": steps,
+            "step_s": step_s,
+            "checkpoints": {str(g): [r[g] for r in runs] for g in grid},
+        }
+        print(f"{name}: {1e3 * step_s:.2f} ms/step, {len(seeds)} seeds x {steps} steps", flush=True)
+    result["total_s"] = time.perf_counter() - t_all
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f)
+    print(f"wrote {out} ({result['total_s'] / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
