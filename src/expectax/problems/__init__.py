@@ -140,7 +140,14 @@ except ModuleNotFoundError as _err:
     if _err.name != "expectax.problems.discrete_toys":
         raise
 
-from expectax.problems.sequence import tiny_sequence, tiny_sequence_kl  # noqa: E402
+from expectax.problems.sequence import (  # noqa: E402
+    tiny_sequence,
+    tiny_sequence_kl,
+    tiny_sequence_offpolicy,
+    tiny_sequence_offpolicy_kl,
+)
 
 register_problem("tiny-sequence", tiny_sequence)
 register_problem("tiny-sequence-kl", tiny_sequence_kl)
+register_problem("tiny-sequence-offpolicy", tiny_sequence_offpolicy)
+register_problem("tiny-sequence-offpolicy-kl", tiny_sequence_offpolicy_kl)

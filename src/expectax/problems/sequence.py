@@ -16,6 +16,8 @@ draws independent batches and returns one gradient per batch, for bias and varia
 one group of K completions), so ``expectax compare --problem tiny-sequence`` (or
 ``tiny-sequence-kl``) measures their bias, variance and cost against the exact gradient and
 recommends among those unbiased for the objective (:func:`unbiased_for_objective`).
+:func:`tiny_sequence_offpolicy` (``tiny-sequence-offpolicy``, ``-kl``) does the same with a
+rollout engine whose policy differs from the trainer's, and the off-policy corrections.
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ __all__ = [
     "TinySequencePolicy",
     "exact_gradient_moments",
     "gradient_samples",
+    "offpolicy_variants",
     "sequence_variants",
     "surrogate_loss",
     "tiny_sequence",
     "tiny_sequence_kl",
+    "tiny_sequence_offpolicy",
+    "tiny_sequence_offpolicy_kl",
     "unbiased_for_objective",
 ]
 
@@ -418,6 +423,7 @@ def gradient_samples(
     variants: Sequence[dict[str, Any]] | None = None,
     chunk: int = 4096,
     theta_old: jax.Array | None = None,
+    theta_behaviour: jax.Array | None = None,
     **variant: Any,
 ) -> np.ndarray:
     """Gradients of :func:`surrogate_loss` (ascent direction ``−∇ loss``), one per batch.
@@ -427,7 +433,11 @@ def gradient_samples(
     With ``variants`` (a list of keyword dicts for :func:`surrogate_loss`) every variant is
     evaluated on the *same* batches in one compiled function. With ``theta_old`` the batches
     are sampled from ``π_{θ_old}`` and the losses use its log-probabilities as ``old_logp_gkt``
-    (a later PPO step on one batch); the gradient is still taken at ``theta``.
+    (a later PPO step on one batch); the gradient is still taken at ``theta``. With
+    ``theta_behaviour`` (a rollout engine's policy ``μ``,
+    :meth:`TinySequencePolicy.behaviour_params`) the batches are sampled from ``μ`` and its
+    log-probs are the rollout engine's (for ``correction`` and ``loss="vespo"``), as in
+    :func:`exact_gradient_moments`.
 
     Returns:
       ``(num_batches, P)`` for one variant (given as keywords), or ``(len(variants),
@@ -436,10 +446,14 @@ def gradient_samples(
     single = variants is None
     variants = [variant] if single else list(variants)
 
+    sampler = theta if theta_old is None else theta_old
+    sampler = sampler if theta_behaviour is None else theta_behaviour
+    extra = {} if theta_old is None else {"theta_old": theta_old}
+    if theta_behaviour is not None:
+        extra["theta_behaviour"] = theta_behaviour
+
     def one(key):
-        sampler = theta if theta_old is None else theta_old
         idx = policy.sample(sampler, key, groups, k)
-        extra = {} if theta_old is None else {"theta_old": theta_old}
         grad = jax.grad(surrogate_loss, argnums=1)
         return jnp.stack(
             [-grad(policy, theta, theta_ref, idx, **v, **extra).reshape(-1) for v in variants]
@@ -549,23 +563,56 @@ def unbiased_for_objective(
     kl: str = "none",
     beta: float = 0.0,
     objective_beta: float = 0.0,
+    *,
+    loss: str = "ppo",
+    correction: str | None = None,
+    mismatch: float = 0.0,
+    threshold: float = 2.0,
 ) -> bool:
-    """Whether a variant's expected gradient is ``∇(E[R] − β·KL(π‖π_ref))`` (on-policy).
+    """Whether a variant's expected gradient is ``∇(E_π[R] − β·KL(π‖π_ref))`` for every ``θ``.
 
     By design (each case measured in ``docs/sequence-policy-gradients.md`` and tested in
-    ``tests/test_rl_sequence.py``): an advantage whose baseline does not depend on the sample
-    (``reinforce``, ``rloo``, ``remax``), the per-sequence token sum ``seq-mean-token-sum``, and
-    for ``objective_beta > 0`` the KL as ``k1`` in the reward or as the sequence-level ``k2``
-    loss term with ``beta == objective_beta``. Everything else (GRPO's std, Dr. GRPO's
-    ``(K−1)/K``, REINFORCE++'s batch normalisation, token-mean and per-sequence length
+    ``tests/test_rl_sequence.py``, ``tests/test_rl_sequence_losses.py`` and
+    ``tests/test_sequence_offpolicy_compare.py``): an advantage whose baseline does not depend
+    on the sample (``reinforce``, ``rloo``, ``remax``), the per-sequence token sum
+    ``seq-mean-token-sum``, a policy loss that is REINFORCE on the first step on a batch
+    (``ppo``, ``cispo``, ``sapo``, ``vespo``, and ``gspo``, whose length-normalised sequence
+    ratio has the gradient ``(1/|y|)∇log π(y)``, undone by the token sum; GMPO's geometric mean
+    is normalised by the length whatever the aggregation, so biased), and for ``objective_beta > 0`` the KL as ``k1`` in the reward, as the
+    sequence-level ``k2`` loss term or as the sequence-level ratio-weighted k3
+    (``k3-is-seq-loss``), with ``beta == objective_beta``. Everything else (GRPO's std,
+    Dr. GRPO's ``(K−1)/K``, REINFORCE++'s batch normalisation, token-mean and per-sequence length
     normalisation, Dr. GRPO's constant, k2/k3 in the reward, per-token k2/k3 loss terms, a KL
     ignored or with another β) is biased for that objective.
+
+    With a rollout/trainer ``mismatch > 0`` (samples from the rollout engine's ``μ ≠ π``) only
+    untruncated *sequence-level* importance weights correct the policy loss
+    (``correction="sequence-is"``, or ``"sequence-truncate"``/``"sequence-mask"`` with
+    ``threshold = inf``): no correction, token-level IS/TIS/MIS (the prefix's distribution stays
+    μ's), ``"<level>-reject"`` and sequence TIS/MIS with a finite threshold (biased as soon as a
+    sequence's ratio exceeds it) are biased, and so is VESPO (its kernel reshapes the weight).
+    The KL must then be corrected too: ``k1-reward`` (the weights multiply the penalised
+    reward) or ``k3-is-seq-loss``; the sequence-level ``k2`` loss term is not reweighted.
+    ``mismatch = 0`` (μ = π) makes every correction weight 1.
     """
     if advantage not in ("reinforce", "rloo", "remax") or loss_agg_mode != "seq-mean-token-sum":
         return False
+    if loss not in ("ppo", "cispo", "sapo", "vespo", "gspo"):
+        return False
+    off_policy = mismatch > 0
+    if off_policy:
+        exact = correction == "sequence-is" or (
+            correction in ("sequence-truncate", "sequence-mask") and threshold == np.inf
+        )
+        if loss == "vespo" or not exact:
+            return False
     if objective_beta == 0:
         return kl == "none" or beta == 0
-    return kl in ("k1-reward", "k2-seq-loss") and beta == objective_beta
+    if beta != objective_beta:
+        return False
+    if off_policy:
+        return kl in ("k1-reward", "k3-is-seq-loss")
+    return kl in ("k1-reward", "k2-seq-loss", "k3-is-seq-loss")
 
 
 @pytree_dataclass
@@ -584,6 +631,13 @@ class SequenceVariant(Estimator):
     divides by its token count), so the estimator refuses ``per_sample_grads`` and chunking.
     ``unbiased`` is :func:`unbiased_for_objective`: ``compare`` recommends only those.
 
+    With ``mismatch > 0`` the batch comes from a rollout engine: the completions are drawn from
+    ``μ = policy.behaviour_params(θ, mismatch)`` instead of ``dist_fn(params)`` (the trainer's
+    ``π_θ``), the rollout engine's log-probs are μ's, and the loss (``loss``, ``correction``,
+    ``threshold`` as in :func:`surrogate_loss`) is taken at ``θ`` (the first step on the batch).
+    The value is then the sequence-importance-weighted mean reward, an unbiased estimate of
+    ``E_π[R]``.
+
     Attributes:
       policy: the :class:`TinySequencePolicy` (params are ``{"logits": (num_prefixes, V)}``;
         the reference policy is ``policy.init_params("reference")``).
@@ -591,6 +645,11 @@ class SequenceVariant(Estimator):
       k: completions per group.
       advantage, loss_agg_mode, kl, beta, baseline: as in :func:`surrogate_loss`.
       objective_beta: the β of the problem's objective ``E[R] − β·KL``.
+      loss, correction, threshold: the policy loss (:data:`POLICY_LOSSES`), the rollout
+        correction (``None`` or one of :data:`CORRECTIONS`) and its ``C``, as in
+        :func:`surrogate_loss`.
+      mismatch: ``δ`` of the rollout engine's policy
+        (:meth:`TinySequencePolicy.behaviour_params`); 0: the trainer samples itself.
     """
 
     policy: TinySequencePolicy = static_field(repr=False)
@@ -602,6 +661,10 @@ class SequenceVariant(Estimator):
     beta: float = static_field(default=0.0)
     baseline: float = static_field(default=0.0)
     objective_beta: float = static_field(default=0.0)
+    loss: str = static_field(default="ppo")
+    correction: str | None = static_field(default=None)
+    threshold: float = static_field(default=2.0)
+    mismatch: float = static_field(default=0.0)
 
     joint_samples = True
 
@@ -634,12 +697,62 @@ class SequenceVariant(Estimator):
                 f"{where}: beta and objective_beta must be ≥ 0, got {self.beta}, "
                 f"{self.objective_beta}."
             )
+        if self.loss not in POLICY_LOSSES:
+            raise ValueError(
+                f"{where}: loss must be one of {', '.join(POLICY_LOSSES)}; got {self.loss!r}."
+            )
+        if self.correction is not None and self.correction not in CORRECTIONS:
+            raise ValueError(
+                f"{where}: correction must be None or one of {', '.join(CORRECTIONS)}; got "
+                f"{self.correction!r}."
+            )
+        if not (isinstance(self.threshold, int | float) and self.threshold > 0):
+            raise ValueError(
+                f"{where}: threshold must be a number > 0 (inf: no bound), got {self.threshold!r}."
+            )
+        if not (
+            isinstance(self.mismatch, int | float)
+            and not isinstance(self.mismatch, bool)
+            and np.isfinite(self.mismatch)
+            and self.mismatch >= 0
+        ):
+            raise ValueError(
+                f"{where}: mismatch (the rollout engine's logit error δ) must be a finite "
+                f"number ≥ 0, got {self.mismatch!r}."
+            )
 
     @property
     def unbiased(self) -> bool:  # type: ignore[override]
         return unbiased_for_objective(
-            self.advantage, self.loss_agg_mode, self.kl, self.beta, self.objective_beta
+            self.advantage,
+            self.loss_agg_mode,
+            self.kl,
+            self.beta,
+            self.objective_beta,
+            loss=self.loss,
+            correction=self.correction,
+            mismatch=self.mismatch,
+            threshold=self.threshold,
         )
+
+    @property
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`surrogate_loss` (and :func:`exact_gradient_moments`,
+        :func:`gradient_samples`) that give this variant's loss."""
+        return dict(
+            advantage=self.advantage,
+            loss_agg_mode=self.loss_agg_mode,
+            kl=self.kl,
+            beta=self.beta,
+            baseline=self.baseline,
+            loss=self.loss,
+            correction=self.correction,
+            threshold=self.threshold,
+        )
+
+    def behaviour(self, theta: jax.Array) -> jax.Array:
+        """The rollout engine's logits ``μ`` at the trainer's ``theta`` (``theta`` if δ = 0)."""
+        return self.policy.behaviour_params(jax.lax.stop_gradient(theta), self.mismatch)
 
     @property
     def name(self) -> str:
@@ -666,24 +779,31 @@ class SequenceVariant(Estimator):
         pol = self.policy
         theta = params["logits"]
         theta_ref = pol.init_params("reference")
-        idx = jax.lax.stop_gradient(ctx.dist.sample(key, (num_samples, self.k)))
+        shape = (num_samples, self.k)
+        if self.mismatch:  # the rollout engine's samples, from μ
+            import numpyro.distributions as dist
+
+            mu = self.behaviour(theta)
+            idx = dist.Categorical(logits=pol.seq_logp(mu)).sample(key, shape)
+        else:
+            mu = jax.lax.stop_gradient(theta)
+            idx = ctx.dist.sample(key, shape)
+        idx = jax.lax.stop_gradient(idx)
         b = pol.batch(theta, theta_ref, idx)
-        b["rewards_gk"] = ctx.f(idx.reshape(-1)).reshape(num_samples, self.k)
+        b["rollout_logp_gkt"] = jax.lax.stop_gradient(pol.token_logp(mu)[idx])
+        b["rewards_gk"] = ctx.f(idx.reshape(-1)).reshape(shape)
         if self.advantage == "remax":
             greedy = ctx.f(pol.greedy_index(theta)[None])
             b["greedy_rewards_g"] = jnp.broadcast_to(greedy, (num_samples,))
-        ascent = -_batch_loss(
-            b,
-            advantage=self.advantage,
-            loss_agg_mode=self.loss_agg_mode,
-            kl=self.kl,
-            beta=self.beta,
-            baseline=self.baseline,
-        )
-        value = jnp.mean(b["rewards_gk"])
+        ascent = -_batch_loss(b, **self.loss_options)
+        per_seq = b["rewards_gk"]
         if self.objective_beta:
             k1 = jnp.sum((b["logp_gkt"] - b["ref_logp_gkt"]) * b["mask_gkt"], axis=-1)
-            value = value - self.objective_beta * jnp.mean(k1)
+            per_seq = per_seq - self.objective_beta * k1
+        if self.mismatch:  # sequence importance weights π/μ: unbiased for E_π
+            log_w = jnp.sum((b["logp_gkt"] - b["rollout_logp_gkt"]) * b["mask_gkt"], axis=-1)
+            per_seq = jnp.exp(log_w) * per_seq
+        value = jnp.mean(per_seq)
         surrogate = jax.lax.stop_gradient(value) + ascent - jax.lax.stop_gradient(ascent)
         return jnp.broadcast_to(surrogate, (num_samples,))
 
@@ -812,3 +932,133 @@ def tiny_sequence_kl(**kwargs: Any):
     """:func:`tiny_sequence` with ``beta=0.5`` (objective ``E[R] − 0.5·KL(π‖π_ref)``)."""
     kwargs.setdefault("beta", 0.5)
     return tiny_sequence(**kwargs)
+
+
+def offpolicy_variants(
+    policy: TinySequencePolicy,
+    k: int = 4,
+    beta: float = 0.0,
+    mismatch: float = 1.0,
+    threshold: float = 2.0,
+) -> tuple[SequenceVariant, ...]:
+    """The variants :func:`tiny_sequence_offpolicy` compares: a rollout engine ``μ ≠ π``.
+
+    ``beta = 0`` (objective ``E_π[R]``): RLOO with untruncated sequence-level importance
+    weights, ReMax and CISPO (token sum) with them (unbiased); RLOO without correction, with
+    token-level TIS and MIS, with sequence-level TIS and MIS (threshold ``C``) and with
+    sequence rejection, GSPO with sequence TIS, VESPO (biased: the sequence TIS/MIS ones
+    whenever a sequence's ratio ``π/μ`` exceeds ``C``, which the defaults δ = 1, C = 2 make
+    happen). ``beta > 0`` (objective ``E_π[R] − β·KL(π‖π_ref)``): k1 in the reward and the
+    sequence-level ratio-weighted k3 loss, each with sequence IS (unbiased); k1 in the reward
+    without correction and with token TIS, GRPO's k3 loss with token TIS, DeepSeek-V3.2's
+    per-token ratio-weighted k3 and the sequence-level k2 loss with sequence IS (biased).
+    """
+
+    def v(label: str, **kw: Any) -> SequenceVariant:
+        kw.setdefault("advantage", "rloo")
+        return SequenceVariant(
+            policy,
+            label,
+            k=k,
+            objective_beta=beta,
+            mismatch=mismatch,
+            threshold=threshold,
+            **kw,
+        )
+
+    c = f"C={threshold:g}"
+    if beta == 0:
+        return (
+            v("RLOO + sequence IS", correction="sequence-is"),
+            v("ReMax + sequence IS", advantage="remax", correction="sequence-is"),
+            v("CISPO token sum + sequence IS", loss="cispo", correction="sequence-is"),
+            v("RLOO, no correction"),
+            v(f"RLOO + token TIS {c}", correction="token-truncate"),
+            v(f"RLOO + token MIS {c}", correction="token-mask"),
+            v(f"RLOO + sequence TIS {c}", correction="sequence-truncate"),
+            v(f"RLOO + sequence MIS {c}", correction="sequence-mask"),
+            v(f"RLOO + sequence reject {c}", correction="sequence-reject"),
+            v(
+                f"GSPO + sequence TIS {c}",
+                advantage="grpo",
+                loss="gspo",
+                loss_agg_mode="seq-mean-token-mean",
+                correction="sequence-truncate",
+            ),
+            v("VESPO token sum", loss="vespo"),
+        )
+    kl = {"beta": beta}
+    return (
+        v("k1 reward + sequence IS", kl="k1-reward", correction="sequence-is", **kl),
+        v(
+            "k3×ratio seq. loss + sequence IS",
+            kl="k3-is-seq-loss",
+            correction="sequence-is",
+            **kl,
+        ),
+        v("k1 reward, no correction", kl="k1-reward", **kl),
+        v(f"k1 reward + token TIS {c}", kl="k1-reward", correction="token-truncate", **kl),
+        v(f"k3 token loss + token TIS {c}", kl="k3-loss", correction="token-truncate", **kl),
+        v(
+            "k3×ratio token loss + sequence IS",
+            kl="k3-is-loss",
+            correction="sequence-is",
+            **kl,
+        ),
+        v("k2 seq. loss + sequence IS", kl="k2-seq-loss", correction="sequence-is", **kl),
+    )
+
+
+def tiny_sequence_offpolicy(
+    vocab: int = 3,
+    length: int = 3,
+    reward_scale: float = 1.0,
+    reward_shift: float = 0.0,
+    k: int = 4,
+    beta: float = 0.0,
+    mismatch: float = 1.0,
+    threshold: float = 2.0,
+):
+    r"""``compare`` problem: :func:`tiny_sequence` with a rollout engine that is not the trainer.
+
+    The objective is the trainer's, ``J(θ) = E_π[R(y)] − β·KL(π_θ‖π_ref)``, exact by
+    enumeration, but the variants' completions come from the rollout engine's
+    ``μ = θ + δ·u`` (:meth:`TinySequencePolicy.behaviour_params`, ``δ = mismatch``) and their
+    losses are the first step on the batch at ``θ``, with the off-policy corrections of
+    :func:`expectax.rl.sequence.rollout_correction_weights` (threshold ``C = threshold``); see
+    :func:`offpolicy_variants`. Only untruncated sequence-level importance weights are unbiased
+    by design (:func:`unbiased_for_objective`); the others are flagged and never recommended,
+    with their bias measured against ``∇J``. ``dist_fn`` and ``f`` are the trainer's (the
+    sample-level core estimators still sample ``π``). Params ``{"logits": (num_prefixes, V)}``.
+
+    Registered as ``tiny-sequence-offpolicy`` (these defaults: δ = 1, where some sequences'
+    ratio π/μ exceeds C = 2) and ``tiny-sequence-offpolicy-kl`` (``beta=0.5``).
+    """
+    if not (isinstance(mismatch, int | float) and np.isfinite(mismatch) and mismatch > 0):
+        raise ValueError(
+            f"tiny_sequence_offpolicy: mismatch must be a finite number > 0 (the rollout "
+            f"engine's logit error; 0 is tiny_sequence), got {mismatch!r}."
+        )
+    prob = tiny_sequence(vocab, length, reward_scale, reward_shift, k, beta)
+    pol = prob.estimators[0].policy
+    theta = prob.params["logits"]
+    lp = np.asarray(pol.seq_logp(theta), np.float64)
+    lq = np.asarray(pol.seq_logp(pol.behaviour_params(theta, mismatch)), np.float64)
+    name = "tiny-sequence-offpolicy-kl" if beta else "tiny-sequence-offpolicy"
+    description = (
+        f"{prob.description}; sampled by a rollout engine μ = θ + {mismatch:g}·u "
+        f"(KL(μ‖π) = {float(np.sum(np.exp(lq) * (lq - lp))):.3g}, "
+        f"max π/μ = {float(np.exp(np.max(lp - lq))):.3g}), C = {threshold:g}"
+    )
+    return dataclasses.replace(
+        prob,
+        name=name,
+        description=description,
+        estimators=offpolicy_variants(pol, k, beta, mismatch, threshold),
+    )
+
+
+def tiny_sequence_offpolicy_kl(**kwargs: Any):
+    """:func:`tiny_sequence_offpolicy` with ``beta=0.5``."""
+    kwargs.setdefault("beta", 0.5)
+    return tiny_sequence_offpolicy(**kwargs)
