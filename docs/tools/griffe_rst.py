@@ -10,6 +10,10 @@ docstring, this rewrites, and touches nothing else:
   *optional* cross-reference (a link when the target is documented on the site, plain code
   otherwise, never a warning); ``~a.b.C`` shows as ``C``;
 - ``.. code-block:: LANG`` → a fenced block;
+- a literal block (a paragraph ending in ``::`` and an indented block after it) → the
+  paragraph ending in ``:`` (``text ::`` → ``text``) and a fenced block (``pycon`` for ``>>>``
+  lines, ``bash`` for a command line such as ``expectax ...``, ``python`` otherwise);
+  ``Example::`` becomes an ``Examples:`` section holding that block;
 - an ``Example:`` section header → ``Examples:`` (griffe parses ``>>>`` lines only there);
 - ``a, b: text`` in an ``Args:`` section (several parameters sharing one description) → one
   entry per parameter, each with that text.
@@ -75,6 +79,54 @@ def _directive_blocks(text: str) -> str:
             out += [indent + "$$", *body, indent + "$$"]
         else:
             out += [indent + "```" + m.group("lang"), *body, indent + "```"]
+        if j < len(lines) and lines[j].strip():
+            out.append("")
+        i = j
+    return "\n".join(out)
+
+
+_LITERAL = re.compile(r"^(?P<indent>[ \t]*)(?P<text>.*?)(?P<space>[ \t]*)::[ \t]*$")
+_DIRECTIVE = re.compile(r"^[ \t]*\.\. [\w:-]+::")
+_SHELL = re.compile(r"^(\$ |expectax |python |pip |uv |bash )")
+
+
+def _literal_blocks(text: str) -> str:
+    """reST literal blocks (``paragraph::`` + an indented block) → fenced Markdown blocks."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = None if _DIRECTIVE.match(line) else _LITERAL.match(line)
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if not m or j == i + 1 or j == len(lines) or _indent_of(lines[j]) <= len(m["indent"]):
+            out.append(line)
+            i += 1
+            continue
+        indent = m["indent"]
+        body: list[str] = []
+        while j < len(lines) and (not lines[j].strip() or _indent_of(lines[j]) > len(indent)):
+            body.append(lines[j])
+            j += 1
+        while body and not body[-1].strip():
+            body.pop()
+        depth = min(_indent_of(b) for b in body if b.strip())
+        first = body[0].strip()
+        lang = "pycon" if first.startswith(">>>") else "bash" if _SHELL.match(first) else "python"
+        text_ = m["text"]
+        inner = indent
+        if text_ in ("Example", "Examples"):  # a Google-style section holding the block
+            out.append(indent + "Examples:")
+            inner = indent + "    "
+        elif text_:
+            out.append(indent + text_ + ("" if m["space"] else ":"))
+        if inner == indent and out and out[-1].strip():
+            out.append("")
+        out.append(inner + "```" + lang)
+        out += [inner + b[depth:] if b.strip() else "" for b in body]
+        out.append(inner + "```")
         if j < len(lines) and lines[j].strip():
             out.append("")
         i = j
@@ -176,6 +228,7 @@ class ReSTToMarkdown(griffe.Extension):
 
     def convert(self, text: str, obj: griffe.Object) -> str:
         text = _directive_blocks(text)
+        text = _literal_blocks(text)
         text = _split_grouped_params(text)
         text = _MATH_ROLE.sub(lambda m: r"\(" + m.group("tex") + r"\)", text)
         text = _EXAMPLE_HEADER.sub(lambda m: m.group("indent") + "Examples:", text)
