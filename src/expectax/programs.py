@@ -181,19 +181,27 @@ class _Site:
 # --------------------------------------------------------------------------- the sampler
 
 
+#: ``fold_in(key, _ESTIMATOR_STREAM)``: the per-site estimators' own random numbers (DisARM's
+#: antithetic partners, RELAX's noise), apart from the particles' ``split(key, N)``
+_ESTIMATOR_STREAM = 0x7E57A7E
+
+
 def _name_hash(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 class _Sampler(Messenger):
-    """Draws every latent site as its estimator needs, with a key per site name.
+    """Draws every latent site as its estimator needs.
 
-    Each site's key is ``fold_in(key, crc32(name))``: it does not depend on which other sites
-    ran or were substituted, so a run with one site substituted keeps every other site's
-    random numbers (common random numbers for the per-site estimators).
+    By default the site's key is the one numpyro's ``seed`` handler (inside this one) gave it,
+    so a run draws exactly the values numpyro would draw from the same seed; the seed handler
+    assigns a key to every site whether or not it is substituted afterwards, so a run with one
+    site substituted keeps every other site's random numbers (common random numbers for the
+    per-site estimators). With ``key``, each site's key is ``fold_in(key, crc32(name))``
+    instead (the importance-weighted bound: per-particle draws, a minibatch shared by all).
     """
 
-    def __init__(self, fn, *, key, choose, substitutions, provenance=False):
+    def __init__(self, fn, *, choose, substitutions, provenance=False, key=None):
         self.key = key
         self.choose = choose
         self.substitutions = substitutions
@@ -215,7 +223,15 @@ class _Sampler(Messenger):
         role = self.choose(name, msg)
         fn = msg["fn"]
         shape = msg["kwargs"].get("sample_shape", ())
-        key = jax.random.fold_in(self.key, _name_hash(name))
+        if self.key is not None:
+            key = jax.random.fold_in(self.key, _name_hash(name))
+        else:
+            key = msg["kwargs"].get("rng_key")
+            if key is None:
+                raise ValueError(
+                    f"site {name!r} got no random key: run the program under numpyro's seed "
+                    "handler (expectax does so itself; a handler of yours may have hidden it)."
+                )
         if name in self.substitutions:
             value = self.substitutions[name]
             if self.provenance:  # the value depends on the site's parents, as in numpyro
@@ -259,17 +275,17 @@ def _scaled(value: jax.Array, site: Mapping[str, Any]) -> jax.Array:
 
 
 def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
-    """``run(params, key, seed_key, choose, substitutions, provenance) -> _Run`` for a program."""
+    """``run(params, key, choose, substitutions, provenance) -> _Run`` for a program: one run
+    under ``numpyro.handlers.seed(rng_seed=key)``."""
 
-    def run(params, key, seed_key, choose, substitutions, provenance=False) -> _Run:
+    def run(params, key, choose, substitutions, provenance=False) -> _Run:
         sampler_program = _Sampler(
-            program,
-            key=key,
+            handlers.seed(program, rng_seed=key),
             choose=choose,
             substitutions=substitutions,
             provenance=provenance,
         )
-        with handlers.trace() as tr, handlers.seed(rng_seed=seed_key):
+        with handlers.trace() as tr:
             out = _call(functools.partial(sampler_program, params), args, kwargs)
         sites, costs = {}, {}
         for name, site in tr.items():
@@ -496,10 +512,10 @@ class _Engine:
 
         return choose
 
-    def structure(self, run, params, key, seed_key, check=None):
+    def structure(self, run, params, key, check=None):
         """Sites, roles and dependencies (static: found once per trace of the estimate)."""
         record: dict[str, Any] = {}
-        first = run(params, key, seed_key, self._chooser(None, record), {})
+        first = run(params, key, self._chooser(None, record), {})
         if check is not None:
             check(first)
         unknown = set(self.estimators) - set(first.sites)
@@ -532,7 +548,7 @@ class _Engine:
 
         def provenance_fn(**values):
             roles = sites
-            r = run(params, key, seed_key, self._chooser(roles, {}), values, provenance=True)
+            r = run(params, key, self._chooser(roles, {}), values, provenance=True)
             out = {("cost", n): v for n, (v, _) in r.costs.items()}
             for n in nonreparam:
                 s = r.sites[n]
@@ -555,9 +571,9 @@ class _Engine:
         return sites, cost_deps, lp_deps, cost_frames
 
     # -- one particle
-    def particle(self, run, sites, params, key, seed_key):
+    def particle(self, run, sites, params, key):
         chooser = self._chooser(sites, {})
-        r = run(params, key, seed_key, chooser, {})
+        r = run(params, key, chooser, {})
         self._check_same_sites(sites, r)
         lps, fns, values, weights = {}, {}, {}, {}
         for name, s in sites.items():
@@ -614,13 +630,13 @@ class _Engine:
         from expectax.baselines import weighted_loo
 
         new_history = dict(history or {})
-        key_sites, seed_key, key_est = jax.random.split(key, 3)
-        sites, cost_deps, lp_deps, cost_frames = self.structure(
-            run, params, key_sites, seed_key, check
-        )
         n = self.num_particles
-        keys = jax.random.split(key_sites, n)
-        out = self.map_particles(lambda k: self.particle(run, sites, params, k, seed_key), keys)
+        # as numpyro's ELBOs: one particle runs on the key itself, N on split(key, N), so the
+        # same key draws the same samples as numpyro's
+        keys = jnp.expand_dims(key, 0) if n == 1 else jax.random.split(key, n)
+        key_est = jax.random.fold_in(key, _ESTIMATOR_STREAM)
+        sites, cost_deps, lp_deps, cost_frames = self.structure(run, params, keys[0], check)
+        out = self.map_particles(lambda k: self.particle(run, sites, params, k), keys)
         costs, lps = out["costs"], out["lps"]
         score = [s for s in sites.values() if s.role == "score"]
         downstream = {s.name: [c for c in costs if s.name in cost_deps[c]] for s in sites.values()}
@@ -673,13 +689,13 @@ class _Engine:
                 continue
             site_key = jax.random.fold_in(key_est, _name_hash(s.name))
             deps = (cost_deps, lp_deps, cost_frames)
-            t = self._blackbox(run, s, params, keys, seed_key, out, deps, sites, site_key)
+            t = self._blackbox(run, s, params, keys, out, deps, sites, site_key)
             result = result + (t - jax.lax.stop_gradient(t))
         if history is None:
             return result
         return result, new_history
 
-    def _blackbox(self, run, s, params, keys, seed_key, out, deps, sites, key):
+    def _blackbox(self, run, s, params, keys, out, deps, sites, key):
         """The site estimator's surrogate: Σ over plate elements, mean over particles.
 
         Its ``f`` is the site's downstream cost with the site's value substituted, every other
@@ -709,7 +725,7 @@ class _Engine:
 
         def downstream_cost(p, value, held):
             with numpyro_dist.validation_enabled(False):
-                r = run(frozen, keys[p], seed_key, chooser, {**held, s.name: value})
+                r = run(frozen, keys[p], chooser, {**held, s.name: value})
             self._check_same_sites(sites, r)
             total = 0.0
             for c in down:

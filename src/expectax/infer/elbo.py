@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.infer.elbo import ELBO
+from numpyro.infer.elbo import TraceGraph_ELBO as _NumpyroTraceGraph
 
 from expectax.estimators.base import Estimator, log_prob
 
@@ -83,19 +84,20 @@ def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) ->
     """``run(...) -> _Run`` for the ELBO program: guide sites sampled, model replayed."""
     from expectax import programs
 
-    def run(params, key, seed_key, choose, substitutions, provenance=False):
-        guide_seed, model_seed = jax.random.split(seed_key)
+    def run(params, key, choose, substitutions, provenance=False):
+        # numpyro's TraceGraph_ELBO seeds each particle so: the same key, the same samples
+        model_seed, guide_seed = jax.random.split(key)
         guide_s = programs._Sampler(
-            handlers.substitute(guide, data=params),
-            key=key,
+            handlers.seed(handlers.substitute(guide, data=params), rng_seed=guide_seed),
             choose=choose,
             substitutions=substitutions,
             provenance=provenance,
         )
-        with handlers.trace() as guide_tr, handlers.seed(rng_seed=guide_seed):
+        with handlers.trace() as guide_tr:
             programs._call(guide_s, args, kwargs)
-        model_s = handlers.replay(handlers.substitute(model, data=params), trace=guide_tr)
-        with handlers.trace() as model_tr, handlers.seed(rng_seed=model_seed):
+        seeded_model = handlers.seed(model, rng_seed=model_seed)
+        model_s = handlers.replay(handlers.substitute(seeded_model, data=params), trace=guide_tr)
+        with handlers.trace() as model_tr:
             programs._call(model_s, args, kwargs)
         sites, costs = {}, {}
         for name, site in model_tr.items():
@@ -124,7 +126,7 @@ def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) ->
     return run
 
 
-class TraceGraph_ELBO(ELBO):
+class TraceGraph_ELBO(_NumpyroTraceGraph):
     r"""A drop-in for ``numpyro.infer.TraceGraph_ELBO`` with per-site estimators and baselines.
 
     .. math::
@@ -140,7 +142,12 @@ class TraceGraph_ELBO(ELBO):
     (``DisARM()``, ``RELAX()``, ...) use it, with ``f`` the site's downstream cost.
 
     Same constructor arguments and ``loss(rng_key, param_map, model, guide, *args, **kwargs)``
-    as numpyro's (it returns ``−ELBO``); pass it as ``loss=`` to ``numpyro.infer.SVI``.
+    as numpyro's (it returns ``−ELBO``); pass it as ``loss=`` to ``numpyro.infer.SVI``. It is
+    an instance of ``numpyro.infer.TraceGraph_ELBO`` (numpyro's ``isinstance`` checks, e.g.
+    SDVI's, accept it), and for the same ``rng_key`` it draws the same samples as numpyro's,
+    so the loss value is the same and a user's seeds reproduce their numpyro runs: only the
+    gradient differs. With :func:`with_baselines` around the guide, decaying averages of
+    earlier steps carried in numpyro's mutable state join the baselines.
 
     Args:
       num_particles: particles per estimate; the leave-one-out default needs 2 or more (with
@@ -310,8 +317,12 @@ class IWELBO(ELBO):
             fn = site["fn"] if fn is None else fn
             return _iw_term(log_prob(fn, site["value"]), site, name, plate, scales)
 
-        def particle(key):
-            key_z, key_seed = jax.random.split(key)
+        # one seed for every particle: a subsampled plate draws one minibatch, shared by the K
+        # particles (the bound is taken over the same data points); the latent draws come
+        # from each particle's own key
+        key_particles, key_seed = jax.random.split(rng_key)
+
+        def particle(key_z):
             guide_tr, model_tr = _iw_traces(model, guide, param_map, key_z, key_seed, args, kwargs)
             log_w, log_q_discrete = 0.0, 0.0
             for name, site in guide_tr.items():
@@ -347,7 +358,7 @@ class IWELBO(ELBO):
                 out["path"], out["direct"] = path + m_path, direct
             return out
 
-        keys = jax.random.split(rng_key, k)
+        keys = jax.random.split(key_particles, k)
         out = self.vectorize_particles_fn(particle, keys)  # leaves (K,) or (K, B)
         log_w = out["log_w"]
         f_sg = jax.lax.stop_gradient(log_w)
