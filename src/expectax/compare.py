@@ -3,11 +3,14 @@
 Runs every candidate estimator ``repeats`` times on the user's f, p_θ and θ, and reports per
 estimator the mean gradient, its bias in standard errors against an exact gradient (when one is
 known), per-coordinate variance, signal-to-noise ratio, time per estimate (jitted, after
-warm-up), f evaluations per estimate, and work-normalised variance (variance × time). The
-recommendation is the unbiased estimator with the lowest work-normalised variance; estimators
-whose work-normalised variances differ by less than the measurement's own uncertainty (the
-variance's sampling error and the timing noise) are tied, and a tie goes to the lowest
-variance × evaluations.
+warm-up), f evaluations per estimate, and work-normalised variance (variance × time).
+
+The recommendation (one rule, :func:`_recommend`, for :func:`compare` and
+:func:`compare_programs`) is the unbiased estimator with the lowest variance × evaluations: a
+cost with no timing noise, so identical calls recommend the same estimator. Estimators within
+the variances' own sampling error of it are reported as tied (another seed may rank them the
+other way), and when the measured variance × time ranks another estimator first beyond the
+timing noise, the reason says so.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ PyTree = Any
 #: estimator as biased on the problem.
 BIAS_Z = 4.0
 
-#: Two work-normalised variances are tied when their log-ratio is below this many combined
-#: standard errors (the variances' sampling errors and the times' errors, in relative terms).
+#: Two variances × evaluations are tied when their log-ratio is below this many combined standard
+#: errors (the variances' sampling errors, in relative terms); the measured variance × time of
+#: another estimator is reported as better only beyond this many combined SEs (variances' and
+#: times' errors).
 TIE_Z = 2.0
 
 #: Timing: rounds of interleaved blocks of calls (every estimator once per round, so a change
@@ -94,6 +99,14 @@ class EstimatorReport:
         rel_t = self.seconds_se / self.seconds if self.seconds else 0.0
         return math.hypot(rel_v, rel_t)
 
+    @property
+    def evaluation_variance_rel_se(self) -> float | None:
+        """Relative standard error of ``evaluation_variance``: the variance's alone (the
+        evaluations are counted, not measured)."""
+        if self.evaluation_variance is None or self.total_variance_se is None:
+            return None
+        return self.total_variance_se / self.total_variance if self.total_variance > 0 else 0.0
+
     def max_abs_z(self) -> float | None:
         if self.bias_z is None:
             return None
@@ -121,6 +134,7 @@ class EstimatorReport:
             "work_normalised_variance": self.work_variance,
             "work_normalised_variance_rel_se": self.work_variance_rel_se,
             "evaluation_normalised_variance": self.evaluation_variance,
+            "evaluation_normalised_variance_rel_se": self.evaluation_variance_rel_se,
             "nonfinite_gradient_estimates": self.nonfinite,
             "nonfinite_value_estimates": self.nonfinite_values,
         }
@@ -155,7 +169,7 @@ class Comparison:
             "bias_threshold_z": self.bias_threshold,
             "estimators": [r.to_dict() for r in self.reports],
             "recommended": self.recommended,
-            "tied_on_work_normalised_variance": self.tied,
+            "tied_on_evaluation_normalised_variance": self.tied,
             "reason": self.reason,
         }
 
@@ -393,22 +407,23 @@ def compare(
         z_j = \frac{\bar g_j - g_j^\star}{\sqrt{\mathrm{Var}_j / R}}, \quad
         \mathrm{SNR}_j = \frac{|\bar g_j|}{\sqrt{\mathrm{Var}_j}} .
 
-    Work-normalised variance is ``Σ_j Var_j × seconds per estimate``: an estimator twice as slow
-    must halve the variance to break even, since you could average two cheaper estimates.
-    Evaluation-normalised variance, ``Σ_j Var_j × evaluations of f per estimate``, is the same
-    comparison at an equal number of f evaluations, the fair count when f dominates the cost
-    (ARM and DisARM evaluate f twice per pair, ``MeasureValued`` 2 per parameter dimension). The
-    recommendation is the estimator with the lowest work-normalised variance among those that are
-    unbiased by design, produced only finite estimates, and (when ``exact_grad`` is given) show no
-    significant bias (|z| below a Bonferroni-corrected 4-SE threshold on every coordinate).
+    Evaluation-normalised variance, ``Σ_j Var_j × evaluations of f per estimate``, compares
+    the estimators at an equal number of f evaluations, the fair count when f dominates the cost
+    (ARM and DisARM evaluate f twice per pair, ``MeasureValued`` 2 per parameter dimension).
+    Work-normalised variance, ``Σ_j Var_j × seconds per estimate``, is the same comparison at
+    equal measured time (an estimator twice as slow must halve the variance to break even).
 
-    Both factors of the work-normalised variance are measurements with an uncertainty: the
-    variance's sampling error (from the R estimates) and the timing noise (the spread of
-    interleaved timing rounds). Estimators whose work-normalised variance is within
-    ``TIE_Z = 2`` combined standard errors (of the log-ratio) of the best one's are *tied*, and
-    the tie goes to the lowest variance × evaluations, a quantity free of timing noise; the
-    reason says so. So the recommendation does not flip between identical runs when two
-    estimators differ by less than the noise.
+    The recommendation is the estimator with the lowest variance × evaluations among those
+    that are unbiased by design, produced only finite estimates, and (when ``exact_grad`` is
+    given) show no significant bias (|z| below a Bonferroni-corrected 4-SE threshold on every
+    coordinate). Evaluations are counted, not timed, so the recommendation has no timing noise:
+    identical calls (the same key) recommend the same estimator, on any machine load.
+    Estimators whose variance × evaluations is within ``TIE_Z = 2`` standard errors of the
+    variances' sampling error (of the log-ratio) are reported as *tied* (another seed may rank
+    them the other way). Time is measured too (interleaved timing rounds, with its standard
+    error), and when variance × time ranks another estimator first beyond ``TIE_Z`` combined
+    standard errors, the reason names it: prefer it when f is cheap and the estimators' own
+    work dominates. :func:`compare_programs` uses the same rule.
 
     Mistakes that would make every estimator fail (``num_samples`` not an int ≥ 1, ``f`` or
     ``dist_fn`` raising, a wrong ``exact_grad`` structure) raise ``TypeError``/``ValueError``
@@ -572,6 +587,8 @@ def _measure(
                 z = diagnostics.bias_zscore(good, exact, rounding=rounding)
                 report.bias_z = np.asarray(z, np.float64)
         report.evaluations = cand.evaluations(E)
+        if report.variance is not None:
+            report.evaluation_variance = report.total_variance * report.evaluations
     if progress is not None and any(fn is not None for fn in grad_fns):
         progress(f"timing {sum(fn is not None for fn in grad_fns)} estimators (interleaved)")
     timings = _time_estimators(grad_fns, params, jax.random.fold_in(key, 2**31), time_budget)
@@ -581,7 +598,6 @@ def _measure(
         report.seconds, report.seconds_se = timing
         if report.variance is not None:
             report.work_variance = report.total_variance * report.seconds
-            report.evaluation_variance = report.total_variance * report.evaluations
     recommended, reason, tied = _recommend(reports, exact is not None, threshold)
     return Comparison(
         names, reports, exact, num_samples, repeats, recommended, reason, threshold, tied
@@ -614,7 +630,15 @@ def compare_programs(
     same quantities as :func:`compare`, with evaluations counted as runs of the program per
     estimate (a particle's run, plus the re-runs a per-site estimator such as ``DisARM`` makes:
     two per particle and site, or one per plate element when the site's downstream cost is not
-    local to its plate).
+    local to its plate). The recommendation follows :func:`compare`'s rule: the lowest
+    variance × evaluations (here runs of the program) among unbiased configurations, so
+    identical calls recommend alike; time is measured and reported beside it.
+
+    Mistakes in a configuration raise ``TypeError``/``ValueError`` at once, before anything is
+    measured, naming the configuration: a site the program does not draw, an estimator class
+    instead of an instance (``ex.DisARM`` for ``ex.DisARM()``), an estimator given by name (a
+    string), an estimator that cannot serve its site (``DisARM`` on a ``Normal``), a site marked
+    ``infer={"enumerate": ...}``; so does a program that raises (with its name and message).
 
     Args:
       program: ``program(params, *args, **kwargs)`` (see :mod:`expectax.programs`).
@@ -637,29 +661,24 @@ def compare_programs(
       ...     program, jnp.zeros(3),
       ...     {"RLOO": None, "DisARM": {"b": ex.DisARM()}}, num_particles=4, repeats=100)
     """
-    from expectax.programs import _check_estimators, _check_particles, program_expectation
+    from expectax.expectation import _check_key
+    from expectax.programs import _check_particles, program_expectation
 
     _check_repeats(repeats)
     split = _repeats_over(mesh, axis_name, repeats)
     if not callable(program):
         raise TypeError(f"program must be a function of params; got {type(program).__name__}.")
     num_particles = _check_particles(num_particles)
-    if configurations is None:
-        configurations = {"defaults": None}
-    if not isinstance(configurations, Mapping):
-        try:
-            configurations = {_config_label(c): c for c in configurations}
-        except TypeError:
-            raise TypeError(
-                "configurations must be a mapping {label: {site: estimator}} or a list of "
-                f"{{site: estimator}} mappings; got {type(configurations).__name__}."
-            ) from None
-    if not configurations:
-        raise ValueError("configurations is empty: pass at least one (None: the defaults).")
-    for config in configurations.values():
-        _check_estimators(config)
+    configurations = _check_configurations(configurations)
     key = jax.random.key(_check_seed(seed)) if key is None else key
+    _check_key(key)
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(
+            f"kwargs must be a mapping of keyword arguments; got {type(kwargs).__name__}."
+        )
+    args = tuple(args)
     kwargs = dict(kwargs or {})
+    _check_program_runs(program, params, key, args, kwargs)
 
     def build(config):
         E = program_expectation(program, num_particles=num_particles, estimators=config)
@@ -669,6 +688,9 @@ def compare_programs(
 
         bound.engine = E.engine
         return bound
+
+    for label, config in configurations.items():
+        _check_configuration(label, lambda config=config: build(config), params, key)
 
     candidates = [
         _Candidate(
@@ -699,30 +721,192 @@ def _config_label(config: Mapping[str, Estimator] | None) -> str:
     return ", ".join(f"{site}: {est.name}" for site, est in config.items())
 
 
+def _describe(value: Any) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__name__}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"a {type(value).__name__}"
+
+
+def _check_configurations(configurations: Any) -> dict[str, Mapping[str, Estimator] | None]:
+    """``{label: {site: estimator} or None}``, every estimator an instance; or a clear error."""
+    if configurations is None:
+        return {"defaults": None}
+    if isinstance(configurations, Mapping):
+        items = [
+            (label, config, f"configurations[{label!r}]")
+            for label, config in configurations.items()
+        ]
+    else:
+        bad = isinstance(configurations, (str, bytes, Estimator, type))
+        try:
+            listed = [] if bad else list(configurations)
+        except TypeError:
+            bad = True
+        if bad:
+            raise TypeError(
+                "configurations must be a mapping {label: {site: estimator}} or a list of "
+                f"{{site: estimator}} mappings; got {_describe(configurations)}. Write e.g. "
+                "{'DisARM': {'z': ex.DisARM()}, 'defaults': None}."
+            )
+        items = [(None, config, f"configurations[{i}]") for i, config in enumerate(listed)]
+    if not items:
+        raise ValueError("configurations is empty: pass at least one (None: the defaults).")
+    out: dict[str, Mapping[str, Estimator] | None] = {}
+    for label, config, where in items:
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(
+                f"{where} must be a mapping {{site: estimator}} (None or {{}}: the defaults); "
+                f"got {_describe(config)}. Name the site it is for, e.g. {{'z': ex.DisARM()}}."
+            )
+        for site, est in (config or {}).items():
+            if not isinstance(site, str):
+                raise TypeError(
+                    f"{where}: site names are strings (the names given to numpyro.sample); "
+                    f"got {site!r}."
+                )
+            if isinstance(est, str):
+                raise TypeError(
+                    f"{where}: site {site!r} has {_describe(est)}, not an estimator; pass an "
+                    f"instance{_suggest(est)} (names as strings are read only by "
+                    "'expectax compare --problem file.py:name')."
+                )
+            if isinstance(est, type) and issubclass(est, Estimator):
+                raise TypeError(
+                    f"{where}: site {site!r} has the class {est.__name__}, not an estimator "
+                    f"instance: write {{{site!r}: ex.{est.__name__}()}} with parentheses."
+                )
+            try:
+                _check_estimator(est)
+            except TypeError as err:
+                raise TypeError(f"{where}: site {site!r}: {err}") from None
+        out[_config_label(config) if label is None else str(label)] = config
+    return out
+
+
+#: Names an estimator is known by (the command line's ``--estimator`` names, the class names
+#: in lower case), for a suggestion when one is given as a string.
+_NAMES = {
+    "score": "ex.ScoreFunction()",
+    "reinforce": "ex.ScoreFunction()",
+    "rloo": "ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut())",
+    "pathwise": "ex.Pathwise()",
+    "reparam": "ex.Pathwise()",
+    "measure-valued": "ex.MeasureValued()",
+    "st": "ex.StraightThrough()",
+    "gumbel-softmax": "ex.GumbelSoftmax()",
+}
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    import expectax
+
+    known = dict(_NAMES)
+    for attr in expectax.__all__:
+        obj = getattr(expectax, attr)
+        if isinstance(obj, type) and issubclass(obj, Estimator) and obj is not Estimator:
+            known[attr.lower()] = f"ex.{attr}()"
+    match = difflib.get_close_matches(name.strip().lower(), list(known), n=1, cutoff=0.6)
+    return f" such as {known[match[0]]}" if match else ", e.g. ex.DisARM() or ex.ScoreFunction()"
+
+
+def _check_program_runs(
+    program: Callable[..., Any], params: PyTree, key: jax.Array, args: tuple, kwargs: dict
+) -> None:
+    """Trace the program once (no compilation): an error of its own is named at once."""
+    from numpyro import handlers
+
+    def run(p: PyTree, k: jax.Array) -> Any:
+        with handlers.trace(), handlers.seed(rng_seed=k):
+            return program(p, *args, **kwargs)
+
+    try:
+        jax.eval_shape(run, params, key)
+    except jax.errors.ConcretizationTypeError:
+        return  # Python control flow on a traced value: the engine explains it (below)
+    except Exception as err:  # noqa: BLE001 - the user's program: re-raised with its name
+        name = getattr(program, "__name__", type(program).__name__)
+        message = str(err).strip().split("\n")[0]
+        kind = type(err) if isinstance(err, (ValueError, TypeError)) else TypeError
+        raise kind(
+            f"program {name}(params{', *args' if args else ''}{', **kwargs' if kwargs else ''})"
+            f" raised {type(err).__name__}: {message}"
+        ) from err
+
+
+def _check_configuration(
+    label: str, build: Callable[[], Callable[..., Any]], params: PyTree, key: jax.Array
+) -> None:
+    """Trace one configuration's gradient (no compilation), so that a mistake in it (a site the
+    program does not draw, an estimator that cannot serve its site, an enumerated site) raises
+    at once, naming the configuration, instead of after the other rows were measured."""
+    try:
+        jax.eval_shape(jax.value_and_grad(build()), params, key)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        message = str(err).strip().split("\n")[0]
+        raise type(err)(f"configurations[{label!r}]: {message}") from err
+
+
 def _leaf_dtype(tree: PyTree) -> Any:
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if np.issubdtype(x.dtype, np.floating)]
     return leaves[0].dtype if leaves else np.float32
 
 
+def _log_ratio_sigma(a_rel: float | None, b_rel: float | None) -> float:
+    return math.hypot(a_rel or 0.0, b_rel or 0.0)
+
+
+def _within(best: float, other: float, sigma: float) -> bool:
+    """Whether ``other`` (≥ ``best``) is within TIE_Z standard errors ``sigma`` of the log-ratio."""
+    if best <= 0:
+        return other <= 0
+    return math.log(other / best) <= TIE_Z * sigma
+
+
 def _tied(best: EstimatorReport, other: EstimatorReport) -> bool:
-    """Whether ``other``'s work-normalised variance is within TIE_Z combined SEs of ``best``'s."""
-    if best.work_variance <= 0:
-        return other.work_variance <= 0
-    sigma = math.hypot(best.work_variance_rel_se or 0.0, other.work_variance_rel_se or 0.0)
-    return math.log(other.work_variance / best.work_variance) <= TIE_Z * sigma
+    """Whether ``other``'s variance × evaluations is within TIE_Z SEs of ``best``'s (the
+    variances' sampling error: a different seed could rank them the other way)."""
+    sigma = _log_ratio_sigma(best.evaluation_variance_rel_se, other.evaluation_variance_rel_se)
+    return _within(best.evaluation_variance, other.evaluation_variance, sigma)
 
 
-def _pm(r: EstimatorReport) -> str:
-    rel = r.work_variance_rel_se
-    return f"{r.work_variance:.3g}" + ("" if rel is None else f" ± {rel * r.work_variance:.2g}")
+def _tied_on_time(best: EstimatorReport, other: EstimatorReport) -> bool:
+    """Whether ``other``'s variance × time is within TIE_Z combined SEs of ``best``'s."""
+    sigma = _log_ratio_sigma(best.work_variance_rel_se, other.work_variance_rel_se)
+    return _within(best.work_variance, other.work_variance, sigma)
+
+
+def _pm(value: float, rel: float | None) -> str:
+    return f"{value:.3g}" + ("" if rel is None else f" ± {rel * value:.2g}")
+
+
+def _pm_evals(r: EstimatorReport) -> str:
+    return _pm(r.evaluation_variance, r.evaluation_variance_rel_se)
+
+
+def _pm_time(r: EstimatorReport) -> str:
+    return _pm(r.work_variance, r.work_variance_rel_se)
 
 
 def _recommend(
     reports: list[EstimatorReport], have_exact: bool, threshold: float
 ) -> tuple[str | None, str, list[str]]:
+    """The one recommendation rule of :func:`compare` and :func:`compare_programs`.
+
+    Among the eligible estimators (unbiased by design, only finite estimates, no significant
+    bias against ``exact_grad``), the lowest variance × evaluations: a cost with no timing
+    noise, so identical calls (same key) recommend the same estimator. The measured
+    variance × time is reported beside it; when it ranks another estimator first beyond the
+    timing noise, the reason says so (prefer that one when f, or the program, is cheap).
+    Returns ``(name, reason, tied)``, ``tied`` the eligible estimators whose variance ×
+    evaluations is within ``TIE_Z`` standard errors of the best's (the recommended first).
+    """
     eligible: list[EstimatorReport] = []
     for r in reports:
-        if not r.ok or r.work_variance is None or not r.unbiased_by_design:
+        if not r.ok or r.evaluation_variance is None or not r.unbiased_by_design:
             continue
         z = r.max_abs_z()
         if have_exact and z is not None and z > threshold:
@@ -737,42 +921,41 @@ def _recommend(
             "and passed the bias test",
             [],
         )
-    eligible.sort(key=lambda r: r.work_variance)
-    lowest = eligible[0]
-    tied = [r for r in eligible if r is lowest or _tied(lowest, r)]
-    best = min(tied, key=lambda r: r.evaluation_variance)
-    if len(tied) > 1:
-        listing = ", ".join(f"{r.name} {_pm(r)}" for r in tied)
-        others = [r for r in tied if r is not best]
-        runner = min(others, key=lambda r: r.evaluation_variance)
-        why = (
-            f"tied on variance × time ({listing}: differences within {TIE_Z:g} combined "
-            "standard errors of the variances' sampling error and the timing noise), and the "
-            f"tie is broken by variance × evaluations, lowest for {best.name} "
-            f"({best.evaluation_variance:.3g} vs {runner.evaluation_variance:.3g} for "
-            f"{runner.name})"
-        )
-    else:
-        why = f"lowest variance × time among unbiased estimators ({_pm(best)}"
-        if len(eligible) > 1:
-            runner = eligible[1]
+    # ties in the (deterministic) value are broken by the order of the candidates
+    eligible.sort(key=lambda r: r.evaluation_variance)
+    best = eligible[0]
+    tied = [best] + [r for r in eligible[1:] if _tied(best, r)]
+    why = f"lowest variance × evaluations among unbiased estimators ({_pm_evals(best)}"
+    if len(eligible) > 1:
+        runner = eligible[1]
+        value = best.evaluation_variance
+        ratio = runner.evaluation_variance / value if value > 0 else math.inf
+        if runner in tied:
+            why += (
+                f" vs {_pm_evals(runner)} for {runner.name}: tied, within {TIE_Z:g} standard "
+                "errors of the variances' sampling error, so another seed may rank them the "
+                "other way"
+            )
+        else:
+            why += (
+                f" vs {_pm_evals(runner)} for {runner.name}, {ratio:.3g}× better, beyond "
+                f"{TIE_Z:g} standard errors"
+            )
+    why += "; a cost free of timing noise, so identical calls recommend alike)"
+    timed = [r for r in eligible if r.work_variance is not None]
+    if best.work_variance is not None and timed:
+        fastest = min(timed, key=lambda r: r.work_variance)
+        if fastest is not best and not _tied_on_time(fastest, best):
             ratio = (
-                runner.work_variance / best.work_variance if best.work_variance > 0 else math.inf
+                best.work_variance / fastest.work_variance if fastest.work_variance else math.inf
             )
             why += (
-                f" vs {_pm(runner)} for {runner.name}, {ratio:.3g}× better, beyond "
-                f"{TIE_Z:g} combined standard errors"
+                f"; by measured variance × time {fastest.name} is better ({_pm_time(fastest)} "
+                f"vs {_pm_time(best)}, {ratio:.3g}×, beyond the timing noise): prefer it when f "
+                "(or the program) is cheap and the estimator's own work dominates"
             )
-        why += ")"
     if have_exact:
         why += f"; its bias is within {threshold:.1f} SE of the exact gradient on every coordinate"
-    by_evals = min(eligible, key=lambda r: r.evaluation_variance)
-    if by_evals is not best:
-        why += (
-            f"; at an equal number of f evaluations {by_evals.name} is better "
-            f"({by_evals.evaluation_variance:.3g} vs {best.evaluation_variance:.3g} variance × "
-            "evaluations): prefer it when f is expensive"
-        )
     excluded = [r.name for r in reports if r not in eligible]
     if excluded:
         why += f"; not eligible: {', '.join(excluded)}"
