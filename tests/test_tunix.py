@@ -89,9 +89,14 @@ def test_errors(names):
         ex_tunix.register(policy_losses=["cispo"], loss_options={"cispo": {"tau_pos": 1.0}})
 
 
-def test_policy_loss_equals_expectax(names):
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("name", list(ex_tunix.POLICY_LOSSES))
+def test_policy_loss_equals_expectax(names, name, beta):
+    import inspect
+
     from flax import nnx
     from tunix.rl import common
+    from tunix.rl.grpo import grpo_learner
     from tunix.tests import test_common as tc
 
     vocab = tc.MockVocab()
@@ -103,45 +108,63 @@ def test_policy_loss_equals_expectax(names):
     prompt = jnp.asarray(rng.integers(3, 20, size=(n, p)), jnp.int32)
     completion = np.asarray(rng.integers(3, 20, size=(n, t)), np.int32)
     completion[0, 3:] = 0  # padding
-    mask = completion != 0
+    completion = jnp.asarray(completion)
+    mask = jnp.asarray(completion != 0, jnp.float32)
     adv = jnp.asarray(rng.normal(size=n), jnp.float32)
-    old = jnp.asarray(rng.normal(size=(n, t)) * 0.1 - 2.0, jnp.float32)
-    example = common.TrainExample(
-        prompt_ids=prompt,
-        prompt_mask=prompt != 0,
-        completion_ids=jnp.asarray(completion),
-        completion_mask=jnp.asarray(mask),
-        advantages=adv,
-        ref_per_token_logps=None,
-        old_per_token_logps=old,
-    )
-    from tunix.rl.grpo import grpo_learner
-
-    config = grpo_learner.GRPOConfig(
-        num_generations=2, beta=0.0, loss_agg_mode="sequence-mean-token-mean"
-    )
-    config.temperature = 1.0
-    loss_fn = function_registry.get_policy_loss_fn("expectax_cispo")
-    got, aux = loss_fn(model, example, config, pad_id=0, eos_id=2)
     graphdef, state = nnx.split(model)
     logp = common.compute_per_token_logps(
         graphdef,
         state,
         prompt_tokens=prompt,
-        completion_tokens=jnp.asarray(completion),
+        completion_tokens=completion,
         pad_id=0,
         eos_id=2,
         stop_gradient=False,
     )
-    want = seq.cispo_loss(
-        logp[None],
-        old[None],
-        adv[None],
-        jnp.asarray(mask, jnp.float32)[None],
-        loss_agg_mode="seq-mean-token-mean",
+    # old and reference policies a little away from the current one
+    old = logp + jnp.asarray(rng.normal(size=(n, t)) * 0.1, jnp.float32)
+    ref = logp + jnp.asarray(rng.normal(size=(n, t)) * 0.1, jnp.float32)
+    example = common.TrainExample(
+        prompt_ids=prompt,
+        prompt_mask=prompt != 0,
+        completion_ids=completion,
+        completion_mask=completion != 0,
+        advantages=adv,
+        ref_per_token_logps=ref if beta else None,
+        old_per_token_logps=old,
     )
+    config = grpo_learner.GRPOConfig(
+        num_generations=2, beta=beta, loss_agg_mode="sequence-mean-token-mean"
+    )
+    config.temperature = 1.0
+    loss_fn = function_registry.get_policy_loss_fn(f"expectax_{name}")
+    got, aux = loss_fn(model, example, config, pad_id=0, eos_id=2)
+
+    expectax_loss = ex_tunix.POLICY_LOSSES[name]
+    kw = {}
+    if "loss_agg_mode" in inspect.signature(expectax_loss).parameters:
+        kw["loss_agg_mode"] = "seq-mean-token-mean"
+    if name == "sequence_policy":
+        kw.update(clip_eps=0.2, clip_eps_high=0.2)  # tunix's epsilon
+    want = expectax_loss(
+        logp_gkt=logp[None],
+        old_logp_gkt=old[None],
+        advantages=adv[None],
+        mask_gkt=mask[None],
+        **kw,
+    )
+    np.testing.assert_allclose(float(aux["pg_loss"]), float(want), rtol=1e-6)
+    if beta:  # tunix's default kl_loss_mode "kl" is k1
+        kl = seq.kl_loss(
+            logp[None], ref[None], mask[None], estimator="k1", loss_agg_mode="seq-mean-token-mean"
+        )
+        want = want + beta * kl
+        np.testing.assert_allclose(float(aux["kl_loss"]), float(kl), rtol=1e-6)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
-    assert float(aux["pg_loss"]) == float(got)
+    grads = nnx.grad(lambda m: loss_fn(m, example, config, pad_id=0, eos_id=2)[0])(model)
+    leaves = jax.tree.leaves(grads)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert any(bool(jnp.any(g != 0)) for g in leaves)
 
 
 # tunix 0.1.7's own deprecations, errors under this project's filterwarnings = error: it enters
