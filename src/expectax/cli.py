@@ -273,7 +273,10 @@ def _load_problem(spec: str) -> Any:
                 params=obj["params"],
                 exact_value=obj.get("exact_value"),
                 exact_grad=obj.get("exact_grad"),
-                estimators=tuple(obj.get("estimators", ())),
+                estimators=tuple(
+                    _estimator_named(e, f"estimators[{i}]") if isinstance(e, str) else e
+                    for i, e in enumerate(_listed(obj.get("estimators", ())))
+                ),
             )
         if not isinstance(obj, problems.Problem):
             raise _UsageError(
@@ -318,10 +321,48 @@ def _program_problem(obj: dict, attr: str, path: Path) -> _ProgramProblem:
         description=obj.get("description", f"{path.name}:{attr} (a stochastic program)"),
         program=obj["program"],
         params=obj["params"],
-        configurations=obj.get("configurations"),
+        configurations=_named_configurations(obj.get("configurations")),
         exact_grad=obj.get("exact_grad"),
         args=tuple(obj.get("args", ())),
     )
+
+
+def _estimator_named(name: str, where: str) -> Any:
+    """The estimator a problem file names as a string (``"disarm"``, ``"rloo"``: the
+    ``--estimator`` names), or a usage error with a suggestion."""
+    from expectax import cliutil
+
+    key = name.strip().lower()
+    if key not in ESTIMATOR_CHOICES:
+        raise _UsageError(
+            f"--problem: {where} names an unknown estimator {name!r}"
+            f"{cliutil.did_you_mean(key, ESTIMATOR_CHOICES) or ''}; the names are "
+            f"{', '.join(ESTIMATOR_CHOICES)} (or write an estimator, e.g. ex.DisARM())"
+        )
+    module, build = ESTIMATOR_CHOICES[key]
+    return build(importlib.import_module(module))
+
+
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _named_configurations(configurations: Any) -> Any:
+    """A problem file's configurations with estimator names (strings) made estimators."""
+
+    def one(config: Any, where: str) -> Any:
+        if not isinstance(config, dict):
+            return config  # compare_programs says what is wrong with it
+        return {
+            site: _estimator_named(est, f"{where}[{site!r}]") if isinstance(est, str) else est
+            for site, est in config.items()
+        }
+
+    if isinstance(configurations, dict):
+        return {k: one(c, f"configurations[{k!r}]") for k, c in configurations.items()}
+    if isinstance(configurations, (list, tuple)):
+        return [one(c, f"configurations[{i}]") for i, c in enumerate(configurations)]
+    return configurations
 
 
 def _estimators_from_args(names: list[str] | None, problem: Any) -> list[Any]:
