@@ -209,7 +209,12 @@ class _Sampler(Messenger):
         super().__init__(fn)
 
     def process_message(self, msg):
-        if msg["type"] != "sample" or msg.get("is_observed") or msg["value"] is not None:
+        if msg["type"] != "sample" or msg.get("is_observed"):
+            return
+        if msg.get("_control_flow_done"):
+            _check_scanned(msg, self.choose(msg["name"], msg))
+            return
+        if msg["value"] is not None:
             return
         name = msg["name"]
         infer = msg.get("infer") or {}
@@ -243,6 +248,36 @@ class _Sampler(Messenger):
         msg["value"] = value
 
 
+def _check_scanned(msg: Mapping[str, Any], role: str) -> None:
+    """A site drawn inside ``numpyro.contrib.control_flow.scan`` (or ``cond``): numpyro drew
+    its value inside ``lax.scan``, where expectax cannot substitute one step's value or cut
+    the draw's path derivative. Pathwise (reparameterisable) and score-function (discrete)
+    sites are served; the rest is refused here, by name."""
+    name, fn = msg["name"], msg["fn"]
+    reparam = getattr(fn, "has_rsample", False)
+    if role == "pathwise" and reparam:
+        return
+    if role == "score" and getattr(fn.support, "is_discrete", False):
+        return
+    if role == "score":
+        why = (
+            f"ScoreFunction on a continuous distribution ({type(fn).__name__}) inside scan: the "
+            "draw carries its path derivative into the costs computed inside lax.scan, where "
+            "expectax cannot hold it constant. Use ex.Pathwise() for the site (if it is "
+            "reparameterisable)"
+        )
+    else:
+        why = (
+            "a per-site estimator re-runs the program with the site's value substituted, and "
+            "one step of a scan cannot be substituted. Use ex.ScoreFunction(...) (discrete "
+            "sites) or ex.Pathwise() for it"
+        )
+    raise ValueError(
+        f"site {name!r} is drawn inside numpyro's scan/cond: {why}, or write the loop as a "
+        "Python for loop (each step its own site)."
+    )
+
+
 # --------------------------------------------------------------------------- tracing
 
 
@@ -253,6 +288,7 @@ class _Run:
     sites: dict[str, dict[str, Any]]  # latent sample sites of the trace
     costs: dict[Any, tuple[jax.Array, tuple[Any, ...]]]  # name -> (scaled value, frames)
     traces: Any = None  # the numpyro traces, for checks (ELBO: model and guide)
+    control_flow: bool = False  # a site came from numpyro's scan/cond
 
 
 def _frames(site: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -298,6 +334,7 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
                 sites[name] = site
         if out is not None:
             costs[RETURN] = (_return_cost(out), ())
+        flow = any(site.get("_control_flow_done") for site in tr.values())
         if not provenance and _guarded(params):
             # nothing can raise under jit: parameters outside their constraints make every
             # cost, so the estimate and its gradient, NaN instead of plausible numbers
@@ -306,7 +343,7 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
                 if site["type"] == "sample":
                     factor = factor * nan_unless_valid(site["fn"])
             costs = {n: (v * factor, fr) for n, (v, fr) in costs.items()}
-        return _Run(sites, costs)
+        return _Run(sites, costs, control_flow=flow)
 
     return run
 
@@ -567,6 +604,14 @@ class _Engine:
             raise _control_flow_error(err) from err
         cost_deps = {n: frozenset(deps.get(("cost", n), ())) for n in first.costs}
         lp_deps = {n: frozenset(deps.get(("lp", n), ())) for n in nonreparam}
+        if first.control_flow:
+            # numpyro draws scanned sites inside lax.scan, where their values cannot be
+            # substituted, so provenance cannot see what depends on them (nor on the values
+            # fed into the scan): every cost counts as downstream of every site. Unbiased;
+            # no Rao-Blackwellisation in such a program (docs/programs.md).
+            everything = frozenset(nonreparam)
+            cost_deps = {n: everything for n in cost_deps}
+            lp_deps = {n: everything - {n} for n in lp_deps}
         cost_frames = {n: frames for n, (_, frames) in first.costs.items()}
         return sites, cost_deps, lp_deps, cost_frames
 

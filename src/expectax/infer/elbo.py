@@ -121,7 +121,10 @@ def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) ->
                 fn = jax.tree_util.tree_map(jax.lax.stop_gradient, fn)
             value = log_prob(fn, site["value"])
             costs[("guide", name)] = (-programs._scaled(value, site), programs._frames(site))
-        return programs._Run(sites, costs, traces=(model_tr, guide_tr))
+        flow = any(
+            site.get("_control_flow_done") for tr in (model_tr, guide_tr) for site in tr.values()
+        )
+        return programs._Run(sites, costs, traces=(model_tr, guide_tr), control_flow=flow)
 
     return run
 
