@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -190,3 +192,72 @@ def test_debug_errors_passes_other_errors_through():
         return 1
 
     assert fine() == 1
+
+
+# ------------------------------------------- debug=True under jit, for every estimator
+
+BERNOULLI = lambda p: dist.Bernoulli(logits=p)  # noqa: E731
+CATEGORICAL = lambda p: dist.Categorical(logits=p * jnp.arange(6.0))  # noqa: E731
+NORMAL_1 = lambda p: dist.Normal(p, 1.0)  # noqa: E731
+DEBUG_CASES = {
+    # estimator class name: (dist_fn, num_samples)
+    "ScoreFunction": (NORMAL_1, 4),
+    "Pathwise": (NORMAL_1, 4),
+    "MeasureValued": (NORMAL_1, 4),
+    "VIMCO": (NORMAL_1, 4),
+    "ARM": (BERNOULLI, 4),
+    "DisARM": (BERNOULLI, 4),
+    "REBAR": (BERNOULLI, 4),
+    "RELAX": (BERNOULLI, 4),
+    "GumbelSoftmax": (BERNOULLI, 4),
+    "StraightThrough": (BERNOULLI, 4),
+    "UnorderedSet": (CATEGORICAL, 3),
+    "SumAndSample": (CATEGORICAL, 3),
+}
+
+
+def test_debug_cases_cover_every_estimator():
+    public = {
+        name
+        for name in ex.__all__
+        if isinstance(getattr(ex, name), type)
+        and issubclass(getattr(ex, name), ex.Estimator)
+        and getattr(ex, name) is not ex.Estimator
+    }
+    assert public == set(DEBUG_CASES)
+
+
+@pytest.mark.parametrize("name", list(DEBUG_CASES))
+def test_debug_under_jit_names_the_problem_and_debug_errors_and_prints_nothing(name, capfd):
+    """Issue 20 item 5: under a jit of the user's, JAX can only report a JaxRuntimeError; its
+    message ends with the check's own line, which names the problem and ex.debug_errors(), and
+    JAX's "callback failed" traceback is not printed; inside debug_errors the check's own
+    FloatingPointError comes back, and so it does eagerly, also without printing."""
+    dist_fn, n = DEBUG_CASES[name]
+    E = ex.expectation(NAN_F, dist_fn, estimator=getattr(ex, name)(), num_samples=n, debug=True)
+    params = jnp.array(0.3)
+    step = jax.jit(E)
+    with pytest.raises(jax.errors.JaxRuntimeError) as info:
+        jax.block_until_ready(step(params, KEY))
+    last = str(info.value).strip().splitlines()[-1]
+    assert re.match(
+        r"FloatingPointError: expectax debug check: f\(params, x\) produced NaN or inf in "
+        r"\d+ of \d+ values\..*`with ex\.debug_errors\(\):`",
+        last,
+    ), last
+    with pytest.raises(FloatingPointError, match=r"^expectax debug check: f\(params") as info:
+        with debug_errors():
+            jax.block_until_ready(step(params, KEY))
+    assert "Under jax.jit" not in str(info.value)
+    with pytest.raises(FloatingPointError, match=r"^expectax debug check: f\(params"):
+        E(params, KEY)  # eager: the check's own error
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+
+
+def test_debug_invalid_parameter_under_jit_points_to_debug_errors(capfd):
+    E = _expect(debug=True)
+    bad = {"mu": jnp.array(0.5), "sigma": jnp.array(-1.0)}
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"ValueError: expectax debug check: "):
+        jax.block_until_ready(jax.jit(E)(bad, KEY))
+    assert capfd.readouterr().err == ""

@@ -66,12 +66,14 @@ def expectation(
         constraint (a negative scale, probs outside [0, 1]) raise ``ValueError``, also under
         ``jit`` where numpyro cannot check values. Called outside ``jit``, ``E`` raises these
         types itself; under a ``jax.jit`` of your own JAX reports any run-time exception as
-        ``jax.errors.JaxRuntimeError``, so wrap the call in :func:`debug_errors` to get the
-        ``FloatingPointError``/``ValueError`` back. Debug mode wraps params in a ``custom_vjp``
-        to check the gradient, so use it with reverse mode (``jax.grad``); forward mode and
-        ``jax.hessian`` need ``debug=False``. Without ``debug``, parameters outside their
-        constraints make the value and the gradient NaN under ``jit`` or ``vmap`` (where
-        nothing can raise), never finite, plausible numbers.
+        ``jax.errors.JaxRuntimeError`` (its message ends with the check's, which names the
+        problem and says this), so wrap the call in :func:`debug_errors` to get the
+        ``FloatingPointError``/``ValueError`` back. Nothing is printed to stderr besides.
+        Debug mode wraps params in a ``custom_vjp`` to check the gradient, so use it with
+        reverse mode (``jax.grad``); forward mode and ``jax.hessian`` need ``debug=False``.
+        Without ``debug``, parameters outside their constraints make the value and the gradient
+        NaN under ``jit`` or ``vmap`` (where nothing can raise), never finite, plausible
+        numbers.
       mesh: a ``jax.sharding.Mesh`` to split the samples over its axis ``axis_name``
         (needs ``chunk_size``; the number of chunks must be a multiple of the axis size). Each
         device computes a contiguous block of chunks (chunk ``j`` still drawn with
@@ -383,6 +385,7 @@ class debug_errors(contextlib.ContextDecorator):  # noqa: N801 - used like a fun
         if original is not None and str(original) in str(exc):
             raise type(original)(str(original)) from None
         message = str(exc)[str(exc).index(_base.DEBUG_MARK) :].split("\n")[0]
+        message = message.split(_base.DEBUG_HINT[:16])[0]  # the hint is for where JAX reports
         raise FloatingPointError(message) from None
 
 

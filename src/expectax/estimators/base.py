@@ -303,9 +303,46 @@ DEBUG_MARK = "expectax debug check:"
 _last_debug_error: list[BaseException | None] = [None]
 
 
+#: Appended to a check's message where JAX reports it (a ``JaxRuntimeError`` under ``jit``,
+#: whose type and first line are JAX's): what to do to get the check's own exception.
+DEBUG_HINT = (
+    " (Under jax.jit JAX reports this check as a JaxRuntimeError; run the jitted call inside "
+    "`with ex.debug_errors():` and block on its result to get this {kind} itself.)"
+)
+
+
 def _raise_debug(err: BaseException) -> None:
+    """Raise a failed check from its host callback.
+
+    The check's own exception is kept for :class:`expectax.expectation.debug_errors`, which
+    re-raises it as it was; what JAX sees (and, under a ``jit`` of the user's, reports inside a
+    ``JaxRuntimeError``) says how to get it. JAX logs every exception of a callback with its
+    traceback before re-raising it; :func:`_quiet_jax_callback_logs` keeps expectax's own checks
+    out of that log, so that the error is said once, where it is raised.
+    """
     _last_debug_error[0] = err
-    raise err
+    raise type(err)(str(err) + DEBUG_HINT.format(kind=type(err).__name__))
+
+
+class _DebugCheckLogFilter:
+    """Drops JAX's "callback failed" log records of expectax's own debug checks (only those)."""
+
+    def filter(self, record: Any) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and DEBUG_MARK in str(exc))
+
+
+_DEBUG_LOG_FILTER = _DebugCheckLogFilter()
+
+
+def _quiet_jax_callback_logs() -> None:
+    """Install :class:`_DebugCheckLogFilter` on JAX's callback loggers (once; no JAX work)."""
+    import logging
+
+    for name in ("jax._src.debugging", "jax._src.callback"):
+        logger = logging.getLogger(name)
+        if _DEBUG_LOG_FILTER not in logger.filters:
+            logger.addFilter(_DEBUG_LOG_FILTER)
 
 
 @jax.custom_jvp
@@ -398,6 +435,7 @@ def _check_finite(values: jax.Array, what: str) -> None:
                 )
             )
 
+    _quiet_jax_callback_logs()
     jax.debug.callback(callback, values)
 
 
@@ -467,6 +505,7 @@ def _check_valid(valid: jax.Array, dist_name: str, name: str, constraint: Any) -
                 )
             )
 
+    _quiet_jax_callback_logs()
     jax.debug.callback(callback, valid)
 
 
