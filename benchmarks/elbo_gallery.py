@@ -92,12 +92,22 @@ def _config_loo(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
 
 
+def _config_stateful(k: int, sites: tuple[str, ...]):
+    """expectax's defaults with the guide wrapped by ``expectax.infer.with_baselines``, so that
+    baselines may keep state (decaying averages) in numpyro's mutable state across steps."""
+    import expectax.infer
+    from expectax.infer import TraceGraph_ELBO
+
+    return TraceGraph_ELBO(k), expectax.infer.with_baselines
+
+
 #: Named expectax configurations for ``--configs``; extend by adding a factory
 #: ``(num_particles, sites) -> (elbo, guide_transform)``. A factory (or its first step) that
 #: raises is skipped with a line saying so.
 CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "none": _config_none,
     "loo": _config_loo,
+    "stateful": _config_stateful,
 }
 
 
@@ -217,6 +227,7 @@ class Runner:
         jax.block_until_ready(self.run(self.states[0], 1))
         self.compile_s = time.perf_counter() - t0
         self.step_s: float = math.nan
+        self.cpu_step_s: float = math.nan
         self.done = 0  # steps taken by self.states
 
     def advance(self, n: int) -> None:
@@ -228,32 +239,37 @@ class Runner:
         return [self.get_params(s) for s in self.states]
 
 
-def time_steps(runners: list[Runner], rounds: int, calls: int, call_s: float = 0.03) -> int:
+def time_steps(runners: list[Runner], rounds: int, calls: int, call_s: float = 0.02) -> int:
     """Per-step time of each runner (single seed, after compilation): ``rounds`` interleaved
     rounds of ``calls`` calls of ``n`` steps each, ``n`` chosen so that one call of the first
-    runner (numpyro) takes about ``call_s``; the minimum over rounds of each round's median.
-    Returns ``n``."""
+    runner (numpyro) takes about ``call_s``; the minimum over rounds of each round's median
+    (many short rounds, so that every method meets the machine's quiet moments). The process's
+    CPU time per step is kept beside it (``cpu_step_s``). Returns ``n``."""
     states = {id(r): r.states[0] for r in runners}
     first = runners[0]
-    n = 5
-    for _ in range(2):  # warm up, then size the calls
+    n, per_step = 5, math.inf
+    for _ in range(4):  # warm up, then size the calls by the fastest of three
         t0 = time.perf_counter()
         states[id(first)] = jax.block_until_ready(first.run(states[id(first)], n))
-        per_step = (time.perf_counter() - t0) / n
+        per_step = min(per_step, (time.perf_counter() - t0) / n)
     n = int(np.clip(round(call_s / max(per_step, 1e-7)), 5, 5000))
     for r in runners:
         states[id(r)] = jax.block_until_ready(r.run(states[id(r)], n))
-    best = {id(r): [] for r in runners}
+    wall = {id(r): [] for r in runners}
+    cpu = {id(r): [] for r in runners}
     for _ in range(rounds):
         for r in runners:
-            ts = []
+            ts, cs = [], []
             for _ in range(calls):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 states[id(r)] = jax.block_until_ready(r.run(states[id(r)], n))
                 ts.append((time.perf_counter() - t0) / n)
-            best[id(r)].append(float(np.median(ts)))
+                cs.append((time.process_time() - c0) / n)
+            wall[id(r)].append(float(np.median(ts)))
+            cpu[id(r)].append(float(np.median(cs)))
     for r in runners:
-        r.step_s = min(best[id(r)])
+        r.step_s = min(wall[id(r)])
+        r.cpu_step_s = min(cpu[id(r)])
     return n
 
 
@@ -560,7 +576,7 @@ def main() -> None:
         help="comma-separated subset of the row names' models: coin,dpm,sbn,coal,spike",
     )
     ap.add_argument("--curve-points", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
     ap.add_argument(
         "--pyro", default=None, help="Pyro's JSON (default: results/pyro_gallery[-quick].json)"
     )
@@ -571,7 +587,7 @@ def main() -> None:
     out = args.out or os.path.join(RESULTS, "elbo_gallery" + suffix)
     pyro_path = args.pyro or os.path.join(RESULTS, "pyro_gallery" + suffix + ".json")
     curve_points = 10 if args.quick else args.curve_points
-    rounds = 4 if args.quick else args.rounds
+    rounds = 8 if args.quick else args.rounds
     names = [c for c in args.configs.split(",") if c]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
@@ -603,8 +619,8 @@ def main() -> None:
                 continue
             print(f"  {meth}: compiled in {r.compile_s:.1f} s", flush=True)
             runners.append(r)
-        n_time = time_steps(runners, rounds, calls=5)
-        timing[spec.name] = {"steps_per_call": n_time, "rounds": rounds, "calls": 5}
+        n_time = time_steps(runners, rounds, calls=3)
+        timing[spec.name] = {"steps_per_call": n_time, "rounds": rounds, "calls": 3}
         t_np = next(r.step_s for r in runners if r.method == "numpyro")
         ev = Evaluator(spec)
         init_params = [
@@ -620,6 +636,7 @@ def main() -> None:
             )
             res = train_and_evaluate(r, ev, eq, len(seeds), curve_points)
             res["step_s"], res["compile_s"] = r.step_s, r.compile_s
+            res["cpu_step_s"] = r.cpu_step_s
             rows[r.method] = res
             es, et = mean_se(res["equal_steps"]["values"]), mean_se(res["equal_time"]["values"])
             print(
