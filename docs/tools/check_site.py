@@ -1,21 +1,27 @@
-"""Check the built documentation site: internal links, then a real browser.
+"""Check the built documentation site, every page of it: the HTML, then a real browser.
 
-    python docs/tools/check_site.py [SITE_DIR] [--screenshots DIR]
+    python docs/tools/check_site.py [SITE_DIR] [--screenshots DIR] [--no-browser]
 
 SITE_DIR is the output of ``mkdocs build`` (default ``site``). Two checks; the exit status is 1
 if either finds a problem, and every problem is printed on its own line:
 
-1. **Links.** Every ``href`` and ``src`` of every HTML page that points inside the site must
-   name a file that exists, and its ``#fragment`` an ``id`` on that page. Nothing may be loaded
-   from another host (the site has to work offline): a ``<script src>``, stylesheet, image or
-   font from ``http(s)://`` is an error. Links *to* other sites are not followed.
-2. **Browser.** The site is served on localhost and headless Chromium (the system's
-   ``/usr/bin/chromium``, or ``$CHROMIUM``, driven by Playwright; no browser is downloaded)
-   opens the home page, an estimator's API page and a guide with a figure, and searches. On
-   each page: no console errors, no failed requests, the expected headings, every formula
-   rendered by KaTeX (no ``.arithmatex`` element without KaTeX output, no ``.katex-error``, no
-   raw ``\\(``, ``\\[``, ``$$`` or ``.. math::`` left in the text), every image loaded. A
-   full-page screenshot of each goes to the screenshots folder (default ``site-check``).
+1. **The HTML of every page.** Every ``href`` and ``src`` that points inside the site must name
+   a file that exists (a missing image is an error), and its ``#fragment`` an ``id`` on that
+   page (a broken anchor is an error). Nothing may be loaded from another host (the site has
+   to work offline): a ``<script src>``, stylesheet, image or font from ``http(s)://`` is an
+   error; links *to* other sites are not followed. In the text outside code and outside the
+   formulas (``.arithmatex``): no raw TeX (``$$``, ``\\frac``, ``\\mathbb``, ``\\(``, ``\\[``),
+   no unconverted reST (``.. math::``, ``:func:`...```, a literal block's ``::``), no
+   attribute-list text (``{:``, ``{.``, ``{#``: Markdown's ``attr_list`` did not apply it).
+2. **Every page in a browser.** The site is served on localhost and headless Chromium (the
+   system's ``/usr/bin/chromium``, or ``$CHROMIUM``, driven by Playwright; no browser is
+   downloaded) opens every HTML page of the site, then searches. On each page: no console
+   errors, no failed requests, every formula rendered by KaTeX (no ``.arithmatex`` element
+   without KaTeX output, no ``.katex-error``), no raw TeX or attribute text left in the visible
+   text (as above, with rendered formulas and code removed), every image loaded. A few pages
+   must also have their expected headings, formulas and a figure (``PAGES``). A full-page
+   screenshot of those pages, and of every page with a problem, goes to the screenshots
+   folder (default ``site-check``).
 """
 
 from __future__ import annotations
@@ -44,11 +50,16 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-# (path, headings that must be on the page, the least number of KaTeX formulas, an image)
+# Pages that must hold more than "no problems": (path, headings that must be on the page,
+# the least number of KaTeX formulas, an image). Every other page is checked too.
 PAGES = [
     ("", ["expectax", "Quick start", "Estimators", "Choosing an estimator"], 0, False),
+    ("getting-started/", ["Getting started", "Install", "compare"], 3, False),
     ("api/estimators/", ["Estimators", "ScoreFunction", "Pathwise", "MeasureValued"], 5, False),
+    ("measure-valued/", ["Measure-valued derivatives", "Supported distributions"], 5, False),
+    ("variance-reduction/", ["Variance reduction", "Baselines", "Control variates"], 5, False),
     ("rl/", ["Policy gradients", "CartPole"], 1, True),
+    ("search/", ["Search"], 0, False),
 ]
 SEARCH = ("ScoreFunction", "api/estimators/")
 
@@ -59,13 +70,16 @@ class _Page(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.ids: set[str] = set()
         self.refs: list[tuple[str, str, str, str]] = []  # (tag, attribute, url, rel)
-        self.text: list[str] = []  # the text outside code, scripts and styles
-        self._skip = 0
+        self.text: list[str] = []  # the text outside code, scripts, styles and formulas
+        self._skip: list[list] = []  # [tag, how deep that tag is nested] of a skipped element
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
-        if tag in _SKIP:
-            self._skip += 1
+        if self._skip and tag == self._skip[-1][0]:
+            self._skip[-1][1] += 1
+        elif tag in _SKIP or _SKIP_CLASS & set((a.get("class") or "").split()):
+            if tag not in _VOID:
+                self._skip.append([tag, 1])
         for key in ("id", "name"):
             if a.get(key) and (key == "id" or tag == "a"):
                 self.ids.add(a[key])
@@ -79,17 +93,55 @@ class _Page(HTMLParser):
                     self.refs.append((tag, "srcset", part.split()[0], rel))
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP and self._skip:
-            self._skip -= 1
+        if self._skip and tag == self._skip[-1][0]:
+            self._skip[-1][1] -= 1
+            if not self._skip[-1][1]:
+                self._skip.pop()
 
     def handle_data(self, data: str) -> None:
         if not self._skip:
             self.text.append(data)
 
 
-_SKIP = ("pre", "code", "script", "style", "textarea")
-# reST that the docstrings use and griffe_rst.py converts: none of it may reach a page as text
-_LEFTOVER_REST = re.compile(r"\.\. (math|code-block)::|:(math|class|func|meth|mod|data|attr):`")
+_SKIP = ("pre", "code", "script", "style", "textarea", "svg")
+_SKIP_CLASS = {"arithmatex", "katex", "highlight"}  # formulas (rendered or not yet), code
+_VOID = (
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "link",
+    "meta",
+    "source",
+    "track",
+    "wbr",
+)
+# What must not reach a page as text, each with what it means. reST that the docstrings use
+# and griffe_rst.py converts; TeX that KaTeX never saw (outside $…$, or in a code span); the
+# text of an attribute list that Markdown's attr_list did not apply ("{: .class}", "{#id}").
+LEFTOVERS = [
+    (
+        re.compile(r"\.\. (math|code-block)::|:(math|class|func|meth|mod|data|attr):`"),
+        "unconverted reST",
+    ),
+    (re.compile(r"\w::(\s|$)"), "a reST literal block's '::'"),
+    (re.compile(r"\$\$|\\frac\b|\\mathbb\b|\\\(|\\\["), "raw TeX (not rendered)"),
+    (re.compile(r"\{[:.#]"), "attribute-list text"),
+]
+
+
+def leftovers(text: str) -> list[str]:
+    """``what: 'snippet'`` for each leftover of ``LEFTOVERS`` in ``text``."""
+    found = []
+    for pattern, what in LEFTOVERS:
+        for m in pattern.finditer(text):
+            snippet = " ".join(text[max(0, m.start() - 40) : m.end() + 40].split())
+            found.append(f"{what}: {snippet!r}")
+    return found
 
 
 def _parse(path: Path) -> _Page:
@@ -105,10 +157,8 @@ def check_links(site: Path) -> list[str]:
     checked = 0
     for path, page in pages.items():
         page_url = "/" + path.relative_to(site).as_posix()
-        text = "".join(page.text)
-        for m in _LEFTOVER_REST.finditer(text):
-            snippet = " ".join(text[max(0, m.start() - 40) : m.end() + 40].split())
-            problems.append(f"{path.relative_to(site)}: unconverted reST {snippet!r}")
+        for found in leftovers("".join(page.text)):
+            problems.append(f"{path.relative_to(site)}: {found}")
         for tag, attr, url, rel in page.refs:
             parts = urlsplit(url)
             where = f"{path.relative_to(site)}: <{tag} {attr}={url!r}>"
@@ -141,25 +191,23 @@ def check_links(site: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- browser
+_RENDERED = """() => [...document.querySelectorAll(".arithmatex")].every(
+  el => el.querySelector(".katex"))"""
 _PAGE_STATE = """() => {
   const article = document.querySelector("article") || document.body;
   const clone = article.cloneNode(true);
-  for (const el of clone.querySelectorAll("pre, code, .katex, script, style")) el.remove();
-  const text = clone.innerText || clone.textContent;
-  const raw = [];
-  for (const pat of ["\\\\(", "\\\\[", "$$", ".. math::", ":math:`"]) {
-    const at = text.indexOf(pat);
-    if (at >= 0) raw.push(JSON.stringify(text.slice(Math.max(0, at - 30), at + 50)));
-  }
+  for (const el of clone.querySelectorAll(
+      "pre, code, .katex, .arithmatex, .highlight, script, style, svg")) el.remove();
   const arith = [...document.querySelectorAll(".arithmatex")];
   return {
     headings: [...document.querySelectorAll("h1, h2, h3")].map(h => h.textContent.trim()),
+    text: clone.textContent,
     arithmatex: arith.length,
     unrendered: arith.filter(el => !el.querySelector(".katex")).map(
       el => el.textContent.trim().slice(0, 60)),
     katex: document.querySelectorAll(".katex").length,
-    katexErrors: document.querySelectorAll(".katex-error").length,
-    raw: raw,
+    katexErrors: [...document.querySelectorAll(".katex-error")].map(
+      el => (el.getAttribute("title") || el.textContent).slice(0, 100)),
     images: [...document.querySelectorAll("article img")].map(
       img => [img.getAttribute("src"), img.complete && img.naturalWidth > 0]),
   };
@@ -177,8 +225,19 @@ def _serve(site: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def check_browser(site: Path, shots: Path) -> list[str]:
-    """Problems seen in headless Chromium, one line each; screenshots into ``shots``."""
+def site_pages(site: Path) -> list[str]:
+    """The URL path of each HTML page ("" for the home page, "rl/" for rl/index.html)."""
+    paths = []
+    for path in sorted(site.rglob("*.html")):
+        rel = path.relative_to(site).as_posix()
+        if rel.startswith("assets/"):
+            continue
+        paths.append(rel.removesuffix("index.html"))
+    return paths
+
+
+def check_browser(site: Path, shots: Path, only: list[str] | None = None) -> list[str]:
+    """Problems seen in headless Chromium on every page, one line each; screenshots to ``shots``."""
     from playwright.sync_api import sync_playwright
 
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -186,6 +245,13 @@ def check_browser(site: Path, shots: Path) -> list[str]:
         return [f"browser: no Chromium at {chromium} (apt-get install chromium, or set $CHROMIUM)"]
     shots.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
+    expected = {path: rest for path, *rest in PAGES}
+    paths = site_pages(site)
+    for path in expected:
+        if path not in paths:
+            problems.append(f"/{path}: page not in the site")
+    if only:  # a quick look at a few pages while writing them (CI checks every page)
+        paths = [p for p in paths if p.strip("/") in {o.strip("/") for o in only}]
     server, base = _serve(site)
     try:
         with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
@@ -196,8 +262,15 @@ def check_browser(site: Path, shots: Path) -> list[str]:
                 args=CHROMIUM_ARGS,
                 viewport={"width": 1280, "height": 900},
             )
-            for path, headings, min_katex, image in PAGES:
-                problems += _check_page(context, base, path, headings, min_katex, image, shots)
+            katex = 0
+            for path in paths:
+                headings, min_katex, image = expected.get(path, ([], 0, False))
+                found, n = _check_page(
+                    context, base, path, headings, min_katex, image, shots, path in expected
+                )
+                problems += found
+                katex += n
+            print(f"browser: {len(paths)} pages, {katex} KaTeX formulas")
             problems += _check_search(context, base, shots)
             context.close()
     finally:
@@ -224,17 +297,18 @@ def _watch(page, name: str, errors: list[str]) -> None:
     )
 
 
-def _check_page(context, base, path, headings, min_katex, image, shots) -> list[str]:
+def _check_page(context, base, path, headings, min_katex, image, shots, shoot):
+    """(problems, number of formulas) of one page; a screenshot if ``shoot`` or a problem."""
     name = "/" + path
     errors: list[str] = []
     page = context.new_page()
     _watch(page, name, errors)
     page.goto(base + path, wait_until="networkidle")
-    page.wait_for_timeout(300)  # let document$ subscribers (KaTeX) run
+    try:  # let document$ subscribers (KaTeX) run: every formula rendered, or 5 s
+        page.wait_for_function(_RENDERED, timeout=5000)
+    except Exception:
+        pass  # what is still unrendered is reported below
     state = page.evaluate(_PAGE_STATE)
-    shot = shots / (path.strip("/").replace("/", "_") or "home")
-    page.screenshot(path=f"{shot}.png", full_page=True)
-    page.close()
     for heading in headings:
         if not any(heading in h for h in state["headings"]):
             errors.append(f"{name}: no heading containing {heading!r}")
@@ -243,22 +317,28 @@ def _check_page(context, base, path, headings, min_katex, image, shots) -> list[
             f"{name}: {len(state['unrendered'])} formulas not rendered by KaTeX, "
             f"e.g. {state['unrendered'][0]!r}"
         )
-    if state["katexErrors"]:
-        errors.append(f"{name}: {state['katexErrors']} KaTeX errors (.katex-error)")
+    for error in state["katexErrors"]:
+        errors.append(f"{name}: KaTeX error (.katex-error): {error!r}")
     if state["katex"] < min_katex:
         errors.append(f"{name}: {state['katex']} KaTeX formulas, expected at least {min_katex}")
-    for snippet in state["raw"]:
-        errors.append(f"{name}: raw maths left in the text: {snippet}")
+    for found in leftovers(state["text"]):
+        errors.append(f"{name}: {found}")
     broken = [src for src, ok in state["images"] if not ok]
     if broken:
         errors.append(f"{name}: images not loaded: {broken}")
     if image and not state["images"]:
         errors.append(f"{name}: expected a figure, found no image")
-    print(
-        f"browser {name}: {len(state['headings'])} headings, {state['katex']} KaTeX formulas, "
-        f"{len(state['images'])} images, {len(errors)} problems -> {shot}.png"
-    )
-    return errors
+    shot = None
+    if shoot or errors:
+        shot = shots / ((path.strip("/").replace("/", "_").removesuffix(".html")) or "home")
+        page.screenshot(path=f"{shot}.png", full_page=True)
+    page.close()
+    if shoot or errors:
+        print(
+            f"browser {name}: {len(state['headings'])} headings, {state['katex']} KaTeX "
+            f"formulas, {len(state['images'])} images, {len(errors)} problems -> {shot}.png"
+        )
+    return errors, state["katex"]
 
 
 def _check_search(context, base, shots) -> list[str]:
@@ -278,11 +358,11 @@ def _check_search(context, base, shots) -> list[str]:
     index = page.evaluate("async () => (await (await fetch('search/search_index.json')).json())")
     if not any(d["location"].startswith(f"{expected}#expectax.{query}") for d in index["docs"]):
         errors.append(f"search: the index has no entry for {expected}#expectax.{query}")
-    page.screenshot(path=str(shots / "search.png"))
+    page.screenshot(path=str(shots / "search-box.png"))
     page.close()
     print(
         f"browser search {query!r}: {found} results, {len(index['docs'])} indexed sections, "
-        f"{len(errors)} problems -> {shots / 'search.png'}"
+        f"{len(errors)} problems -> {shots / 'search-box.png'}"
     )
     return errors
 
@@ -291,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("site", nargs="?", default="site", type=Path, help="built site folder")
     parser.add_argument("--screenshots", default="site-check", type=Path, help="output folder")
-    parser.add_argument("--no-browser", action="store_true", help="check the links only")
+    parser.add_argument("--no-browser", action="store_true", help="check the HTML only")
+    parser.add_argument(
+        "--only", nargs="+", metavar="PATH", help="open only these pages (e.g. rl/) in the browser"
+    )
     args = parser.parse_args(argv)
     if not (args.site / "index.html").is_file():
         print(
@@ -301,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     problems = check_links(args.site)
     if not args.no_browser:
-        problems += check_browser(args.site, args.screenshots)
+        problems += check_browser(args.site, args.screenshots, args.only)
     for problem in problems:
         print(f"PROBLEM {problem}")
     verdict = "failed" if problems else "passed"
