@@ -310,6 +310,7 @@ def _plot(rows: list, functions: tuple, param: str, path: Path, n: int) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     symbol = "μ" if param == "mu" else "σ"
     fig, axes = plt.subplots(1, len(functions), figsize=(4.5 * len(functions), 3.8), squeeze=False)
@@ -328,6 +329,16 @@ def _plot(rows: list, functions: tuple, param: str, path: Path, n: int) -> Path:
         ax.set_yscale("log")
         if name != "quadratic":
             ax.set_xscale("log")
+            # plain numbers at 1-2-5 steps: on a range of one decade or less matplotlib labels
+            # the minor ticks too ("2×10⁰", "3×10⁰", ...), and their labels overlapped
+            ticks = [
+                t
+                for t in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+                if ks.min() * (1 - 1e-9) <= t <= ks.max() * (1 + 1e-9)
+            ]
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("k")
         ax.set_title(f"f(x) = {FUNCTIONS[name][0]}")
     axes[0][0].set_ylabel(f"variance of the {symbol}-gradient")
