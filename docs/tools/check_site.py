@@ -56,7 +56,7 @@ PAGES = [
     ("", ["expectax", "Quick start", "Estimators", "Choosing an estimator"], 0, False),
     ("getting-started/", ["Getting started", "Install", "compare"], 3, False),
     ("api/estimators/", ["Estimators", "ScoreFunction", "Pathwise", "MeasureValued"], 5, False),
-    ("measure-valued/", ["Measure-valued derivatives", "Supported distributions"], 5, False),
+    ("measure-valued/", ["Measure-valued derivatives", "Supported distributions"], 5, True),
     ("variance-reduction/", ["Variance reduction", "Baselines", "Control variates"], 5, False),
     ("rl/", ["Policy gradients", "CartPole"], 1, True),
     ("search/", ["Search"], 0, False),
