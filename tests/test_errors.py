@@ -11,6 +11,7 @@ import numpyro.distributions as dist
 import pytest
 
 import expectax as ex
+from expectax.compat import optax_monte_carlo as omc
 from expectax.expectation import debug_errors
 
 F = lambda p, x: (x - 1.0) ** 2
@@ -261,3 +262,184 @@ def test_debug_invalid_parameter_under_jit_points_to_debug_errors(capfd):
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"ValueError: expectax debug check: "):
         jax.block_until_ready(jax.jit(E)(bad, KEY))
     assert capfd.readouterr().err == ""
+
+
+# ------------------------------------------------ issue 20 item 8: mistakes with a clear error
+
+
+@pytest.mark.parametrize(
+    "baseline,match",
+    [
+        (
+            "loo",
+            r"baseline='loo'.*expectax.baselines.*not a string; write "
+            r"baseline=ex.baselines.LeaveOneOut\(\)",
+        ),
+        ("moving-average", r"write baseline=ex.baselines.MovingAverage\(\)"),
+        (
+            "nonsense",
+            r"baselines.Constant\(c\), baselines.MovingAverage\(\), "
+            r"baselines.LeaveOneOut\(\)",
+        ),
+        (
+            ex.baselines.LeaveOneOut,
+            r"must be an instance, not the class; write "
+            r"baseline=ex.baselines.LeaveOneOut\(\) with parentheses",
+        ),
+    ],
+    ids=["loo", "moving-average", "unknown", "class"],
+)
+def test_score_function_baseline_as_a_string_or_class(baseline, match):
+    with pytest.raises(TypeError, match=match):
+        ex.ScoreFunction(baseline=baseline)
+
+
+def test_score_function_control_variate_as_a_string():
+    with pytest.raises(TypeError, match=r"write control_variate=ex.control_variates.DeltaMethod"):
+        ex.ScoreFunction(control_variate="delta")
+
+
+def test_score_function_with_a_baseline_still_works_under_jit():
+    """The constructor's check runs again when JAX rebuilds the estimator from its leaves."""
+    est = ex.ScoreFunction(baseline=ex.baselines.Constant(1.0))
+    E = ex.expectation(F, NORMAL, estimator=est, num_samples=4)
+    assert np.isfinite(jax.jit(lambda e, p: jax.grad(lambda q: E(q, KEY))(p)["mu"])(est, PARAMS))
+
+
+def test_compare_accepts_numpy_integer_repeats():
+    result = ex.compare(F, NORMAL, PARAMS, ex.Pathwise(), repeats=np.int64(4), time_budget=0.01)
+    assert result.repeats == 4 and type(result.repeats) is int
+
+
+@pytest.mark.parametrize("repeats", [2.5, "50", None], ids=["float", "str", "none"])
+def test_compare_repeats_not_an_int(repeats):
+    with pytest.raises(TypeError, match=r"repeats must be an int ≥ 2.*e.g. repeats=500"):
+        ex.compare(F, NORMAL, PARAMS, repeats=repeats)
+
+
+def test_dist_fn_that_is_a_distribution():
+    match = (
+        r"^dist_fn must be a function of params returning a distribution; got a Normal \(a "
+        r"distribution itself\): write lambda params: dist.Normal\(loc=0, scale=1\)"
+    )
+    with pytest.raises(TypeError, match=match):
+        ex.expectation(F, dist.Normal(0.0, 1.0), estimator=ex.ScoreFunction(), num_samples=4)
+    with pytest.raises(TypeError, match=match):
+        ex.per_sample_grads(
+            F, dist.Normal(0, 1), PARAMS, KEY, estimator=ex.Pathwise(), num_samples=4
+        )
+    with pytest.raises(TypeError, match=match):
+        ex.compare(F, dist.Normal(0.0, 1.0), PARAMS, repeats=2)
+    with pytest.raises(TypeError, match=r"got a Bernoulli.*lambda params: dist.Bernoulli\("):
+        ex.expectation(F, dist.Bernoulli(logits=0.0), estimator=ex.DisARM(), num_samples=4)
+
+
+class _PlainNormal:
+    """A distribution that is not a JAX pytree: fine for expectation, not per_sample_grads."""
+
+    def __init__(self, mu):
+        self.mu = mu
+
+    def sample(self, key, sample_shape=()):
+        return self.mu + jax.random.normal(key, sample_shape)
+
+    def log_prob(self, x):
+        return -0.5 * (x - self.mu) ** 2
+
+
+def test_per_sample_grads_with_a_plain_python_distribution():
+    dist_fn = lambda p: _PlainNormal(p["mu"])  # noqa: E731
+    E = ex.expectation(F, dist_fn, estimator=ex.ScoreFunction(), num_samples=4)
+    assert np.isfinite(jax.grad(E)(PARAMS, KEY)["mu"])  # expectation takes any such object
+    with pytest.raises(
+        TypeError,
+        match=r"must return a JAX pytree of arrays.*returned a _PlainNormal.*"
+        r"register_pytree_node_class.*ex.expectation",
+    ):
+        ex.per_sample_grads(F, dist_fn, PARAMS, KEY, estimator=ex.ScoreFunction(), num_samples=4)
+
+
+@pytest.mark.parametrize("key", [3, "0", jnp.array([0.0, 1.0])], ids=["int", "str", "floats"])
+def test_compare_with_a_key_that_is_not_a_key(key):
+    with pytest.raises(TypeError, match=r"^key must be a jax.random key, e.g. jax.random.key\(0"):
+        ex.compare(F, NORMAL, PARAMS, repeats=2, key=key)
+
+
+# the compat layer (optax.monte_carlo's functions): no bare unpacking errors
+
+_MEAN, _LOG_SCALE = jnp.array([0.5, -0.5]), jnp.array([0.0, 0.0])
+_F2 = lambda x: jnp.sum(x**2)  # noqa: E731
+
+
+def _cv_jacobians(**kw):
+    args = dict(
+        function=_F2,
+        control_variate_from_function=omc.control_delta_method,
+        grad_estimator=omc.score_function_jacobians,
+        params=[_MEAN, _LOG_SCALE],
+        dist_builder=omc.multi_normal,
+        rng=KEY,
+        num_samples=4,
+    )
+    return omc.control_variates_jacobians(**(args | kw))
+
+
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (
+            {"control_variate_from_function": omc.control_delta_method(_F2)},
+            TypeError,
+            r"control_variate_from_function must be a function of f.*not control_delta_method"
+            r"\(f\), which is its result",
+        ),
+        (
+            {"control_variate_from_function": lambda f: (f, f)},
+            TypeError,
+            r"must return three functions \(control_variate, expected_value, update_state\).*"
+            r"got 2 values",
+        ),
+        (
+            {"control_variate_from_function": omc.moving_avg_baseline},
+            ValueError,
+            r"moving_avg_baseline: control_variate_state must be \(average, count\), e.g. "
+            r"\(jnp.array\(0.0\), 0\) to start.*got None",
+        ),
+        (
+            {
+                "control_variate_from_function": omc.moving_avg_baseline,
+                "control_variate_state": (jnp.array(0.0),),
+            },
+            ValueError,
+            r"control_variate_state must be \(average, count\).*got 1 elements",
+        ),
+        (
+            {"params": [_MEAN], "dist_builder": lambda m: dist.Normal(m, 1.0).to_event(1)},
+            ValueError,
+            r"control_delta_method: params must be \[mean, log_scale\].*got 1 arrays",
+        ),
+    ],
+    ids=[
+        "cv-result-not-function",
+        "cv-two-parts",
+        "average-no-state",
+        "average-bad-state",
+        "delta-one-param",
+    ],
+)
+def test_compat_control_variates_say_what_is_wrong(kw, error, match):
+    with pytest.raises(error, match=match):
+        _cv_jacobians(**kw)
+
+
+def test_compat_coefficients_say_what_is_wrong():
+    with pytest.raises(TypeError, match="estimate_control_variate_coefficients: control_var"):
+        omc.estimate_control_variate_coefficients(
+            _F2,
+            omc.control_delta_method(_F2),
+            omc.score_function_jacobians,
+            [_MEAN, _LOG_SCALE],
+            omc.multi_normal,
+            KEY,
+            4,
+        )

@@ -29,7 +29,14 @@ from expectax import sharding as _sharding
 from expectax.estimators.base import Estimator
 from expectax.estimators.pathwise import Pathwise
 from expectax.estimators.score_function import ScoreFunction
-from expectax.expectation import _build, _check_callable, _check_estimator, expectation
+from expectax.expectation import (
+    _build,
+    _check_callable,
+    _check_dist_fn,
+    _check_estimator,
+    _check_key,
+    expectation,
+)
 
 __all__ = ["Comparison", "EstimatorReport", "compare", "compare_programs"]
 
@@ -257,11 +264,17 @@ def _total_variance_se(g: np.ndarray) -> float:
     return float(np.std(d, ddof=1) * math.sqrt(r) / (r - 1))
 
 
-def _check_repeats(repeats: Any) -> None:
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
-        raise ValueError(
-            f"repeats must be an int ≥ 2 (variances need two estimates); got {repeats!r}."
+def _check_repeats(repeats: Any) -> int:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)):
+        raise TypeError(
+            f"repeats must be an int ≥ 2 (independent estimates per estimator); got {repeats!r} "
+            f"of type {type(repeats).__name__}. Use e.g. repeats=500."
         )
+    if repeats < 2:
+        raise ValueError(
+            f"repeats must be an int ≥ 2 (variances need two estimates); got {int(repeats)}."
+        )
+    return int(repeats)
 
 
 def _check_seed(seed: Any) -> int:
@@ -350,7 +363,7 @@ def _check_problem(f: Any, dist_fn: Any, params: PyTree, num_samples: Any, key: 
     _check_callable(f, "f", "f(params, x) -> scalar", 2)
     if dist_fn is None:
         return None
-    _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
+    _check_dist_fn(dist_fn)
     dist = _build(dist_fn, params)
 
     def one(p: PyTree, k: jax.Array) -> Any:
@@ -464,10 +477,11 @@ def compare(
       >>> result.recommended
       'Pathwise'
     """
-    _check_repeats(repeats)
+    repeats = _check_repeats(repeats)
     split = _repeats_over(mesh, axis_name, repeats)
     estimators = _as_estimators(estimators)
     key = jax.random.key(_check_seed(seed)) if key is None else key
+    _check_key(key)
     dist = _check_problem(f, dist_fn, params, num_samples, key)
     candidates = [
         _Candidate(
@@ -661,10 +675,9 @@ def compare_programs(
       ...     program, jnp.zeros(3),
       ...     {"RLOO": None, "DisARM": {"b": ex.DisARM()}}, num_particles=4, repeats=100)
     """
-    from expectax.expectation import _check_key
     from expectax.programs import _check_particles, program_expectation
 
-    _check_repeats(repeats)
+    repeats = _check_repeats(repeats)
     split = _repeats_over(mesh, axis_name, repeats)
     if not callable(program):
         raise TypeError(f"program must be a function of params; got {type(program).__name__}.")

@@ -112,7 +112,7 @@ def expectation(
                 "Pathwise.from_transform(base, g) to supply the sampling path yourself."
             )
     else:
-        _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
+        _check_dist_fn(dist_fn)
     num_samples = _check_num_samples(num_samples, estimator)
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
     if mesh is not None:
@@ -207,7 +207,7 @@ def per_sample_grads(
     _check_estimator(estimator)
     _check_callable(f, "f", "f(params, x) -> scalar", 2)
     if dist_fn is not None:
-        _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
+        _check_dist_fn(dist_fn)
     num_samples = _check_num_samples(num_samples, estimator)
     num_chunks, chunk = _check_chunks(num_samples, chunk_size, estimator)
     if mesh is not None:
@@ -452,12 +452,15 @@ def _linearized_dist(
     cotangents), and what :func:`_unflatten` needs to rebuild a distribution.
     """
     structure: list[Any] = []
+    leaves = jax.tree_util.tree_leaves(_build(dist_fn, params))
+    if not all(isinstance(leaf, _ARRAY_LIKE) for leaf in leaves):
+        raise TypeError(_not_a_pytree(_build(dist_fn, params)))
     depends = _depends_on_input(lambda p: jax.tree_util.tree_leaves(_build(dist_fn, p)), params)
 
     def split(params: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
         leaves, treedef = jax.tree_util.tree_flatten(_build(dist_fn, params))
         if not all(isinstance(leaf, _ARRAY_LIKE) for leaf in leaves):
-            raise TypeError(_NOT_A_PYTREE)
+            raise TypeError(_not_a_pytree(_build(dist_fn, params)))
         # only leaves that depend on params are differentiated: a constant leaf (a fixed
         # support's bound, a constant scale) stays a constant, as it is in expectation()
         mask = [
@@ -496,11 +499,17 @@ def _unflatten(treedef: tuple[Any, list[bool]], floats: list[Any], others: list[
 
 
 _ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, float, int, bool)
-_NOT_A_PYTREE = (
-    "per_sample_grads copies the parameters of dist_fn(params) once per sample, so dist_fn "
-    "must return a JAX pytree (numpyro distributions are). Register your distribution class "
-    "with jax.tree_util.register_pytree_node_class, or use jax.jacrev on the surrogate instead."
-)
+
+
+def _not_a_pytree(dist: Any) -> str:
+    return (
+        f"per_sample_grads copies the parameters of dist_fn(params) once per sample, so dist_fn "
+        f"must return a JAX pytree of arrays (numpyro distributions are); it returned a "
+        f"{type(dist).__name__}, which JAX sees as one opaque leaf. Register the class with "
+        "jax.tree_util.register_pytree_node_class (its parameters as children), build it from "
+        "numpyro.distributions, or use ex.expectation, which takes any object with sample and "
+        "log_prob."
+    )
 
 
 def _check_estimator(estimator: Any) -> None:
@@ -514,6 +523,41 @@ def _check_estimator(estimator: Any) -> None:
             "estimator must be an expectax estimator such as ex.ScoreFunction() or "
             f"ex.Pathwise(); got {type(estimator).__name__}."
         )
+
+
+def _check_dist_fn(dist_fn: Any) -> None:
+    """``dist_fn`` must be a function of params; a distribution itself is refused by name."""
+    if (
+        hasattr(dist_fn, "sample")
+        and hasattr(dist_fn, "log_prob")
+        and not inspect.isroutine(dist_fn)
+    ):
+        raise TypeError(
+            "dist_fn must be a function of params returning a distribution; got a "
+            f"{type(dist_fn).__name__} (a distribution itself): write lambda params: "
+            f"{_constructor(dist_fn)}, with the parameters to differentiate read from params."
+        )
+    _check_callable(dist_fn, "dist_fn", "dist_fn(params) -> distribution", 1)
+
+
+def _constructor(d: Any) -> str:
+    """``dist.Normal(0, 1)``-like text for a distribution, its arguments when they are scalars."""
+    name = type(d).__name__
+    for suffix in ("Logits", "Probs"):  # numpyro's BernoulliLogits is built as Bernoulli(...)
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    try:
+        args = []
+        for key in getattr(d, "arg_constraints", {}) or {}:
+            if key not in vars(d):
+                continue
+            value = np.asarray(vars(d)[key])
+            if value.shape != ():
+                raise ValueError
+            args.append(f"{key}={value.item():g}")
+    except Exception:  # noqa: BLE001 - arrays or traced values: no arguments written out
+        args = ["..."]
+    return f"dist.{name}({', '.join(args) or '...'})"
 
 
 def _check_callable(fn: Any, name: str, signature: str, arity: int) -> None:
@@ -649,10 +693,14 @@ def _check_key(key: Any) -> None:
             )
         if dtype == jnp.uint32 and key.shape == (2,):
             return  # a legacy jax.random.PRNGKey
+    got = (
+        f"{type(key).__name__} with {key.dtype} and shape {key.shape}"
+        if hasattr(key, "dtype") and hasattr(key, "shape")
+        else f"{type(key).__name__} {key!r}"[:80]
+    )
     raise TypeError(
         "key must be a jax.random key, e.g. jax.random.key(0) (or the legacy "
-        f"jax.random.PRNGKey(0)); got {type(key).__name__} with "
-        f"{getattr(key, 'dtype', '?')} and shape {getattr(key, 'shape', '?')}. "
+        f"jax.random.PRNGKey(0)); got {got}. "
         "Split it for each estimate: key, sub = jax.random.split(key)."
     )
 

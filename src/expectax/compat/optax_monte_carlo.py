@@ -747,14 +747,14 @@ def control_delta_method(function: Callable[[jax.Array], float]) -> ControlVaria
 
     def delta(params: Params, sample: jax.Array, state: CvState = None) -> jax.Array:
         del state
-        mean = params[0]
+        mean, _ = _gaussian_params(params, "control_delta_method")
         value, grad, hess = taylor(mean)
         centred = sample - mean
         return value + centred @ grad + 0.5 * (centred @ hess @ centred)
 
     def expected_value_delta(params: Params, state: CvState) -> jax.Array:
         del state
-        mean, log_scale = params[0], params[1]
+        mean, log_scale = _gaussian_params(params, "control_delta_method")
         value, _, hess = taylor(mean)
         return value + 0.5 * jnp.sum(jnp.exp(2.0 * log_scale) * jnp.diagonal(hess))
 
@@ -804,15 +804,15 @@ def moving_avg_baseline(
 
     def moving_avg(params: Params, samples: jax.Array, state: CvState = None) -> jax.Array:
         del params, samples
-        return state[0]
+        return _average_state(state)[0]
 
     def expected_value_moving_avg(params: Params, state: CvState) -> jax.Array:
         del params
-        return state[0]
+        return _average_state(state)[0]
 
     def update_state(params: Params, samples: jax.Array, state: CvState = None) -> CvState:
         del params
-        value, i = state
+        value, i = _average_state(state)
         if use_decay_early_training_heuristic:
             step_decay = jnp.minimum(decay, (1.0 + i) / (10.0 + i))
         else:
@@ -823,6 +823,57 @@ def moving_avg_baseline(
         return jax.lax.stop_gradient(new), i + 1
 
     return moving_avg, expected_value_moving_avg, update_state
+
+
+def _gaussian_params(params: Any, fn: str) -> tuple[jax.Array, jax.Array]:
+    """``(mean, log_scale)`` from ``params``, or an error saying what they must be."""
+    if not isinstance(params, (list, tuple)) or len(params) != 2:
+        got = (
+            f"{len(params)} arrays" if isinstance(params, (list, tuple)) else type(params).__name__
+        )
+        raise ValueError(
+            f"{fn}: params must be [mean, log_scale] (a diagonal Gaussian's, as multi_normal "
+            f"takes them); got {got}. For other distributions use moving_avg_baseline, or "
+            "expectax.ScoreFunction(control_variate=...) with a control variate of your own."
+        )
+    return params[0], params[1]
+
+
+def _average_state(state: Any) -> tuple[Any, Any]:
+    """The moving average's ``(average, count)`` state, or an error saying how to start it."""
+    if not isinstance(state, (list, tuple)) or len(state) != 2:
+        got = f"{len(state)} elements" if isinstance(state, (list, tuple)) else repr(state)[:60]
+        raise ValueError(
+            "moving_avg_baseline: control_variate_state must be (average, count), e.g. "
+            f"(jnp.array(0.0), 0) to start, then the state returned by the last call; got {got}."
+        )
+    return state[0], state[1]
+
+
+def _control_variate(
+    control_variate_from_function: Any, function: Callable[[jax.Array], float], fn: str
+) -> ControlVariate:
+    """``control_variate_from_function(function)``, checked to be the three functions."""
+    if isinstance(control_variate_from_function, (list, tuple)) or not callable(
+        control_variate_from_function
+    ):
+        raise TypeError(
+            f"{fn}: control_variate_from_function must be a function of f returning "
+            "(control_variate, expected_value, update_state), e.g. control_delta_method or "
+            "moving_avg_baseline itself (not control_delta_method(f), which is its result); "
+            f"got {type(control_variate_from_function).__name__}."
+        )
+    parts = control_variate_from_function(function)
+    if not (
+        isinstance(parts, (list, tuple)) and len(parts) == 3 and all(callable(p) for p in parts)
+    ):
+        got = f"{len(parts)} values" if isinstance(parts, (list, tuple)) else type(parts).__name__
+        name = getattr(control_variate_from_function, "__name__", "control_variate_from_function")
+        raise TypeError(
+            f"{fn}: {name}(function) must return three functions (control_variate, "
+            f"expected_value, update_state), as control_delta_method does; got {got}."
+        )
+    return parts
 
 
 # A stream for the coefficients' samples that no estimator derives from ``rng`` itself. optax
@@ -894,7 +945,9 @@ def control_variates_jacobians(
             f"dist_builder, e.g. params=[mean, log_scale]; got {type(params).__name__}."
         )
     num_samples = _check_inputs(function, params, dist_builder, rng, num_samples, fn)
-    stochastic_cv, expected_value_cv, update_state_cv = control_variate_from_function(function)
+    stochastic_cv, expected_value_cv, update_state_cv = _control_variate(
+        control_variate_from_function, function, fn
+    )
     if estimate_cv_coeffs:
         cv_coeffs = estimate_control_variate_coefficients(
             function,
@@ -986,7 +1039,9 @@ def estimate_control_variate_coefficients(
       through them).
     """
     cv_rng = jax.random.fold_in(rng, _COEFF_STREAM)
-    stochastic_cv, _, _ = control_variate_from_function(function)
+    stochastic_cv, _, _ = _control_variate(
+        control_variate_from_function, function, "estimate_control_variate_coefficients"
+    )
     cv_jacobians = grad_estimator(
         lambda x: stochastic_cv(params, x, control_variate_state),
         params,

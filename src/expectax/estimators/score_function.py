@@ -91,6 +91,17 @@ class ScoreFunction(Estimator):
     antithetic: bool = static_field(default=False)
     qmc: bool = static_field(default=False)
 
+    def __post_init__(self) -> None:
+        # also runs when JAX rebuilds the estimator from its leaves (tracers, placeholders):
+        # refuse only what no transformation puts there, a string or a class
+        _check_part(self.baseline, "baseline", _BASELINES, "baselines.LeaveOneOut()")
+        _check_part(
+            self.control_variate,
+            "control_variate",
+            _CONTROL_VARIATES,
+            "control_variates.DeltaMethod()",
+        )
+
     def min_samples(self) -> int:
         n = 2 if self.antithetic else 1
         if self.baseline is not None and hasattr(self.baseline, "min_samples"):
@@ -185,3 +196,35 @@ class PerParameter:
             fixed = jax.lax.stop_gradient(leaf)
             new.append(fixed + b * (leaf - fixed))
         return jax.tree_util.tree_unflatten(treedef, new)
+
+
+_BASELINES = {
+    "Constant(c)": ("constant", "const", "c"),
+    "MovingAverage()": ("moving_average", "movingaverage", "ema", "average", "avg", "ma"),
+    "LeaveOneOut()": ("leave_one_out", "leaveoneout", "loo", "rloo"),
+    "Optimal()": ("optimal", "opt"),
+    "WeightedLeaveOneOut()": ("weighted_leave_one_out", "weightedleaveoneout", "wloo"),
+}
+_CONTROL_VARIATES = {
+    "DeltaMethod()": ("delta_method", "deltamethod", "delta"),
+    "ControlVariate(h, expected_h)": ("control_variate", "controlvariate", "cv"),
+}
+
+
+def _check_part(value: Any, field: str, known: dict[str, tuple[str, ...]], example: str) -> None:
+    """Refuse a string or a class for ``baseline``/``control_variate``, naming what to write."""
+    module = "baselines" if field == "baseline" else "control_variates"
+    listing = ", ".join(f"{module}.{name}" for name in known)
+    if isinstance(value, str):
+        key = value.strip().lower().replace("-", "_")
+        match = [name for name, aliases in known.items() if key in aliases]
+        hint = f"write {field}=ex.{module}.{match[0]}" if match else f"e.g. ex.{example}"
+        raise TypeError(
+            f"ScoreFunction({field}={value!r}): {field} must be an object from "
+            f"expectax.{module} ({listing}), not a string; {hint}."
+        )
+    if isinstance(value, type):
+        raise TypeError(
+            f"ScoreFunction({field}={value.__name__}): {field} must be an instance, not the "
+            f"class; write {field}=ex.{module}.{value.__name__}() with parentheses."
+        )
