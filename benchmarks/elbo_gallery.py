@@ -503,7 +503,13 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+STYLES = {"numpyro": "-", "expectax": "-", "pyro": "-"}
+
+
 def figures(results: dict, prefix: str) -> list[str]:
+    """One panel per model, −ELBO (mean ± s.e. over seeds) vs steps and vs seconds. The y-axis
+    shows the last 90 % of the step budget (the first drop is cut off), and methods whose
+    curves coincide (the same samples and estimator) are told apart by their dashes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,12 +518,15 @@ def figures(results: dict, prefix: str) -> list[str]:
     names = list(results)
     cols = 4
     rows_n = math.ceil(len(names) / cols)
+    dashes = ["--", "-.", ":", (0, (5, 1, 1, 1))]
     paths = []
     for axis in ("steps", "time"):
         fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
         for ax, name in zip(axes.flat, names, strict=False):
             m = results[name]
-            for meth, r in m["methods"].items():
+            budget_steps = m["spec"]["steps"]
+            top, lo = -math.inf, math.inf
+            for i, (meth, r) in enumerate(m["methods"].items()):
                 steps = np.array([c["step"] for c in r["curve"]], float)
                 vals = np.array([c["values"] for c in r["curve"]], float)
                 mean = vals.mean(axis=1)
@@ -527,25 +536,39 @@ def figures(results: dict, prefix: str) -> list[str]:
                     else 0 * mean
                 )
                 x = steps if axis == "steps" else steps * r["step_s"]
-                (line,) = ax.plot(x, mean, label=meth, lw=1.4)
-                ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2)
+                keep = x > 0 if axis == "time" else np.ones_like(x, bool)  # log axis: no step 0
+                ls = STYLES.get(meth, dashes[i % len(dashes)])
+                (line,) = ax.plot(x[keep], mean[keep], label=meth, lw=1.4, ls=ls)
+                ax.fill_between(
+                    x[keep],
+                    (mean - se)[keep],
+                    (mean + se)[keep],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
+                late = (steps >= 0.1 * budget_steps) & (steps <= budget_steps)
+                if late.any():
+                    top = max(top, float((mean + se)[late].max()))
+                lo = min(lo, float((mean - se).min()))
             if axis == "time":
-                budget = m["spec"]["steps"] * m["methods"]["numpyro"]["step_s"]
+                budget = budget_steps * m["methods"]["numpyro"]["step_s"]
                 ax.axvline(budget, color="grey", ls=":", lw=1)
-            lo = min(
-                np.array([c["values"] for c in r["curve"]]).mean(axis=1).min()
-                for r in m["methods"].values()
-            )
-            first = np.mean(m["initial"])
-            ax.set_ylim(lo - 0.05 * (first - lo) - 1e-9, first + 0.05 * (first - lo) + 1e-9)
-            ax.set_title(f"{name} (K={m['spec']['particles']})")
-            ax.set_xlabel("step" if axis == "steps" else "seconds (measured per-step time)")
+                ax.set_xscale("log")
+            if math.isfinite(top) and top > lo:
+                pad = 0.05 * (top - lo)
+                ax.set_ylim(lo - pad, top + pad)
+            title = name if "K=" in name else f"{name} (K={m['spec']['particles']})"
+            ax.set_title(title)
+            ax.set_xlabel("step" if axis == "steps" else "seconds (measured time per step; log)")
             ax.set_ylabel("−ELBO")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(names) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=8)
-        fig.suptitle("ELBO gallery: −ELBO (mean ± s.e. over seeds) vs " + axis)
+        fig.suptitle(
+            "ELBO gallery: −ELBO (mean ± s.e. over seeds) vs "
+            + ("step" if axis == "steps" else "wall time (dotted: numpyro's budget)")
+        )
         fig.tight_layout()
         path = f"{prefix}_{axis}.png"
         fig.savefig(path, dpi=90)
@@ -581,7 +604,28 @@ def main() -> None:
         "--pyro", default=None, help="Pyro's JSON (default: results/pyro_gallery[-quick].json)"
     )
     ap.add_argument("--out", default=None, help="output stem (default results/elbo_gallery)")
+    ap.add_argument(
+        "--from-json",
+        default=None,
+        help="rewrite the table and figures of an earlier run's JSON (no training)",
+    )
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            blob = json.load(f)
+        stem = (
+            args.from_json[: -len(".json")] if args.from_json.endswith(".json") else args.from_json
+        )
+        md = markdown(blob["results"], blob["meta"])
+        print(md)
+        with open(stem + ".md", "w") as f:
+            f.write(md)
+        quick = blob["meta"]["quick"]
+        paths = figures(
+            blob["results"], os.path.join(IMG, "elbo_gallery" + ("_quick" if quick else ""))
+        )
+        print("wrote", stem + ".md", *paths)
+        return
     seeds = parse_seeds(args.seeds or ("0-1" if args.quick else "100-104"))
     suffix = "-quick" if args.quick else ""
     out = args.out or os.path.join(RESULTS, "elbo_gallery" + suffix)
