@@ -147,6 +147,53 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="exact success probability that counts as reaching the top reward",
     )
     parser.add_argument(
+        "--loss",
+        nargs="+",
+        default=[d.loss],
+        metavar="NAME",
+        choices=list(seq_demo.POLICY_LOSSES),
+        help="policy loss(es) of expectax.rl.sequence, each with its own defaults: ppo "
+        "(sequence_policy_loss; PPO's clip from the second --epochs update), gspo, cispo, sapo, "
+        f"gmpo, vespo; every variant is trained with each (default {d.loss})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=pos,
+        default=d.epochs,
+        help="optimiser updates on each batch (PPO epochs, TRL's num_iterations); the first is "
+        "on-policy for the trainer, the later ones use the loss's ratio and clip against the "
+        f"log-probs at sampling time (default {d.epochs})",
+    )
+    parser.add_argument(
+        "--rollout-mismatch",
+        nargs="+",
+        type=runio.nonneg_float,
+        default=[d.rollout_mismatch],
+        metavar="DELTA",
+        help="simulate a rollout engine that is not the trainer: completions are sampled from "
+        "logits + DELTA·u (u a fixed standard-normal table per seed, prompt × position × "
+        "token) and the engine reports its own log-probs; several values train one run each; "
+        f"0: the trainer samples (default {d.rollout_mismatch:g})",
+    )
+    parser.add_argument(
+        "--correction",
+        nargs="+",
+        default=[d.correction],
+        metavar="NAME",
+        choices=list(seq_demo.CORRECTIONS),
+        help="off-policy correction(s) for --rollout-mismatch (rollout_correction_weights): "
+        "LEVEL-MODE with LEVEL token or sequence and MODE truncate (TIS), mask (MIS), reject, "
+        "or is (plain ratios); none: no correction; no effect with mismatch 0 or --loss vespo "
+        "(its own kernel of the rollout ratio) "
+        f"(default {d.correction})",
+    )
+    parser.add_argument(
+        "--correction-threshold",
+        type=runio.nonneg_float,
+        default=d.correction_threshold,
+        help=f"the correction's threshold C (default {d.correction_threshold:g})",
+    )
+    parser.add_argument(
         "--plot",
         metavar="FILE.png",
         default=None,
@@ -160,15 +207,30 @@ def _error(message: str) -> int:
 
 
 def _configs(args: argparse.Namespace) -> list[Any]:
+    import itertools
+
     seq_demo = seq_config
-    out = []
-    for v in dict.fromkeys(args.variant):
+    out: dict[str, Any] = {}
+    runs = itertools.product(
+        dict.fromkeys(args.variant),
+        dict.fromkeys(args.loss),
+        dict.fromkeys(args.rollout_mismatch),
+        dict.fromkeys(args.correction),
+    )
+    for v, loss, mismatch, correction in runs:
         if v not in seq_demo.VARIANTS:
             raise ValueError(
                 f"--variant: unknown {v!r}; choose from {', '.join(seq_demo.VARIANTS)}."
             )
         config = seq_demo.SeqConfig(
             variant=v,
+            loss=loss,
+            epochs=args.epochs,
+            rollout_mismatch=mismatch,
+            # no mismatch: every correction weight is 1, the run is the uncorrected one; VESPO
+            # weighs by its own kernel of the rollout ratio instead
+            correction=correction if mismatch and loss != "vespo" else "none",
+            correction_threshold=args.correction_threshold,
             digits=args.digits,
             max_len=args.max_len,
             min_target=args.min_target,
@@ -195,8 +257,8 @@ def _configs(args: argparse.Namespace) -> list[Any]:
             config.validate()
         except ValueError as err:  # name the flag, not the dataclass field
             raise ValueError(_flag_names(str(err))) from None
-        out.append(config)
-    return out
+        out.setdefault(config.label, config)
+    return list(out.values())
 
 
 def _flag_names(message: str) -> str:
@@ -214,7 +276,8 @@ def _flag_names(message: str) -> str:
 _FIELDS = (
     "variant digits max_len groups group_size steps kl beta entropy warmup schedule "
     "loss_agg_mode baseline_decay "
-    "d_model heads layers eval_every threshold reward"
+    "d_model heads layers eval_every threshold reward "
+    "loss epochs rollout_mismatch correction correction_threshold"
 ).split()
 
 
@@ -223,9 +286,13 @@ def _group(result: dict[str, Any]) -> dict[str, Any]:
     final = result["final"]
     firsts = [s for s in result["first_step_reached"] if s is not None]
     return {
-        "variant": c["variant"],
+        "variant": result["label"],
         "advantage": seq_config.VARIANTS[c["variant"]][0],
         "loss_agg_mode": c["loss_agg_mode"],
+        "loss": c["loss"],
+        "epochs": c["epochs"],
+        "rollout_mismatch": c["rollout_mismatch"],
+        "correction": c["correction"],
         "seeds": result["seeds"],
         "reached": int(sum(result["reached"])),
         "success": runio.mean_se(final["success"]),
@@ -286,7 +353,7 @@ def plot_curves(path: str | Path, results: Sequence[dict[str, Any]], title: str 
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for res in results:
-        label = res["config"]["variant"]
+        label = res["label"]
         n = len(res["seeds"])
         curves = [
             (axes[0], _smooth(res["curves"]["success"], 10), 10),
@@ -355,18 +422,19 @@ def run(args: argparse.Namespace) -> int:
     results, curve_rows, eval_rows = [], [], []
     with runio.progress(quiet=args.quiet, console=Console(stderr=True)) as bar:
         for config in configs:
-            task = bar.add_task(f"{config.variant} ({len(seeds)} seeds)", total=config.steps)
+            task = bar.add_task(f"{config.label} ({len(seeds)} seeds)", total=config.steps)
             res = seq_demo.train(
                 config, seeds, progress=lambda done, t=task: bar.update(t, completed=done)
             )
+            res["label"] = config.label
             results.append(res)
             for j, seed in enumerate(seeds):
                 for i in range(config.steps):
-                    row = {"variant": config.variant, "seed": seed, "step": i + 1}
+                    row = {"variant": config.label, "seed": seed, "step": i + 1}
                     row.update({k: v[j, i] for k, v in res["curves"].items()})
                     curve_rows.append(row)
                 for e in res["evals"]:
-                    row = {"variant": config.variant, "seed": seed, "step": e["step"]}
+                    row = {"variant": config.label, "seed": seed, "step": e["step"]}
                     for k in ("success", "worst_success", "greedy", "kl"):
                         row[k] = e[k][j]
                     eval_rows.append(row)
@@ -381,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         "groups": runio.groups_json(groups),
         "runs": [
             {
-                "variant": r["config"]["variant"],
+                "variant": r["label"],
                 "seed": seed,
                 "reached": r["reached"][j],
                 "first_step_reached": r["first_step_reached"][j],

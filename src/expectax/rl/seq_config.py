@@ -11,9 +11,11 @@ import dataclasses
 import math
 
 __all__ = [
+    "CORRECTIONS",
     "DEFAULT_VARIANTS",
     "KL_MODES",
     "LOSS_AGG_MODES",
+    "POLICY_LOSSES",
     "REWARDS",
     "SCHEDULES",
     "VARIANTS",
@@ -38,6 +40,22 @@ KL_MODES = (
     "k1-loss",
     "k2-loss",
     "k3-loss",
+)
+#: The policy losses of :mod:`expectax.rl.sequence` (``ppo``: ``sequence_policy_loss``, PPO's
+#: clipped surrogate from the second update on a batch).
+POLICY_LOSSES = ("ppo", "gspo", "cispo", "sapo", "gmpo", "vespo")
+#: Off-policy corrections for the rollout engine (``rollout_correction_weights``): ``level-mode``
+#: with ``truncate`` (TIS), ``mask`` (MIS), ``reject``, or ``is`` (plain ratios, no threshold).
+CORRECTIONS = (
+    "none",
+    "token-is",
+    "token-truncate",
+    "token-mask",
+    "token-reject",
+    "sequence-is",
+    "sequence-truncate",
+    "sequence-mask",
+    "sequence-reject",
 )
 REWARDS = ("exact", "partial")
 SCHEDULES = ("constant", "cosine")
@@ -72,6 +90,16 @@ class SeqConfig:
       d_model, heads, layers: the transformer's width, attention heads, blocks.
       eval_every: steps between exact evaluations (and per compiled chunk of steps).
       threshold: the success probability that counts as reaching the top reward.
+      loss: the policy loss (:data:`POLICY_LOSSES`), with each loss's own defaults.
+      epochs: gradient steps on each batch (PPO epochs, TRL's ``num_iterations``): the first is
+        on-policy for the trainer; the later ones use the loss's ratio against the log-probs at
+        sampling time (``ppo``: PPO's clip ``clip_eps``).
+      clip_eps: PPO's clip range for ``loss="ppo"`` with ``epochs > 1``.
+      rollout_mismatch: ``δ``: the completions are sampled by a rollout engine whose logits are
+        the trainer's plus ``δ·u``, ``u`` a fixed standard-normal table per seed (prompt ×
+        position × token), and it reports its own log-probs. 0: the trainer samples.
+      correction: :data:`CORRECTIONS` (``rollout_correction_weights`` of the trainer's and the
+        rollout engine's log-probs), threshold ``correction_threshold``.
     """
 
     variant: str = "rloo"
@@ -96,10 +124,31 @@ class SeqConfig:
     layers: int = 2
     eval_every: int = 100
     threshold: float = 0.95
+    loss: str = "ppo"
+    epochs: int = 1
+    clip_eps: float = 0.2
+    rollout_mismatch: float = 0.0
+    correction: str = "none"
+    correction_threshold: float = 2.0
 
     @property
     def agg(self) -> str:
         return self.loss_agg_mode or VARIANTS[self.variant][1]
+
+    @property
+    def label(self) -> str:
+        """The run's name in tables and CSVs: the variant, then what differs from the defaults
+        (``rloo``, ``rloo/gspo``, ``rloo/mismatch=0.5/sequence-truncate``)."""
+        parts = [self.variant]
+        if self.loss != "ppo":
+            parts.append(self.loss)
+        if self.epochs != 1:
+            parts.append(f"epochs={self.epochs}")
+        if self.rollout_mismatch:
+            parts.append(f"mismatch={self.rollout_mismatch:g}")
+        if self.correction != "none":
+            parts.append(self.correction)
+        return "/".join(parts)
 
     @property
     def num_targets(self) -> int:
@@ -174,4 +223,33 @@ class SeqConfig:
             f"eval_every must be a positive integer, got {self.eval_every!r}.",
         )
         need(0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}.")
+        need(
+            self.loss in POLICY_LOSSES,
+            f"loss: unknown {self.loss!r}; choose from {', '.join(POLICY_LOSSES)}.",
+        )
+        need(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            f"epochs must be a positive integer, got {self.epochs!r}.",
+        )
+        need(
+            math.isfinite(self.clip_eps) and self.clip_eps > 0,
+            f"clip_eps must be > 0, got {self.clip_eps}.",
+        )
+        need(
+            math.isfinite(self.rollout_mismatch) and self.rollout_mismatch >= 0,
+            f"rollout_mismatch must be a finite number ≥ 0, got {self.rollout_mismatch}.",
+        )
+        need(
+            self.correction in CORRECTIONS,
+            f"correction: unknown {self.correction!r}; choose from {', '.join(CORRECTIONS)}.",
+        )
+        need(
+            self.correction_threshold > 0,
+            f"correction_threshold must be > 0, got {self.correction_threshold}.",
+        )
+        need(
+            not (self.loss == "vespo" and self.correction != "none"),
+            "correction: loss vespo weighs each sequence by its own kernel of the rollout ratio "
+            "π/μ; drop --correction (or use another --loss).",
+        )
         return self

@@ -69,6 +69,7 @@ __all__ = [
     "enumerate_completions",
     "exact_evaluation",
     "rewards_for",
+    "rollout_completion",
     "sample_completion",
     "token_logp",
     "train",
@@ -163,9 +164,38 @@ def _token_logp_entropy(model, config, target, completion, mask):
 
 
 def sample_completion(
-    model: TransformerPolicy, config: SeqConfig, target: jax.Array, key: jax.Array, greedy=False
+    model: TransformerPolicy,
+    config: SeqConfig,
+    target: jax.Array,
+    key: jax.Array,
+    greedy=False,
+    logit_offset: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """One completion ``(L,)`` int and its mask ``(L,)`` float (1 up to and including EOS)."""
+    """One completion ``(L,)`` int and its mask ``(L,)`` float (1 up to and including EOS).
+
+    ``logit_offset`` ``(L, D + 1)`` is added to the logits of each position: a rollout engine
+    whose policy ``μ`` differs from the model's (see :func:`rollout_completion`).
+    """
+    comp, valid, _ = _sample(model, config, target, key, greedy, logit_offset)
+    return comp, valid
+
+
+def rollout_completion(
+    model: TransformerPolicy,
+    config: SeqConfig,
+    target: jax.Array,
+    key: jax.Array,
+    logit_offset: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A rollout engine's completion: sampled from ``softmax(logits + logit_offset)``.
+
+    Returns the completion ``(L,)``, its mask ``(L,)`` and the engine's own token log-probs
+    ``(L,)`` (0 on padding), as a vLLM-style engine reports them.
+    """
+    return _sample(model, config, target, key, False, logit_offset)
+
+
+def _sample(model, config, target, key, greedy, logit_offset):
     c = config
     prompt = _prompt_token(c, target)
 
@@ -173,15 +203,18 @@ def sample_completion(
         comp, done = carry
         t, k = xs
         logits = model(prompt, comp)[t]
+        if logit_offset is not None:
+            logits = logits + logit_offset[t]
         tok = jnp.argmax(logits) if greedy else jax.random.categorical(k, logits)
+        lp = jax.nn.log_softmax(logits)[tok]
         tok = jnp.where(done, _pad(c), tok).astype(comp.dtype)
         comp = comp.at[t].set(tok)
-        return (comp, done | (tok == _eos(c))), ~done
+        return (comp, done | (tok == _eos(c))), (~done, jnp.where(done, 0.0, lp))
 
     init = (jnp.full((c.max_len,), _pad(c), jnp.int32), jnp.zeros((), bool))
     xs = (jnp.arange(c.max_len), jax.random.split(key, c.max_len))
-    (comp, _), valid = jax.lax.scan(body, init, xs)
-    return comp, valid.astype(jnp.float32)
+    (comp, _), (valid, lp) = jax.lax.scan(body, init, xs)
+    return comp, valid.astype(jnp.float32), lp
 
 
 def digit_sums(config: SeqConfig, completion: jax.Array, mask: jax.Array) -> jax.Array:
@@ -265,11 +298,42 @@ def _advantages(c: SeqConfig, r_gk, greedy_r_g, base_state):
     return seq.advantages(adv, r_gk, greedy_rewards_g=greedy_r_g), base_state
 
 
+def _policy_loss(c: SeqConfig, lp, old, lp_rollout, adv, mask, weights) -> jax.Array:
+    """``c.loss`` on the batch: ``old`` the trainer's sampling-time log-probs (``None`` on the
+    first update: ratio 1), ``weights`` the rollout correction (``None``: none); VESPO takes the
+    rollout engine's log-probs as its behaviour policy."""
+    from expectax.rl import sequence as seq
+
+    if c.loss == "ppo":
+        clip = None if old is None else c.clip_eps
+        return seq.sequence_policy_loss(
+            lp,
+            adv,
+            mask,
+            old_logp_gkt=old,
+            clip_eps=clip,
+            loss_agg_mode=c.agg,
+            rollout_is_weights_gkt=weights,
+        )
+    if c.loss == "vespo":
+        behaviour = lp_rollout if lp_rollout is not None else old
+        return seq.vespo_loss(lp, behaviour, adv, mask, loss_agg_mode=c.agg)
+    if c.loss == "gmpo":  # its own per-sequence geometric mean: no aggregation mode
+        return seq.gmpo_loss(lp, old, adv, mask, rollout_is_weights_gkt=weights)
+    fn = {"gspo": seq.gspo_loss, "cispo": seq.cispo_loss, "sapo": seq.sapo_loss}[c.loss]
+    return fn(lp, old, adv, mask, loss_agg_mode=c.agg, rollout_is_weights_gkt=weights)
+
+
 def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
     from expectax.rl import sequence as seq
 
     g, k = c.groups, c.group_size
     kl_est = c.kl[:2]
+    off_policy = c.rollout_mismatch > 0
+    corrected = off_policy and c.correction != "none"
+    # the trainer's log-probs at sampling time: the KL penalty in the reward, the ratios of the
+    # later epochs and the correction weights need them before the loss
+    need_old = (c.kl.endswith("-reward") and c.beta > 0) or c.epochs > 1 or corrected
 
     def logp_all(params, targets, comp, mask, entropy=False):
         model = eqx.combine(params, static)
@@ -278,19 +342,40 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
         return jax.vmap(per)(targets, comp, mask)  # (G, K, L)
 
     def step(carry, xs):
-        params, opt_state, base_state, ref_params = carry
+        params, opt_state, base_state, ref_params, engine_u = carry
         key, active = xs
         model = eqx.combine(params, static)
         k_t, k_s = jax.random.split(key)
         targets = jax.random.randint(k_t, (g,), c.min_target, c.max_target + 1)
         keys = jax.random.split(k_s, g * k).reshape(g, k)
-        one = jax.vmap(lambda s, kk: sample_completion(model, c, s, kk), (None, 0))
-        comp, mask = jax.vmap(one)(targets, keys)  # (G, K, L)
+        if off_policy:  # the rollout engine: logits + δ·u, its own log-probs reported
+            one = jax.vmap(
+                lambda s, kk: rollout_completion(
+                    model, c, s, kk, c.rollout_mismatch * engine_u[s - c.min_target]
+                ),
+                (None, 0),
+            )
+            comp, mask, lp_rollout = jax.vmap(one)(targets, keys)  # (G, K, L)
+        else:
+            one = jax.vmap(lambda s, kk: sample_completion(model, c, s, kk), (None, 0))
+            comp, mask = jax.vmap(one)(targets, keys)  # (G, K, L)
+            lp_rollout = None
         r = rewards_for(c, digit_sums(c, comp, mask), targets[:, None])
-        # the sampling policy's log-probs: only the KL penalty in the reward needs them before
-        # the loss; otherwise the loss's own forward pass (on-policy: the same values) gives them
+        # the trainer's log-probs at sampling time (see need_old); otherwise the loss's own
+        # forward pass (the first update is on-policy for the trainer: the same values) gives them
         reward_kl = c.kl.endswith("-reward") and c.beta > 0
-        lp_old = jax.lax.stop_gradient(logp_all(params, targets, comp, mask)) if reward_kl else None
+        lp_old = jax.lax.stop_gradient(logp_all(params, targets, comp, mask)) if need_old else None
+        weights = None
+        if corrected:
+            level, mode = c.correction.split("-")
+            weights = seq.rollout_correction_weights(
+                lp_old,
+                lp_rollout,
+                mask,
+                importance_sampling_level=level,
+                mode="truncate" if mode == "is" else mode,
+                threshold=jnp.inf if mode == "is" else c.correction_threshold,
+            )
         lp_ref = jax.lax.stop_gradient(logp_all(ref_params, targets, comp, mask))
         r_used = r
         greedy_r = None
@@ -307,12 +392,12 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
                 )[:, 0]
         adv, new_base = _advantages(c, r_used, greedy_r, base_state)
 
-        def loss_fn(p):
+        def loss_fn(p, old):
             if c.entropy > 0:
                 lp, ent = logp_all(p, targets, comp, mask, entropy=True)
             else:
                 lp = logp_all(p, targets, comp, mask)
-            loss = seq.sequence_policy_loss(lp, adv, mask, loss_agg_mode=c.agg)
+            loss = _policy_loss(c, lp, old, lp_rollout, adv, mask, weights)
             if c.entropy > 0:
                 loss = loss - c.entropy * seq.aggregate_loss(ent, mask, loss_agg_mode=c.agg)
             if c.kl.endswith("-loss") and c.beta > 0:
@@ -321,10 +406,22 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
                 )
             return loss, jax.lax.stop_gradient(lp)
 
-        grads, lp_cur = jax.grad(loss_fn, has_aux=True)(params)
+        def update(state, epoch):
+            p, o = state
+            # the first update on the batch is on-policy for the trainer (old = None: ratio 1)
+            old = None if c.epochs == 1 else lp_old
+            grads, lp_cur = jax.grad(loss_fn, has_aux=True)(p, old)
+            updates, o = optimizer.update(grads, o, p)
+            return (eqx.apply_updates(p, updates), o), lp_cur
+
+        if c.epochs == 1:
+            (new_params, new_opt), lp_cur = update((params, opt_state), 0)
+        else:
+            (new_params, new_opt), _ = jax.lax.scan(
+                update, (params, opt_state), jnp.arange(c.epochs)
+            )
+            lp_cur = lp_old
         lp_old = lp_cur if lp_old is None else lp_old
-        updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = eqx.apply_updates(params, updates)
         keep = lambda new, old: jax.tree_util.tree_map(
             lambda a, b: jnp.where(active, a, b), new, old
         )
@@ -333,6 +430,7 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
             keep(new_opt, opt_state),
             keep(new_base, base_state),
             ref_params,
+            engine_u,
         )
         metrics = {
             "reward": jnp.mean(r),
@@ -341,6 +439,12 @@ def _make_step(c: SeqConfig, static: Any, optimizer: Any) -> Callable:
             ),
             "kl_k1": jnp.mean(jnp.sum((lp_old - lp_ref) * mask, axis=-1)),
             "length": jnp.mean(jnp.sum(mask, axis=-1)),
+            # k1 estimate of KL(μ‖π) between the rollout engine and the trainer (0: on-policy)
+            "rollout_kl": (
+                jnp.mean(jnp.sum((lp_rollout - lp_old) * mask, axis=-1))
+                if off_policy
+                else jnp.zeros(())
+            ),
             "tokens": jnp.sum(mask) * active,
         }
         return carry, metrics
@@ -382,10 +486,12 @@ def train(
     params = jax.tree_util.tree_map(
         lambda *a: jnp.stack(a), *(eqx.filter(m, eqx.is_array) for m in models)
     )
+    # the schedule counts optimiser updates: epochs per step
+    warmup, total = c.warmup * c.epochs, c.steps * c.epochs
     if c.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, c.warmup, c.steps)
+        lr = optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, warmup, total)
     elif c.warmup:
-        lr = optax.linear_schedule(0.0, c.learning_rate, c.warmup)
+        lr = optax.linear_schedule(0.0, c.learning_rate, warmup)
     else:
         lr = c.learning_rate
     optimizer = optax.adam(lr)
@@ -407,7 +513,13 @@ def train(
 
         return jax.vmap(one)(params, ref_params)
 
-    carry = (params, opt_state, base_state, params)
+    # the rollout engine's logit error: a fixed standard-normal table per seed (prompt ×
+    # position × token), scaled by rollout_mismatch in the step
+    engine_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(base_keys)
+    engine_u = jax.vmap(lambda k: jax.random.normal(k, (c.num_targets, c.max_len, c.digits + 1)))(
+        engine_keys
+    )
+    carry = (params, opt_state, base_state, params, engine_u)
     t0 = time.perf_counter()
     chunk_keys = lambda i: jax.vmap(
         lambda k: jax.vmap(lambda j: jax.random.fold_in(k, j))(jnp.arange(chunk) + i * chunk)
