@@ -173,6 +173,12 @@ def test_cli_refuses_an_existing_run(easy_run, capsys):
         (["--steps", "50", "--warmup", "50"], r"--warmup must be an integer in \[0, steps\)"),
         (["--schedule", "linear"], r"argument --schedule: invalid choice"),
         (["--entropy", "nan"], r"argument --entropy: must be ≥ 0"),
+        (["--loss", "gpso"], r"argument --loss: invalid choice 'gpso'.*did you mean 'gspo'\?"),
+        (["--correction", "token-tis"], r"argument --correction: invalid choice 'token-tis'"),
+        (["--rollout-mismatch", "-1"], r"argument --rollout-mismatch: must be ≥ 0"),
+        (["--epochs", "0"], r"argument --epochs: must be positive"),
+        (["--correction-threshold", "0"], r"--correction-threshold must be > 0"),
+        (["--rolout-mismatch", "1"], r"did you mean --rollout-mismatch\?"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
@@ -213,3 +219,112 @@ def test_config_validation_names_the_field():
         sd.SeqConfig(max_len=7).validate()
     with pytest.raises(ValueError, match=r"variant: unknown 'x'"):
         sd.SeqConfig(variant="x").validate()
+
+
+# ---- the policy losses, several updates per batch and a rollout engine that is not the trainer
+OFF_POLICY = [
+    "--loss",
+    "cispo",
+    "--epochs",
+    "2",
+    "--rollout-mismatch",
+    "1",
+    "--correction",
+    "sequence-truncate",
+]
+
+
+@pytest.fixture(scope="module")
+def off_policy_run(tmp_path_factory):
+    """One CLI run with every new option: CISPO, 2 updates per batch, δ = 1, sequence TIS (one
+    training of 10 steps on the easy task; without a correction the step is the tested one)."""
+    out = tmp_path_factory.mktemp("rlseq-off")
+    argv = [a for a in EASY]
+    argv[argv.index("--steps") + 1] = "10"
+    argv[argv.index("--eval-every") + 1] = "10"
+    argv[argv.index("--warmup") + 1] = "1"
+    capture = pytest.MonkeyPatch()
+    import io
+
+    buf = io.StringIO()
+    capture.setattr(sys, "stdout", buf)
+    capture.setattr(sd, "train", functools.partial(sd.train, compiler_options=FAST_COMPILE))
+    try:
+        rc = cli.main(["rl-seq", "--variant", "rloo", "--out", str(out), "--json", *argv,
+                       *OFF_POLICY])  # fmt: skip
+    finally:
+        capture.undo()
+    return rc, json.loads(buf.getvalue()), out
+
+
+def test_off_policy_run_trains_with_the_new_options(off_policy_run):
+    rc, summary, out = off_policy_run
+    assert rc == 0
+    (group,) = summary["groups"]
+    assert group["variant"] == "rloo/cispo/epochs=2/mismatch=1/sequence-truncate"
+    assert group["loss"] == "cispo" and group["epochs"] == 2
+    assert group["rollout_mismatch"] == 1.0 and group["correction"] == "sequence-truncate"
+    for r in summary["runs"]:
+        np.testing.assert_allclose(r["mass_per_target"], 1.0, atol=1e-5)
+        assert np.isfinite(r["success"]) and r["kl"] > 0  # it moved
+    rows = (out / "log.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    kl = [float(dict(zip(head, r.split(","), strict=True))["rollout_kl"]) for r in rows[1:]]
+    # the rollout engine's KL(μ‖π) on each batch (k1 estimate): clearly not on-policy
+    assert np.mean(kl) > 0.05, np.mean(kl)
+
+
+def test_each_policy_loss_reduces_to_reinforce_on_the_first_update():
+    """On-policy (ratio 1), CISPO, SAPO and VESPO give PPO's gradient; GSPO with the token sum
+    too; GMPO normalises by length. The losses as the demo calls them (``_policy_loss``)."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 4, 5)), jnp.float32)
+    tok = rng.integers(0, 5, size=(2, 3, 4))
+    mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]] * 2, jnp.float32).reshape(2, 3, 4)
+    adv = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+
+    def grad(loss, **kw):
+        c = sd.SeqConfig(variant="rloo", loss=loss, **kw)
+
+        def f(x):
+            lp = jnp.take_along_axis(jax.nn.log_softmax(x), jnp.asarray(tok)[..., None], -1)[..., 0]
+            lp = lp * mask
+            return sd._policy_loss(c, lp, None, None, adv, mask, None)
+
+        return np.asarray(jax.grad(f)(logits))
+
+    ppo = grad("ppo")
+    for loss in ("cispo", "sapo", "vespo", "gspo"):
+        np.testing.assert_allclose(grad(loss), ppo, rtol=1e-5, atol=1e-6, err_msg=loss)
+    assert not np.allclose(grad("gmpo"), ppo, atol=1e-4)
+
+
+def test_rollout_completion_reports_the_engines_log_probs(easy_run):
+    c = sd.SeqConfig(**EASY_CONFIG)
+    with jax.numpy_rank_promotion("raise"):
+        model = sd.TransformerPolicy(c, jax.random.key(3))
+    w = np.random.default_rng(4).normal(size=model.head.weight.shape).astype(np.float32)
+    model = eqx.tree_at(lambda m: m.head.weight, model, jnp.asarray(w))
+    offset = jnp.asarray(np.random.default_rng(5).normal(size=(c.max_len, c.digits + 1)))
+    offset = offset.astype(jnp.float32)
+
+    def both(k):
+        y, m, lp_mu = sd.rollout_completion(model, c, jnp.asarray(1), k, offset)
+        y0, m0, lp_pi = sd.rollout_completion(model, c, jnp.asarray(1), k, 0.0 * offset)
+        return y, m, lp_mu, y0, m0, lp_pi, sd.token_logp(model, c, jnp.asarray(1), y0, m0)
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    y, m, lp_mu, y0, m0, lp_pi, lp_trainer = (
+        jax.jit(jax.vmap(both)).lower(keys).compile(FAST_COMPILE)(keys)
+    )
+    np.testing.assert_allclose(lp_pi, lp_trainer, atol=1e-5)  # no offset: the trainer's
+    assert np.all(np.asarray(lp_mu)[np.asarray(m) == 0] == 0)
+    assert not np.allclose(lp_mu * m, 0)
+
+
+def test_vespo_refuses_a_correction_and_labels_name_the_options():
+    with pytest.raises(ValueError, match=r"correction: loss vespo weighs each sequence"):
+        sd.SeqConfig(loss="vespo", rollout_mismatch=1.0, correction="token-mask").validate()
+    c = sd.SeqConfig(loss="gspo", rollout_mismatch=0.5, correction="sequence-mask")
+    assert c.validate().label == "rloo/gspo/mismatch=0.5/sequence-mask"
+    assert sd.SeqConfig().label == "rloo"
