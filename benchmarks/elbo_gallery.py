@@ -720,7 +720,7 @@ def main() -> None:
     pyro_note = None
     if pyro_missing:
         pyro_note = (
-            "no Pyro rows for " + "; ".join(pyro_missing) + ": run "
+            "no Pyro rows: " + "; ".join(dict.fromkeys(pyro_missing)) + ": run "
             "benchmarks/pyro_gallery.py with the same --quick/--seeds first"
         )
         print(pyro_note)
