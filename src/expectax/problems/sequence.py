@@ -578,9 +578,10 @@ def unbiased_for_objective(
     ``seq-mean-token-sum``, a policy loss that is REINFORCE on the first step on a batch
     (``ppo``, ``cispo``, ``sapo``, ``vespo``, and ``gspo``, whose length-normalised sequence
     ratio has the gradient ``(1/|y|)∇log π(y)``, undone by the token sum; GMPO's geometric mean
-    is normalised by the length whatever the aggregation, so biased), and for ``objective_beta > 0`` the KL as ``k1`` in the reward, as the
-    sequence-level ``k2`` loss term or as the sequence-level ratio-weighted k3
-    (``k3-is-seq-loss``), with ``beta == objective_beta``. Everything else (GRPO's std,
+    is normalised by the length whatever the aggregation, so biased), and for
+    ``objective_beta > 0`` the KL as ``k1`` in the reward, as the sequence-level ``k2`` loss
+    term or as the sequence-level ratio-weighted k3 (``k3-is-seq-loss``), with
+    ``beta == objective_beta``. Everything else (GRPO's std,
     Dr. GRPO's ``(K−1)/K``, REINFORCE++'s batch normalisation, token-mean and per-sequence length
     normalisation, Dr. GRPO's constant, k2/k3 in the reward, per-token k2/k3 loss terms, a KL
     ignored or with another β) is biased for that objective.
