@@ -74,6 +74,7 @@ from expectax.estimators.base import (
     magic_box,
     nan_unless_valid,
 )
+from expectax.estimators.first_order import first_order_only
 
 __all__ = ["default_estimator", "program_expectation"]
 
@@ -293,6 +294,14 @@ class _Run:
 
 def _frames(site: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(site.get("cond_indep_stack", ()))
+
+
+def _unmasked(fn: Any) -> Any:
+    """The distribution a site is drawn from: ``handlers.mask`` wraps it in a
+    ``MaskedDistribution`` whose density is 0 where masked, but the draw is the base's."""
+    while isinstance(fn, nd.MaskedDistribution):
+        fn = fn.base_dist
+    return fn
 
 
 def _masked(value: jax.Array, site: Mapping[str, Any]) -> jax.Array:
@@ -627,17 +636,16 @@ class _Engine:
                 values[name] = site["value"]
             if s.role == "score":
                 check_fixed_support(site["fn"], f"ScoreFunction at site {name!r}")
-                lp = _masked(log_prob(site["fn"], site["value"]), site)
+                # not masked: handlers.mask removes the site's density from the costs, but the
+                # site is still drawn from its distribution, so its score stays (E over p_θ)
+                drawn = _unmasked(site["fn"])
+                lp = log_prob(drawn, site["value"])
                 lps[name] = _reduce(lp, s.frames, s.frames)
                 if _weighted(s):
-                    wf = natural_score_weights(site["fn"], site["value"])
+                    wf = natural_score_weights(drawn, site["value"])
                     if wf is not None:
                         weights[name] = tuple(
-                            _reduce(
-                                _masked(jnp.broadcast_to(v, jnp.shape(lp)), site),
-                                s.frames,
-                                s.frames,
-                            )
+                            _reduce(jnp.broadcast_to(v, jnp.shape(lp)), s.frames, s.frames)
                             for v in wf
                         )
             elif s.role in ("blackbox", "joint"):
@@ -735,6 +743,7 @@ class _Engine:
             site_key = jax.random.fold_in(key_est, _name_hash(s.name))
             deps = (cost_deps, lp_deps, cost_frames)
             t = self._blackbox(run, s, params, keys, out, deps, sites, site_key)
+            t = first_order_only(t, f"{s.estimator.name} at site {s.name!r}")
             result = result + (t - jax.lax.stop_gradient(t))
         if history is None:
             return result

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: The ELBOs ``--elbo`` accepts, in table order.
-ELBOS = ("numpyro", "rloo", "disarm", "relax", "vimco")
+ELBOS = ("numpyro", "default", "rloo", "disarm", "relax", "vimco")
 SITES = ("z1", "z2")
 
 
@@ -65,8 +65,11 @@ def make_elbo(name: str, num_particles: int) -> Any:
         return TraceGraph_ELBO(num_particles=num_particles)
     from expectax.infer import TraceGraph_ELBO
 
-    if name == "rloo":
+    if name == "default":  # WeightedLeaveOneOut baselines
         return TraceGraph_ELBO(num_particles=num_particles)
+    if name == "rloo":  # the plain leave-one-out baseline (the default before 0.2)
+        rloo = ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut())
+        return TraceGraph_ELBO(num_particles, estimators={s: rloo for s in SITES})
     if name == "disarm":
         return TraceGraph_ELBO(num_particles, estimators={s: ex.DisARM() for s in SITES})
     if name == "relax":
@@ -85,7 +88,7 @@ def evaluations(name: str, num_particles: int) -> int:
     the program downstream of its site: DisARM twice per pair, RELAX/REBAR three times per
     sample, for each of the two sites, on top of the particles' own runs.
     """
-    per_site = {"numpyro": 0, "rloo": 0, "disarm": 2, "relax": 3, "vimco": 0}[name]
+    per_site = {"numpyro": 0, "default": 0, "rloo": 0, "disarm": 2, "relax": 3, "vimco": 0}[name]
     return num_particles * (1 + per_site * len(SITES))
 
 
@@ -93,7 +96,7 @@ def evaluations(name: str, num_particles: int) -> int:
 class SVIConfig:
     """One training run (every field a flag of ``expectax svi``)."""
 
-    elbo: str = "rloo"
+    elbo: str = "default"
     num_particles: int = 2
     steps: int = 1000
     seed: int = 0
