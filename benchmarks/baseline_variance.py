@@ -320,6 +320,11 @@ def fmt(v: float, se: float) -> str:
     return f"({v / scale:.2f} ± {se / scale:.2f})e{exp}"
 
 
+def _g(x: float, digits: int) -> str:
+    """``digits`` significant digits, trailing zeros kept (1.00), no bare trailing point."""
+    return f"{x:#.{digits}g}".rstrip(".")
+
+
 def markdown(res: dict) -> str:
     meta = res["meta"]
     lines = [
@@ -341,7 +346,7 @@ def markdown(res: dict) -> str:
             for mth in ("numpyro", "default", "stateful"):
                 if "pyro" in c:
                     r, se = ratio(c[mth], c["pyro"])
-                    cell = f"{r:.3g} ± {se:.2g}"
+                    cell = f"{_g(r, 3)} ± {_g(se, 2)}"
                     row.append(f"**{cell}**" if mth == "stateful" else cell)
                 else:
                     row.append("—")
@@ -392,10 +397,13 @@ def goal_lines(res: dict) -> list[str]:
             r, se = ratio(c["stateful"], c["pyro"])
             if r > 1 + 2 * se:
                 out.append(
-                    f"- **{key}, K = {k}: (c) is above Pyro's variance**, {r:.3g}× ± {se:.2g}."
+                    f"- **{key}, K = {k}: (c) is above Pyro's variance**, "
+                    f"{_g(r, 3)}× ± {_g(se, 2)}."
                 )
             elif r > 1:
-                out.append(f"- {key}, K = {k}: (c) is {r:.3g}× Pyro's (± {se:.2g}: within 2 SE).")
+                out.append(
+                    f"- {key}, K = {k}: (c) is {_g(r, 3)}× Pyro's (± {_g(se, 2)}: within 2 SE)."
+                )
     if not out and any("pyro" in c for cells in res["cells"].values() for c in cells.values()):
         out.append("- (c) is at or below Pyro's variance in every cell.")
     return out
@@ -422,7 +430,30 @@ def main() -> None:
         default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
         help="the Pyro environment's python ('' to skip running it; its JSON is still merged)",
     )
+    ap.add_argument("--particles", default=None, help="subset of K, e.g. 2 (a check)")
+    ap.add_argument(
+        "--suffix",
+        default=None,
+        help="write results/baseline_variance.<suffix>.* instead (a supplementary run)",
+    )
+    ap.add_argument(
+        "--rewrite", action="store_true", help="only rewrite the .md from the run's .json"
+    )
     args = ap.parse_args()
+    global PARTICLES, PARAMS_JSON, PYRO_JSON, OUT_JSON, OUT_MD
+    if args.particles:
+        PARTICLES = tuple(int(k) for k in args.particles.split(","))
+    if args.suffix:
+        stem = os.path.join(RESULTS, f"baseline_variance.{args.suffix}")
+        PARAMS_JSON, PYRO_JSON = stem + ".params.json", stem + ".pyro.json"
+        OUT_JSON, OUT_MD = stem + ".json", stem + ".md"
+    if args.rewrite:
+        with open(OUT_JSON) as f:
+            md = markdown(json.load(f))
+        with open(OUT_MD, "w") as f:
+            f.write(md)
+        print(md)
+        return
     t_all = time.perf_counter()
     table = models()
     keys = [k for k in table if not args.models or k in args.models.split(",")]
