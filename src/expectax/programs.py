@@ -501,7 +501,9 @@ def _weighted(s: _Site) -> bool:
 
 def _history(state, decay, d, w, name):
     """``((λ, Σ_wd, Σ_w), new state)`` for one site: earlier steps' decaying averages (zero
-    debiased, as Adam's moments) enter as λ = max(1, N − 1) pseudo-particles."""
+    debiased, as Adam's moments) enter as λ = N (1 + β)/(1 − β) pseudo-particles, the number
+    of particle draws a decaying average of rate β effectively holds (19 steps of N particles
+    at β = 0.9)."""
     n = d.shape[0]
     count, avg_wd, avg_w = state["count"], state["wd"], state["w"]
     target = d.shape[1:]
@@ -515,7 +517,7 @@ def _history(state, decay, d, w, name):
         )
     w = jnp.ones_like(d) if w is None else w
     debias = jnp.where(count > 0, 1.0 - decay ** count.astype(d.dtype), 1.0)
-    lam = jnp.where(count > 0, float(max(1, n - 1)), 0.0)
+    lam = jnp.where(count > 0, n * (1.0 + decay) / (1.0 - decay), 0.0)
     past = (lam, avg_wd / debias, avg_w / debias)
     reduce = (lambda v: jnp.mean(v)) if pooled else (lambda v: jnp.mean(v, axis=0))
     new = {
