@@ -643,7 +643,10 @@ class _Engine:
                 drawn = _unmasked(site["fn"])
                 lp = log_prob(drawn, site["value"])
                 lps[name] = _reduce(lp, s.frames, s.frames)
-                if _weighted(s):
+                # a scanned site is a sequence whose later steps' distributions depend on its
+                # own earlier draws: E[w] would depend on the particle's own draw (biased), so
+                # it gets the plain leave-one-out mean (w = 1)
+                if _weighted(s) and not site.get("_control_flow_done"):
                     wf = natural_score_weights(drawn, site["value"])
                     if wf is not None:
                         weights[name] = tuple(
