@@ -83,6 +83,20 @@ def test_one_site_weighted_loo_is_unbiased():
     assert_unbiased(estimates(jax.grad(E), logits, jax.random.key(3), 4000), exact, k=5)
 
 
+def test_one_site_weighted_loo_on_one_categorical_is_unbiased():
+    """One Categorical variable: the weighted path (w = ‖e_x − p‖², E[w] = 1 − Σ p²)."""
+    cost = jnp.array([72.0, 3.0, 40.0, 10.0])
+    u = jnp.array([2.0, -1.0, 0.5, 0.0])
+    E = ex.expectation(
+        lambda p, x: cost[x],
+        lambda p: dist.Categorical(logits=p),
+        estimator=ex.ScoreFunction(baseline=baselines.WeightedLeaveOneOut()),
+        num_samples=4,
+    )
+    exact = jax.grad(lambda v: jnp.sum(jax.nn.softmax(v) * cost))(u)
+    assert_unbiased(estimates(jax.grad(E), u, jax.random.key(4), 4000), exact, k=5)
+
+
 def coin_model(data):
     f = numpyro.sample("f", dist.Beta(10.0, 10.0))
     with numpyro.plate("d", data.shape[0]):

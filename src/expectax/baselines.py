@@ -428,8 +428,10 @@ class WeightedLeaveOneOut(Baseline):
                    {\max\big((N-1)\,\mathbb{E}[w],\ \sum_{j \ne i} w(x_j)\big)},
 
     with ``w`` the squared score in the natural parameters and ``E[w]`` its exact expectation
-    (:func:`natural_score_weights`: Bernoulli, Categorical, Poisson). ``b_i`` uses the other
-    samples only, so the estimate stays unbiased. It is the score-weighted mean of the others'
+    (:func:`natural_score_weights`: Bernoulli, Categorical, Poisson), for one discrete variable
+    (per plate element in a program); a vector of independent units sums its units' squared
+    scores, a heavy-tailed weight that only adds noise, and gets ``w = 1``. ``b_i`` uses the
+    other samples only, so the estimate stays unbiased. It is the score-weighted mean of the others'
     costs when they are typical, and shrinks towards 0 when they are not: on a nearly
     deterministic Categorical, where every sample draws the same value, the plain
     leave-one-out advantage ``f(x_i) − b_i`` is exactly 0 and training stalls, while here the
@@ -466,7 +468,9 @@ class WeightedLeaveOneOut(Baseline):
             )
 
     def __call__(self, f_values, *, ctx=None, xs=None, key=None, cost_fn=None) -> jax.Array:
-        if ctx is None or ctx.dist is None or ctx.stacked:
+        one_variable = ctx is not None and ctx.dist is not None and not ctx.stacked
+        one_variable = one_variable and tuple(ctx.dist.batch_shape + ctx.dist.event_shape) == ()
+        if not one_variable:  # weights only for one discrete variable (see the class doc)
             return weighted_loo(f_values, None, None)
         weights = natural_score_weights(ctx.dist, xs)
         if weights is None:

@@ -499,6 +499,20 @@ def _weighted(s: _Site) -> bool:
     return isinstance(getattr(s.estimator, "baseline", None), baselines.WeightedLeaveOneOut)
 
 
+def _score_weighted(site: Mapping[str, Any], fn: Any) -> bool:
+    """Whether :class:`~expectax.baselines.WeightedLeaveOneOut` weights this site's particles.
+
+    Only for one discrete variable per plate element (no event dimensions): there a draw with
+    a tiny squared score is the dominant value of a nearly deterministic variable, the case the
+    weights are for. A vector event (a layer of independent units) sums its units' squared
+    scores, a heavy-tailed weight that tells nothing of the kind and made the baseline noisier
+    (benchmarks/baseline_variance.py); it gets the plain leave-one-out mean. So does a scanned
+    site: a sequence whose later steps' distributions depend on its own earlier draws, so that
+    its E[w] would depend on the particle's own draw (a biased baseline).
+    """
+    return not site.get("_control_flow_done") and tuple(fn.event_shape) == ()
+
+
 def _history(state, decay, d, w, name):
     """``((λ, Σ_wd, Σ_w), new state)`` for one site: earlier steps' decaying averages (zero
     debiased, as Adam's moments) enter as λ = N (1 + β)/(1 − β) pseudo-particles, the number
@@ -643,10 +657,8 @@ class _Engine:
                 drawn = _unmasked(site["fn"])
                 lp = log_prob(drawn, site["value"])
                 lps[name] = _reduce(lp, s.frames, s.frames)
-                # a scanned site is a sequence whose later steps' distributions depend on its
-                # own earlier draws: E[w] would depend on the particle's own draw (biased), so
-                # it gets the plain leave-one-out mean (w = 1)
-                if _weighted(s) and not site.get("_control_flow_done"):
+                # the weights for one discrete variable per element (see _score_weighted)
+                if _weighted(s) and _score_weighted(site, drawn):
                     wf = natural_score_weights(drawn, site["value"])
                     if wf is not None:
                         weights[name] = tuple(
