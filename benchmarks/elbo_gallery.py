@@ -588,6 +588,24 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
+def merge_pyro(blob: dict, pyro_path: str) -> None:
+    """Pyro's rows, evaluated as in a full run, added to an earlier run's results (the Pyro
+    script runs in its own environment and may finish after the numpyro/expectax run)."""
+    seeds = [int(s) for s in blob["meta"]["seeds"]]
+    specs = {s.name: s for s in gallery(bool(blob["meta"]["quick"]))}
+    missing = []
+    for name, res in blob["results"].items():
+        spec = specs[name]
+        t_np = res["methods"]["numpyro"]["step_s"]
+        rows, why = pyro_rows(pyro_path, spec, Evaluator(spec), seeds, t_np)
+        if rows is None:
+            missing.append(why)
+        else:
+            res["methods"]["pyro"] = rows
+            print(f"  merged pyro into {name}", flush=True)
+    blob["meta"]["pyro_note"] = ("no Pyro rows: " + "; ".join(missing)) if missing else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, a tenth of the steps")
@@ -609,6 +627,11 @@ def main() -> None:
         default=None,
         help="rewrite the table and figures of an earlier run's JSON (no training)",
     )
+    ap.add_argument(
+        "--merge-pyro",
+        action="store_true",
+        help="with --from-json: evaluate Pyro's exported run (--pyro) and add its rows",
+    )
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as f:
@@ -616,6 +639,10 @@ def main() -> None:
         stem = (
             args.from_json[: -len(".json")] if args.from_json.endswith(".json") else args.from_json
         )
+        if args.merge_pyro:
+            merge_pyro(blob, args.pyro or os.path.join(RESULTS, "pyro_gallery.json"))
+            with open(stem + ".json", "w") as f:
+                json.dump(blob, f)
         md = markdown(blob["results"], blob["meta"])
         print(md)
         with open(stem + ".md", "w") as f:

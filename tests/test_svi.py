@@ -181,12 +181,12 @@ def test_make_elbo_and_evaluations():
     import numpyro.infer
 
     assert isinstance(svi.make_elbo("numpyro", 2), numpyro.infer.TraceGraph_ELBO)
-    for name in ("rloo", "disarm", "relax"):
+    for name in ("default", "rloo", "disarm", "relax"):
         assert isinstance(svi.make_elbo(name, 2), TraceGraph_ELBO)
     from expectax.infer import IWELBO
 
     assert isinstance(svi.make_elbo("vimco", 2), IWELBO)
-    assert [svi.evaluations(e, 2) for e in svi.ELBOS] == [2, 2, 10, 14, 2]
+    assert [svi.evaluations(e, 2) for e in svi.ELBOS] == [2, 2, 2, 10, 14, 2]
     with pytest.raises(ValueError, match="--elbo must be one of"):
         svi.make_elbo("nope", 2)
 
