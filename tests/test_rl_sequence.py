@@ -319,3 +319,12 @@ def test_later_ppo_steps_with_per_token_ratios_are_biased(policy):
         pol, th, thr, jax.random.key(13), 10_000, 2, K, theta_old=th_old, advantage="rloo"
     )
     assert max_z(s, target) > 5
+
+
+def test_surrogate_loss_refuses_a_correction_vespo_would_ignore(policy):
+    pol, th, thr = policy
+    idx = jnp.zeros((1, 2), jnp.int32)
+    with pytest.raises(ValueError, match="correction='token-truncate' would be ignored"):
+        surrogate_loss(
+            pol, th, thr, idx, loss="vespo", correction="token-truncate", theta_behaviour=th
+        )

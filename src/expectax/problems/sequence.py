@@ -343,6 +343,12 @@ def _batch_loss(
             "surrogate_loss: correction and loss='vespo' need the rollout engine's log-probs; "
             "pass theta_behaviour."
         )
+    if correction is not None and loss == "vespo":
+        raise ValueError(
+            f"surrogate_loss: loss='vespo' corrects for the rollout engine itself (its weight "
+            f"is the rollout ratio); correction={correction!r} would be ignored. Pass "
+            "correction=None with vespo, or another loss."
+        )
     weights = None
     if correction is not None:
         level, mode = correction.split("-")
