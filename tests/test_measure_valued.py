@@ -357,3 +357,18 @@ def test_control_variate_evaluations_and_errors():
     )
     with pytest.raises(TypeError, match=r"control_variate=.*DeltaMethod"):
         MeasureValued(control_variate=lambda x: x)
+
+
+def test_second_derivatives_are_refused():
+    """The surrogate is linear in the distribution's parameters: its Hessian estimates nothing,
+    so jax.hessian raises (it returned plausible numbers), while the gradient is unchanged."""
+    E = ex.expectation(
+        lambda p, x: jnp.abs(x - 1.0),
+        lambda p: dist.Normal(p["mu"], p["sigma"]),
+        estimator=ex.MeasureValued(coupling=True),
+        num_samples=16,
+    )
+    p = {"mu": jnp.array(0.5), "sigma": jnp.array(1.0)}
+    assert all(np.isfinite(v) for v in jax.tree_util.tree_leaves(jax.grad(E)(p, jax.random.key(0))))
+    with pytest.raises(ValueError, match="MeasureValued gives an unbiased first derivative only"):
+        jax.hessian(E)(p, jax.random.key(0))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpyro.distributions as nd
 
 from expectax.estimators.base import Context, Estimator, magic_box, pytree_dataclass, static_field
+from expectax.estimators.first_order import first_order_only
 
 __all__ = ["MeasureValued"]
 
@@ -87,9 +88,10 @@ class MeasureValued(Estimator):
     and the delta method, β = 1 leaves no variance at all); it costs the evaluations of h at the
     same points, plus the separate batch when β is fitted.
 
-    **Higher derivatives are not supported**: the surrogate is linear in φ, so ``jax.hessian``
-    of the expectation returns only the second derivatives of φ(θ) and of f, not an estimate of
-    the Hessian of ``E[f]``. Use :class:`ScoreFunction` (any order) or :class:`Pathwise`.
+    **Higher derivatives are not supported**: the surrogate is linear in φ, so a second
+    derivative would not estimate the Hessian of ``E[f]``; ``jax.hessian`` (or grad of grad)
+    raises a ``ValueError`` saying so. Use :class:`ScoreFunction` (any order) or
+    :class:`Pathwise`.
 
     Args:
       coupling: share randomness between the positive and the negative part of each pair
@@ -189,10 +191,13 @@ def _surrogate(ctx: Context, key: jax.Array, n: int, coupling: bool, cv: Any) ->
 
     diffs = _pair_differences(ctx, f_points, x, shape, plan.groups)
     total = cost_x + offset
+    weak = 0.0
     for g, diff in zip(plan.groups, diffs, strict=True):
         grad = _sg(g.c * diff)  # (N, D, S): ĝ_ij
         live = g.phi - _sg(g.phi)  # (N or 1, D, S), value 0
-        total = total + jnp.sum(live * grad, axis=(1, 2))
+        weak = weak + jnp.sum(live * grad, axis=(1, 2))
+    # linear in φ: its second derivative estimates nothing, so one is refused (issue 18)
+    total = total + first_order_only(jnp.asarray(weak), "MeasureValued")
     if plan.score_log_prob is not None:
         lp = plan.score_log_prob(x)
         total = total + (magic_box(lp) - 1.0) * _sg(cost_x)
