@@ -70,6 +70,8 @@ def grid(beta):
             out.append(dict(advantage="rloo", correction=corr))
         for loss in POLICY_LOSSES:
             for corr in (None, "token-truncate", "sequence-is", "sequence-truncate"):
+                if loss == "vespo" and corr is not None:
+                    continue  # refused: vespo's weight is the rollout ratio itself
                 out.append(dict(advantage="rloo", loss=loss, correction=corr))
         out.append(dict(advantage="rloo", loss="gspo", loss_agg_mode="seq-mean-token-mean"))
         out.append(dict(advantage="rloo", correction="sequence-truncate", threshold=np.inf))
