@@ -324,21 +324,6 @@ class Optimal(Baseline):
         return PerParameter(scales)
 
 
-def _unwrap(dist: Any) -> tuple[Any, None, int]:
-    """``(base, None, reinterpreted batch dims)``: Independent/Expanded wrappers peeled off."""
-    import numpyro.distributions as nd
-
-    reinterpreted = 0
-    while True:
-        if isinstance(dist, nd.Independent):
-            reinterpreted += dist.reinterpreted_batch_ndims
-            dist = dist.base_dist
-        elif isinstance(dist, nd.ExpandedDistribution):
-            dist = dist.base_dist
-        else:
-            return dist, None, reinterpreted
-
-
 def natural_score_weights(dist: Any, x: jax.Array) -> tuple[jax.Array, jax.Array] | None:
     r"""``(w, F)``: the squared score in the natural parameters and its exact expectation.
 
@@ -354,7 +339,10 @@ def natural_score_weights(dist: Any, x: jax.Array) -> tuple[jax.Array, jax.Array
     """
     import numpyro.distributions as nd
 
-    base, _, reinterpreted = _unwrap(dist)
+    from expectax.estimators.relaxed import _unwrap
+
+    base = _unwrap(dist)  # Independent/Expanded peeled off; Independent adds event dims
+    reinterpreted = len(dist.event_shape) - len(base.event_shape)
     batch = tuple(dist.batch_shape)
     x = jnp.asarray(x)
     if isinstance(base, (nd.BernoulliProbs, nd.BernoulliLogits)):
