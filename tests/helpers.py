@@ -26,8 +26,11 @@ Typical use::
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -42,6 +45,7 @@ __all__ = [
     "assert_unbiased",
     "bonferroni_k",
     "estimates",
+    "once_per_session",
     "tree_allclose",
     "zscores",
 ]
@@ -185,3 +189,28 @@ GAMMA_BETA_CASES = (
         lambda p: p["a"] * (p["a"] + 1) / ((p["a"] + p["b"]) * (p["a"] + p["b"] + 1)),
     ),
 )
+
+
+def once_per_session(tmp_path_factory: Any, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once for the whole test session, its JSON result shared by every worker.
+
+    Under pytest-xdist (``-n 2``) each worker runs a module-scoped fixture of its own as soon as
+    it gets one of the module's tests: a fixture that runs a long subprocess would run it once
+    per worker. Here the first worker to ask computes the result and writes it as JSON next to
+    the workers' temporary folders; the others wait on a file lock and read it (pytest-xdist's
+    recipe for session fixtures). Without xdist it is ``compute()``. ``compute`` returns
+    something JSON round-trips unchanged (string keys, lists, numbers).
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return compute()
+    import fcntl  # POSIX; xdist runs only where the suite does
+
+    root = Path(tmp_path_factory.getbasetemp()).parent  # shared by this session's workers
+    path = root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return json.loads(path.read_text())
+        result = compute()
+        path.write_text(json.dumps(result))
+        return result

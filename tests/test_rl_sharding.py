@@ -22,6 +22,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from helpers import once_per_session
 
 from expectax.rl.cli import main
 from expectax.rl.sharded import split_range
@@ -97,7 +98,12 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def devices() -> dict:
+def devices(tmp_path_factory) -> dict:
+    # one subprocess for the session, not one per xdist worker
+    return once_per_session(tmp_path_factory, "rl-sharding-devices", _run_devices_script)
+
+
+def _run_devices_script() -> dict:
     env = {
         **os.environ,
         # XLA's backend optimisation off: the same numbers for sharded and unsharded programs,

@@ -24,6 +24,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from helpers import once_per_session
 from jax.sharding import Mesh
 
 import expectax as ex
@@ -234,9 +235,13 @@ def _run(script: str, env: dict[str, str] | None = None, timeout: float = 300) -
 
 
 @pytest.fixture(scope="module")
-def devices() -> dict:
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    return _run(DEVICES_SCRIPT, env)
+def devices(tmp_path_factory) -> dict:
+    # conftest's XLA flags (backend optimisation off: the same programs on 1 and 8 devices,
+    # compiled in a fraction of the time) and 8 host devices; one subprocess for the session,
+    # not one per xdist worker
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = {"XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
+    return once_per_session(tmp_path_factory, "sharding-devices", lambda: _run(DEVICES_SCRIPT, env))
 
 
 def _close(a, b, rtol=RTOL):
@@ -372,7 +377,7 @@ def test_one_device_mesh_is_bitwise_the_chunked_result():
     assert float(v) == float(vm)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(gm), strict=True):
         np.testing.assert_array_equal(a, b)
-    fwd = jax.jacfwd(Em)(PARAMS, KEY)  # forward mode goes through shard_map too
+    fwd = jax.jit(jax.jacfwd(Em))(PARAMS, KEY)  # forward mode goes through shard_map too
     _close(fwd, g)
 
 
@@ -455,7 +460,9 @@ def _free_port() -> int:
 
 def test_two_processes_on_localhost_get_the_single_process_result():
     port = str(_free_port())
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    # conftest's flags (XLA's backend optimisation off), one device per process
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
     code = WORKER_INIT + COMMON + WORKER
     procs = [
         subprocess.Popen(
