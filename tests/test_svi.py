@@ -10,6 +10,7 @@ checked against the other where both apply.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 
@@ -114,6 +115,26 @@ def _brute_force_loss(model, guide, params, args, site_shapes):
 
 
 UNIT_SITES = [f"z1_{i}" for i in range(UH1)] + [f"z2_{j}" for j in range(UH2)]
+LAYERED_SHAPES = {"z1": (H1,), "z2": (H2,)}
+
+
+@functools.cache
+def _unit_exact():
+    """(−ELBO, its gradient) of the per-unit SBN at ``_params(0)`` by TraceEnum_ELBO, jitted
+    and computed once per process (eagerly, funsor's many small ops took ~10 s per test)."""
+    return jax.jit(jax.value_and_grad(_unit_exact_loss))(_params(0, UH1, UH2))
+
+
+@functools.cache
+def _layered_exact():
+    """(−ELBO, its gradient) of the application's SBN at ``_params(1)`` by brute force, jitted
+    and computed once per process."""
+    model, guide = make_sbn(D, (H1, H2))
+    args = (X, X.shape[0])
+    loss = functools.partial(_brute_force_loss, model, guide, args=args, site_shapes=LAYERED_SHAPES)
+    return jax.jit(jax.value_and_grad(lambda p: loss(params=p)))(_params(1))
+
+
 CONFIGS = {
     "default": lambda sites: None,
     "disarm": lambda sites: {s: ex.DisARM() for s in sites},
@@ -123,14 +144,12 @@ CONFIGS = {
 
 def test_trace_enum_is_the_exact_elbo():
     params = _params(0, UH1, UH2)
-    exact = _unit_exact_loss(params)
-    brute = _brute_force_loss(unit_model, unit_guide, params, (X,), {s: () for s in UNIT_SITES})
-    np.testing.assert_allclose(exact, brute, rtol=1e-5)
+    exact, g_enum = _unit_exact()
     shapes = {s: () for s in UNIT_SITES}
-    g_enum = jax.jit(jax.grad(_unit_exact_loss))(params)
-    g_brute = jax.jit(
-        jax.grad(lambda p: _brute_force_loss(unit_model, unit_guide, p, (X,), shapes))
+    brute, g_brute = jax.jit(
+        jax.value_and_grad(lambda p: _brute_force_loss(unit_model, unit_guide, p, (X,), shapes))
     )(params)
+    np.testing.assert_allclose(exact, brute, rtol=1e-5)
     for name in params:
         np.testing.assert_allclose(g_enum[name], g_brute[name], rtol=1e-4, atol=1e-6)
 
@@ -138,7 +157,7 @@ def test_trace_enum_is_the_exact_elbo():
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_unit_sbn_gradient_matches_trace_enum(config):
     params = _params(0, UH1, UH2)
-    exact = jax.grad(_unit_exact_loss)(params)
+    exact = _unit_exact()[1]
     elbo = TraceGraph_ELBO(num_particles=4, estimators=CONFIGS[config](UNIT_SITES))
 
     def grad(p, key):
@@ -157,8 +176,7 @@ def test_layered_sbn_gradient_matches_enumeration(config):
     model, guide = make_sbn(D, (H1, H2))
     params = _params(1)
     n = X.shape[0]
-    shapes = {"z1": (H1,), "z2": (H2,)}
-    exact = jax.jit(jax.grad(lambda p: _brute_force_loss(model, guide, p, (X, n), shapes)))(params)
+    exact = _layered_exact()[1]
     elbo = TraceGraph_ELBO(num_particles=4, estimators=CONFIGS[config](("z1", "z2")))
 
     def grad(p, key):
@@ -172,7 +190,7 @@ def test_log_weights_mean_is_the_elbo():
     model, guide = make_sbn(D, (H1, H2))
     params = _params(1)
     lw = log_weights(model, guide, params, X, jax.random.key(3), 20000)
-    exact = -_brute_force_loss(model, guide, params, (X, 2), {"z1": (H1,), "z2": (H2,)})
+    exact = -_layered_exact()[0]
     se = float(jnp.std(lw.sum(axis=1)) / np.sqrt(lw.shape[0]))
     assert abs(float(lw.sum(axis=1).mean()) - float(exact)) < 5 * se
 
