@@ -26,6 +26,10 @@ Run::
 
     python benchmarks/elbo_particles.py                  # N 200, 800, 1797; K 1..16
     python benchmarks/elbo_particles.py --quick          # N 1797, K 2, 16
+
+Before the timings it prints the compiled program's flops per particle and temporary memory
+for each K at the largest N (:func:`compiled_table`): the check that no fused kernel
+recomputes the costs per particle, independent of machine load.
 """
 
 from __future__ import annotations
@@ -96,6 +100,37 @@ def time_table(ns, ks, configs, rounds, steps):
     return rows
 
 
+def compiled_table(n, ks):
+    """The compiled program, not a timing: XLA's flop count per particle and the temporary
+    memory of one jitted ``svi.update`` for each K at plate size ``n``. A fused kernel that
+    recomputed every particle's cost once per particle would show as flops per particle
+    growing with K; here they must stay flat (and temporary memory linear in K)."""
+    x_all, model, guide = data_and_model()
+    x = jnp.asarray(x_all[:n])
+    lines = [
+        f"Compiled `svi.update` at N = {n} (XLA's cost and memory analysis; no timing)",
+        "",
+        "| K | numpyro GFLOP / particle | expectax GFLOP / particle | ratio "
+        "| numpyro temp MiB | expectax temp MiB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in ks:
+        stats = {}
+        for c in ("numpyro", "expectax"):
+            step, state = make_step(c, k, model, guide, x)
+            compiled = step.lower(state).compile()
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            stats[c] = (cost["flops"] / k, compiled.memory_analysis().temp_size_in_bytes)
+        (fn, mn), (fx, mx) = stats["numpyro"], stats["expectax"]
+        lines.append(
+            f"| {k} | {fn / 1e9:.3f} | {fx / 1e9:.3f} | {fx / fn:.2f} "
+            f"| {mn / 2**20:.1f} | {mx / 2**20:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def markdown(rows, configs):
     head = "| N | K | " + " | ".join(f"{c} ms/step" for c in configs)
     head += " | " + " | ".join(f"{c} / numpyro" for c in configs if c != "numpyro")
@@ -119,6 +154,7 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     configs = ["numpyro", "expectax", "expectax+history"]
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; seed 0; SBN 64-32-16")
+    compiled = compiled_table(max(ns), ks if not args.quick else [1, 2, 4, 8, 16])
     rows = time_table(ns, ks, configs, rounds, args.steps)
     table = markdown(rows, configs)
     print(table)
@@ -131,6 +167,8 @@ def main() -> None:
         + f"` (jax {jax.__version__}, CPU, 2 shared cores; min over {rounds} interleaved rounds"
         + f" of {args.steps} steps)\n\n"
         + table
+        + "\n\n"
+        + compiled
         + "\n"
     )
 
