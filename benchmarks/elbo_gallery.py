@@ -606,6 +606,15 @@ def merge_pyro(blob: dict, pyro_path: str) -> None:
     blob["meta"]["pyro_note"] = ("no Pyro rows: " + "; ".join(missing)) if missing else None
 
 
+def figure_prefix(stem: str, quick: bool) -> str:
+    """The figures' path prefix: the docs' names for the default output, else the output's own
+    name (a run with ``--out`` never overwrites the headline figures)."""
+    name = os.path.basename(stem)
+    if name == "elbo_gallery" + ("-quick" if quick else ""):
+        name = "elbo_gallery" + ("_quick" if quick else "")
+    return os.path.join(IMG, name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, a tenth of the steps")
@@ -647,10 +656,7 @@ def main() -> None:
         print(md)
         with open(stem + ".md", "w") as f:
             f.write(md)
-        quick = blob["meta"]["quick"]
-        paths = figures(
-            blob["results"], os.path.join(IMG, "elbo_gallery" + ("_quick" if quick else ""))
-        )
+        paths = figures(blob["results"], figure_prefix(stem, blob["meta"]["quick"]))
         print("wrote", stem + ".md", *paths)
         return
     seeds = parse_seeds(args.seeds or ("0-1" if args.quick else "100-104"))
@@ -768,8 +774,7 @@ def main() -> None:
     with open(out + ".json", "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     os.makedirs(IMG, exist_ok=True)
-    prefix = os.path.join(IMG, "elbo_gallery" + ("_quick" if args.quick else ""))
-    paths = figures(results, prefix)
+    paths = figures(results, figure_prefix(out, args.quick))
     print("wrote", out + ".md", out + ".json", *paths)
 
 
