@@ -8,8 +8,10 @@ their own:
   ``--quiet``; seeds checked to lie in ``0 <= seed < 2**32`` (:func:`check_seed`);
 - the output directory (:func:`prepare_out`): an existing *file* given as ``--out`` is refused,
   the directory is created and checked to be writable *before* training starts, and files of
-  an earlier run are never overwritten silently (pass ``overwrite=True``, i.e. ``--overwrite``);
-- atomic files (:func:`atomic_write`, :func:`write_csv`, :func:`write_json`): written to a
+  an earlier run are never overwritten silently (pass ``overwrite=True``, i.e. ``--overwrite``,
+  or, for a command that can continue one, ``resume=True``);
+- atomic files (:func:`atomic_write`, :func:`write_csv`, :func:`write_csv_columns`,
+  :func:`write_json`): written to a
   temporary file in the same directory, flushed and ``fsync``-ed, then renamed over the final
   name with ``os.replace``, so an interrupt leaves the old file or the new one, never a
   truncated one;
@@ -58,6 +60,7 @@ __all__ = [
     "recording",
     "seed_arg",
     "write_csv",
+    "write_csv_columns",
     "write_json",
 ]
 
@@ -185,7 +188,11 @@ def add_common_flags(
 
 
 def prepare_out(
-    out: str | os.PathLike, names: Iterable[str] = (), *, overwrite: bool = False
+    out: str | os.PathLike,
+    names: Iterable[str] = (),
+    *,
+    overwrite: bool = False,
+    resume: bool | None = None,
 ) -> Path:
     """Create (if needed) and check the output directory, before any training starts.
 
@@ -193,13 +200,18 @@ def prepare_out(
       out: the directory (``--out``).
       names: the file names (relative to ``out``) the run will write.
       overwrite: allow replacing files of an earlier run.
+      resume: for a command that can continue an earlier run (``--resume``; ``None``, the
+        default: it cannot). ``True`` accepts the earlier run's files and keeps them;
+        ``False`` refuses them naming ``--resume`` as well as ``--overwrite``, and with
+        ``overwrite`` removes them now, so that none of them (a checkpoint that a later
+        ``--resume`` would continue) is left beside the new run's.
 
     Returns:
       ``out`` as a :class:`~pathlib.Path`.
 
     Raises:
       OutputError: ``out`` is an existing file, cannot be created or written, or (without
-        ``overwrite``) already holds one of ``names``.
+        ``overwrite`` or ``resume``) already holds one of ``names``.
     """
     path = Path(out)
     if path.exists() and not path.is_dir():
@@ -215,14 +227,19 @@ def prepare_out(
         raise OutputError(
             f"--out {str(path)!r} is not a writable directory ({reason}); choose another --out."
         ) from None
-    if not overwrite:
+    names = tuple(names)
+    if not (overwrite or resume):
         existing = sorted(n for n in names if (path / n).exists())
         if existing:
             shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
+            flags = "--resume to continue it, --overwrite" if resume is False else "--overwrite"
             raise OutputError(
-                f"--out {str(path)!r} already holds an earlier run ({shown}); pass --overwrite "
+                f"--out {str(path)!r} already holds an earlier run ({shown}); pass {flags} "
                 "to replace it or choose another --out."
             )
+    if overwrite and resume is False:
+        for n in names:
+            (path / n).unlink(missing_ok=True)
     return path
 
 
@@ -343,6 +360,21 @@ def write_csv(
         for row in rows:
             w.writerow([_cell(row.get(c, "")) for c in columns])
     return Path(path)
+
+
+def write_csv_columns(
+    path: str | os.PathLike, table: Mapping[str, Sequence[Any]], *, ints: Iterable[str] = ()
+) -> Path:
+    """Write a table held as columns (``{name: values}``, all of one length, e.g. a run's
+    history) with :func:`write_csv`; the ``ints`` columns as integers (a history read back
+    from float arrays holds ``3.0`` for ``3``)."""
+    columns = list(table)
+    ints = set(ints)
+    rows = [
+        {c: int(v) if c in ints else v for c, v in zip(columns, row, strict=True)}
+        for row in zip(*table.values(), strict=True)
+    ]
+    return write_csv(path, rows, columns)
 
 
 def json_safe(obj: Any) -> Any:
@@ -502,12 +534,12 @@ def _diverged(y: Sequence[float]) -> bool:
     return any(not math.isfinite(float(v)) for v in y)
 
 
-def _limits(series: Mapping[str, tuple[Any, Any]], log: bool, zoom: float) -> Any:
+def _limits(series: Mapping[str, tuple[Any, ...]], log: bool, zoom: float) -> Any:
     """y-limits from the runs that stayed finite (all runs' finite values if none did)."""
-    kept = [_finite(y) for _, y in series.values() if not _diverged(y)]
+    kept = [_finite(y) for _, y, *_ in series.values() if not _diverged(y)]
     kept = [v for v in kept if v]
     if not kept:
-        kept = [v for v in (_finite(y) for _, y in series.values()) if v]
+        kept = [v for v in (_finite(y) for _, y, *_ in series.values()) if v]
     if log:
         kept = [[v for v in vs if v > 0] for vs in kept]
         kept = [v for v in kept if v]
@@ -531,7 +563,9 @@ def plot_panels(
 ) -> Path:
     """Draw one row of line plots into a PNG (matplotlib, Agg), written atomically.
 
-    Each panel is a mapping with ``"series"`` (``{label: (x, y)}``) and optional ``"ylabel"``,
+    Each panel is a mapping with ``"series"`` (``{label: (x, y)}``, or ``(x, y, style)`` with
+    ``style`` a mapping of matplotlib ``plot`` keywords, e.g. ``{"marker": "o", "ls": ""}`` for
+    points) and optional ``"ylabel"``,
     ``"log"`` (log y-axis), ``"zoom"`` (a quantile in [0, 1): the lower y-limit skips that
     fraction of the smallest values, to show the converged part) and ``"hline"``
     (``(y, label)``). A series with a non-finite value is drawn up to that point, labelled
@@ -548,12 +582,13 @@ def plot_panels(
         log = bool(panel.get("log", False))
         if len(series) > 10:  # the default cycle has 10 colours
             ax.set_prop_cycle(color=plt.cm.tab20.colors)
-        for label, (x, y) in series.items():
+        for label, (x, y, *style) in series.items():
             x = [float(v) for v in x]
             y = [float(v) for v in y]
             bad = [i for i, v in enumerate(y) if not math.isfinite(v)]
             end = bad[0] if bad else len(y)
-            ax.plot(x[:end], y[:end], label=f"{label} (diverged)" if bad else label)
+            kw = dict(style[0]) if style else {}
+            ax.plot(x[:end], y[:end], label=f"{label} (diverged)" if bad else label, **kw)
         if "hline" in panel:
             yv, hl = panel["hline"]
             ax.axhline(yv, color="k", ls="--", lw=0.8, label=hl)

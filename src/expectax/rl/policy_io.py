@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 from pathlib import Path
@@ -51,7 +50,7 @@ class TrainedPolicy:
 
     def act(self, obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
         """An action for one observation: sampled with ``key``, the most likely one without."""
-        from expectax.rl.train import greedy_action
+        from expectax.rl.rollout import greedy_action
 
         d = self.distribution(obs)
         return greedy_action(d) if key is None else d.sample(key)
@@ -79,8 +78,8 @@ class TrainedPolicy:
           ``max``, ``threshold`` and ``solved`` (mean ≥ threshold over at least 100 episodes).
         """
         from expectax import runio
-
-        T = importlib.import_module("expectax.rl.train")
+        from expectax.rl.env_info import make_env_info
+        from expectax.rl.rollout import _GymRunner, jax_rollout
 
         if not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"episodes must be an integer ≥ 1, got {episodes!r}.")
@@ -93,10 +92,10 @@ class TrainedPolicy:
         key = jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM)
         params = {"policy": self.params}
         if cfg.resolved_backend == "jax":
-            batch = T.jax_rollout(self.policy, self.params, key, episodes, greedy)
+            batch = jax_rollout(self.policy, self.params, key, episodes, greedy)
         else:
-            info = T.make_env_info(cfg.env_id)
-            runner = T._GymRunner(info, self.policy)
+            info = make_env_info(cfg.env_id)
+            runner = _GymRunner(info, self.policy)
             try:
                 env_seed = int(np.random.SeedSequence([seed, _EVAL_STREAM]).generate_state(1)[0])
                 batch = runner.rollout(params, key, env_seed, episodes, "evaluation", greedy)
@@ -135,7 +134,10 @@ def load_policy(path: str | os.PathLike) -> TrainedPolicy:
       ValueError: no checkpoint there, or one that is truncated, corrupt, pickled or holds
         NaN/inf (never loaded unsafely).
     """
-    T = importlib.import_module("expectax.rl.train")
+    from expectax.rl.checkpoints import _read_npz, _saved_config, _unreadable, load_checkpoint
+    from expectax.rl.config import Config, make_optimizer
+    from expectax.rl.env_info import _policy, make_env_info
+    from expectax.rl.learner import _init_state
 
     path = Path(path)
     ckpt = path / "checkpoint.npz" if path.is_dir() or path.suffix != ".npz" else path
@@ -143,22 +145,20 @@ def load_policy(path: str | os.PathLike) -> TrainedPolicy:
         raise ValueError(
             f"no checkpoint at {str(ckpt)!r}: pass the --out directory of an `expectax rl` run."
         )
-    data = T._read_npz(ckpt)
-    saved = T._saved_config(ckpt, data)
-    fields = {f.name for f in dataclasses.fields(T.Config)}
+    data = _read_npz(ckpt)
+    saved = _saved_config(ckpt, data)
+    fields = {f.name for f in dataclasses.fields(Config)}
     try:
         saved["hidden"] = tuple(saved["hidden"])
-        config = T.Config(**{k: v for k, v in saved.items() if k in fields})
+        config = Config(**{k: v for k, v in saved.items() if k in fields})
         config.validate()
     except (TypeError, KeyError, ValueError) as err:
-        raise T._unreadable(ckpt, f"its config is not valid: {err}") from None
-    info = T.make_env_info(config.env_id)
-    policy = T._policy(config, info)
-    optimizer = T.make_optimizer(config)
-    template = T._init_state(
-        config, policy, optimizer, int(info.obs_space.shape[0]), info.max_steps
-    )
-    state, _ = T.load_checkpoint(ckpt, template, config)
+        raise _unreadable(ckpt, f"its config is not valid: {err}") from None
+    info = make_env_info(config.env_id)
+    policy = _policy(config, info)
+    optimizer = make_optimizer(config)
+    template = _init_state(config, policy, optimizer, int(info.obs_space.shape[0]), info.max_steps)
+    state, _ = load_checkpoint(ckpt, template, config)
     threshold = (
         config.solve_threshold if config.solve_threshold is not None else info.reward_threshold
     )

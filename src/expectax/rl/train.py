@@ -22,19 +22,23 @@ counts; training episodes and evaluation episodes are counted separately.
 Every batch's randomness is derived from ``(seed, batch index, purpose)`` alone, and the state
 is a pytree of arrays saved to an ``.npz`` checkpoint (no pickle, written to a temporary file
 and renamed), so a run resumed from a checkpoint ends bitwise identical to an uninterrupted one.
+
+This module is the training loop (:func:`train`, :func:`make_jax_trainer`); the pieces it
+drives are one idea per module, and their names are importable from here too:
+:mod:`~expectax.rl.config` (:class:`Config`, the optimiser), :mod:`~expectax.rl.env_info`
+(what an environment is), :mod:`~expectax.rl.rollout` (collecting episodes, both backends),
+:mod:`~expectax.rl.learner` (the update), :mod:`~expectax.rl.checkpoints` and
+:mod:`~expectax.rl.outputs` (the files in ``--out``, through :mod:`expectax.runio`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
 import os
 import sys
 import time
 import types
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,23 +46,51 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from expectax import runio
-from expectax.estimators.base import log_prob
 from expectax.rl import cartpole
-from expectax.rl.losses import (
-    MovingAverageState,
-    discounted_returns,
-    entropy_loss,
-    leave_one_out_baseline,
-    moving_average_baseline,
-    moving_average_init,
-    normalize_advantages,
-    reinforce_loss,
-    value_loss,
+
+# The pieces of the trainer, one idea per module; their names stay importable from here.
+from expectax.rl.checkpoints import (  # noqa: F401
+    _read_npz,
+    _saved_config,
+    _unreadable,
+    load_checkpoint,
+    save_checkpoint,
 )
-from expectax.rl.policies import Policy, mlp_apply, mlp_init, policy_for_space
+from expectax.rl.config import (  # noqa: F401
+    BACKENDS,
+    BASELINES,
+    JAX_ENVS,
+    Config,
+    TrainingError,
+    make_optimizer,
+)
+from expectax.rl.env_info import EnvInfo, _policy, make_env_info  # noqa: F401
+from expectax.rl.learner import (  # noqa: F401
+    TrainState,
+    _init_state,
+    _leave_one_out,
+    _make_update,
+    _normalize,
+)
+from expectax.rl.outputs import (  # noqa: F401
+    HISTORY_COLUMNS,
+    OUTPUT_FILES,
+    check_out_dir,
+    plot_curve,
+    write_log,
+)
+from expectax.rl.rollout import (  # noqa: F401
+    Batch,
+    _check_finite,
+    _GymRunner,
+    _rollout,
+    _sample_with_keys,
+    greedy_action,
+    jax_rollout,
+    sample_actions,
+)
 from expectax.rl.sharded import EpisodeAxis, check_episode_mesh, shard_replicated
 
 __all__ = [
@@ -72,422 +104,8 @@ __all__ = [
     "train",
 ]
 
-BASELINES = ("none", "moving_average", "leave_one_out", "critic")
-BACKENDS = ("auto", "gymnasium", "jax")
-JAX_ENVS = ("CartPole-v1",)
-HISTORY_COLUMNS = (
-    "batch",
-    "episodes",
-    "train_return",
-    "eval_return",
-    "confirm_return",
-    "eval_episodes",
-    "loss",
-    "grad_norm",
-    "wall_time",
-)
 # Purposes of the per-batch keys: training episodes, periodic evaluation, confirmation.
 _TRAIN, _EVAL, _CONFIRM = 0, 1, 2
-
-
-class TrainingError(ValueError):
-    """Training stopped because it cannot go on usefully (NaN/inf, a gradient stuck at zero)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Every hyperparameter of a run (each is a flag of ``expectax rl``).
-
-    The defaults solve CartPole-v1 (see ``docs/rl.md`` for how often, on held-out seeds).
-    """
-
-    env_id: str = "CartPole-v1"
-    backend: str = "auto"
-    policy: str = "auto"
-    hidden: tuple[int, ...] = (128,)
-    input_gain: float = 3.0
-    episodes: int = 200
-    batch_episodes: int = 4
-    learning_rate: float = 1e-2
-    lr_final_fraction: float = 1.0
-    adam_b1: float = 0.5  # less momentum than Adam's 0.9: fewer collapses (docs/rl.md)
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-8
-    max_grad_norm: float | None = None
-    gamma: float = 0.99
-    baseline: str = "leave_one_out"
-    normalize_advantages: bool = False
-    entropy_coef: float = 0.0
-    value_coef: float = 0.5
-    eval_every: int = 0
-    eval_episodes: int = 100
-    confirm_episodes: int = 100
-    solve_threshold: float | None = None
-    stop_when_solved: bool = True
-    max_zero_grad_batches: int = 20
-    late_return: float | None = None
-    late_batch_factor: int = 1
-    skip_zero_grad_steps: bool = True
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the bad field and what to do."""
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise ValueError(
-                f"hidden sizes must be positive integers (e.g. --hidden 128), got "
-                f"{list(self.hidden)}."
-            )
-        for name in ("episodes", "batch_episodes", "eval_episodes"):
-            v = getattr(self, name)
-            if v < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {v}.")
-        if self.confirm_episodes < 100:
-            raise ValueError(
-                f"confirm_episodes must be ≥ 100 (a smaller evaluation is too noisy to call a "
-                f"run solved), got {self.confirm_episodes}."
-            )
-        if self.baseline == "leave_one_out" and self.batch_episodes < 2:
-            raise ValueError(
-                f"batch_episodes must be ≥ 2 with the leave-one-out baseline, got "
-                f"{self.batch_episodes}: use --batch-episodes 2 or more, or another --baseline."
-            )
-        if self.episodes < self.batch_episodes:
-            raise ValueError(
-                f"episodes ({self.episodes}) must be at least batch_episodes "
-                f"({self.batch_episodes})."
-            )
-        if not 0.0 <= self.lr_final_fraction <= 1.0:
-            raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}.")
-        for name in ("adam_b1", "adam_b2"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                flag = name.replace("_", "-")
-                raise ValueError(f"{name} must be in [0, 1), got {v}: e.g. --{flag} 0.5.")
-        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
-            raise ValueError(
-                f"adam_eps must be a positive finite number, got {self.adam_eps}: e.g. "
-                "--adam-eps 1e-8."
-            )
-        if self.max_grad_norm is not None and not (
-            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
-        ):
-            raise ValueError(
-                f"max_grad_norm must be a positive finite number (or None: no clipping), got "
-                f"{self.max_grad_norm}: e.g. --max-grad-norm 100, or leave the flag out."
-            )
-        for name in ("learning_rate", "gamma", "input_gain", "entropy_coef", "value_coef"):
-            v = getattr(self, name)
-            if not math.isfinite(v):
-                flag = "lr" if name == "learning_rate" else name.replace("_", "-")
-                raise ValueError(
-                    f"{name} must be a finite number, got {v}: pass a finite --{flag}."
-                )
-        if self.solve_threshold is not None and not math.isfinite(self.solve_threshold):
-            raise ValueError(f"solve_threshold must be finite, got {self.solve_threshold}.")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}.")
-        if self.learning_rate <= 0:
-            raise ValueError(
-                f"learning_rate must be positive, got {self.learning_rate}: e.g. --lr 0.01."
-            )
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be ≥ 0 (0: never), got {self.eval_every}.")
-        if self.late_batch_factor < 1:
-            raise ValueError(f"late_batch_factor must be ≥ 1, got {self.late_batch_factor}.")
-        if self.late_return is not None and not math.isfinite(self.late_return):
-            raise ValueError(f"late_return must be finite, got {self.late_return}.")
-        if self.max_zero_grad_batches < 1:
-            raise ValueError(
-                f"max_zero_grad_batches must be ≥ 1, got {self.max_zero_grad_batches}."
-            )
-        runio.check_seed(self.seed, "seed")
-        if self.backend == "jax" and self.env_id not in JAX_ENVS:
-            raise ValueError(
-                f"backend 'jax' implements only CartPole-v1, got env {self.env_id!r}: use "
-                "--backend gymnasium for other environments."
-            )
-
-    @property
-    def resolved_backend(self) -> str:
-        """``"jax"`` for ``backend="auto"`` on an environment with a pure-JAX version (CartPole-v1),
-        else ``"gymnasium"``."""
-        if self.backend == "auto":
-            return "jax" if self.env_id in JAX_ENVS else "gymnasium"
-        return self.backend
-
-    @property
-    def num_batches(self) -> int:
-        return self.episodes // self.batch_episodes
-
-
-class TrainState(NamedTuple):
-    """Everything a run carries from batch to batch (all arrays: it is the checkpoint)."""
-
-    params: Any  # {"policy": ..., "critic": ... or absent}
-    opt_state: Any
-    baseline_state: MovingAverageState
-    batch: jax.Array  # int32 batches done
-    episodes: jax.Array  # int32 training episodes consumed
-    grad_acc: Any  # gradients summed since the last Adam step (like params)
-    acc_count: jax.Array  # int32 batches in grad_acc
-    late: jax.Array  # bool: a training batch has reached config.late_return
-
-
-class Batch(NamedTuple):
-    """``E`` episodes padded to ``T`` steps."""
-
-    obs: jax.Array  # (E, T, obs_dim)
-    actions: jax.Array  # (E, T) or (E, T, action_dim)
-    rewards: jax.Array  # (E, T)
-    mask: jax.Array  # (E, T) 1 where the step happened
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvInfo:
-    """What the trainer needs to know about an environment."""
-
-    env_id: str
-    obs_space: Any
-    action_space: Any
-    max_steps: int
-    reward_threshold: float | None
-    vectorization_mode: str
-
-
-def make_env_info(env_id: str) -> EnvInfo:
-    """Look an environment up in Gymnasium's registry; unknown ids list close matches."""
-    import gymnasium as gym
-
-    if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown environment id {env_id!r} (not in gymnasium's registry).{hint} "
-            'List them with `python -c "import gymnasium; gymnasium.pprint_registry()"`.'
-        )
-    spec = gym.spec(env_id)
-    env = gym.make(env_id)
-    try:
-        max_steps = spec.max_episode_steps
-        if max_steps is None:
-            raise ValueError(
-                f"environment {env_id!r} has no time limit (max_episode_steps); REINFORCE "
-                "needs episodes that end: register it with max_episode_steps."
-            )
-        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-        return EnvInfo(
-            env_id,
-            env.observation_space,
-            env.action_space,
-            int(max_steps),
-            spec.reward_threshold,
-            mode,
-        )
-    finally:
-        env.close()
-
-
-def _policy(config: Config, info_or_none: EnvInfo | None = None) -> Policy:
-    import gymnasium as gym
-
-    if info_or_none is None:
-        obs_space = gym.spaces.Box(-np.inf, np.inf, (cartpole.OBS_DIM,), np.float32)
-        action_space = gym.spaces.Discrete(cartpole.NUM_ACTIONS)
-    else:
-        obs_space, action_space = info_or_none.obs_space, info_or_none.action_space
-    return policy_for_space(
-        config.policy, obs_space, action_space, tuple(config.hidden), config.input_gain
-    )
-
-
-def greedy_action(d) -> jax.Array:
-    """The most likely action of a policy's distribution (the mean for a Gaussian)."""
-    import numpyro.distributions as dist
-
-    if isinstance(d, dist.CategoricalLogits):
-        return jnp.argmax(d.logits, axis=-1)
-    if isinstance(d, dist.BernoulliLogits):
-        return (d.logits > 0).astype(jnp.int32)
-    return d.mean
-
-
-def _act(d, key: jax.Array, greedy: bool) -> jax.Array:
-    return greedy_action(d) if greedy else d.sample(key)
-
-
-def sample_actions(
-    policy: Policy, params, obs: jax.Array, key: jax.Array, greedy: bool = False
-) -> jax.Array:
-    """Actions for a batch of observations ``(N, obs_dim)``: ``key`` split into ``N`` keys, one
-    sample of each observation's distribution (the random-number path of every rollout)."""
-    return _sample_with_keys(policy, params, obs, jax.random.split(key, obs.shape[0]), greedy)
-
-
-def _sample_with_keys(policy: Policy, params, obs: jax.Array, keys: jax.Array, greedy: bool):
-    return jax.vmap(lambda o, k: _act(policy.apply(params, o), k, greedy))(obs, keys)
-
-
-# --------------------------------------------------------------------------------------------
-# The update: shared by both backends.
-
-
-def _make_update(
-    config: Config,
-    policy: Policy,
-    optimizer: optax.GradientTransformation,
-    axis: EpisodeAxis | None = None,
-):
-    """The update on a batch; ``axis`` says how the batch's episodes lie (default: all local,
-    the plain ``jnp`` reductions) and provides every cross-episode reduction."""
-
-    def loss_fn(params, batch: Batch, baseline_state):
-        ax = axis if axis is not None else EpisodeAxis(batch.rewards.shape[0])
-        mask = batch.mask
-        returns = jax.vmap(discounted_returns, in_axes=(0, None))(batch.rewards, config.gamma)
-        apply = jax.vmap(jax.vmap(policy.apply, in_axes=(None, 0)), in_axes=(None, 0))
-        d = apply(params["policy"], batch.obs)
-        logp = log_prob(d, batch.actions)  # numpyro's Bernoulli-logits gradient is wrong at 0
-        new_baseline_state = baseline_state
-        extra = 0.0
-        if config.baseline == "none":
-            baseline = jnp.zeros_like(returns)
-        elif config.baseline == "leave_one_out":
-            baseline = _leave_one_out(returns, mask, ax)
-        elif config.baseline == "moving_average":
-            if ax.sharded:  # the batch mean over all devices' episodes, as one row
-                g = ax.sum(returns * mask, axis=0, keepdims=True) / ax.total
-                b_t, new_baseline_state = moving_average_baseline(baseline_state, g)
-            else:
-                b_t, new_baseline_state = moving_average_baseline(baseline_state, returns, mask)
-            baseline = jnp.broadcast_to(b_t, returns.shape)
-        else:  # critic
-            v = jax.vmap(jax.vmap(mlp_apply, in_axes=(None, 0)), in_axes=(None, 0))(
-                params["critic"], batch.obs
-            )[..., 0]
-            baseline = jax.lax.stop_gradient(v)
-            extra = config.value_coef * ax.mean(jax.vmap(value_loss)(v, returns, mask))
-        if config.normalize_advantages:
-            # A standard deviation within float32 rounding of the returns' scale is no signal:
-            # such advantages become 0 instead of rounding residue blown up to unit size.
-            scale = ax.max(jnp.abs(returns) * mask)
-            eps = 1e-5 * jnp.maximum(scale, 1.0)
-            adv = _normalize(returns - baseline, mask, eps, ax)
-            pg = jax.vmap(reinforce_loss, in_axes=(0, 0, None, 0))(logp, adv, None, mask)
-        else:
-            pg = jax.vmap(reinforce_loss)(logp, returns, baseline, mask)
-        loss = ax.mean(pg) + extra
-        if config.entropy_coef:
-            loss = loss + config.entropy_coef * ax.mean(jax.vmap(entropy_loss)(d.entropy(), mask))
-        return loss, new_baseline_state
-
-    def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        (loss, baseline_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, state.baseline_state
-        )
-        ax = axis if axis is not None else EpisodeAxis(batch.rewards.shape[0])
-        train_return = ax.mean(jnp.sum(batch.rewards * batch.mask, axis=1))
-        # Late in training (after a batch reached late_return) one Adam step per
-        # late_batch_factor batches, on their mean gradient: a larger batch, less noise.
-        acc = jax.tree_util.tree_map(jnp.add, state.grad_acc, grads)
-        count = state.acc_count + 1
-        k = jnp.where(state.late, config.late_batch_factor, 1)
-        take = count >= k
-        reset = take
-        if config.skip_zero_grad_steps:
-            # a batch whose gradient is exactly 0 (every episode's return equal, e.g. all 500)
-            # carries no information: Adam would still step along its old momentum
-            empty = optax.tree.norm(acc) == 0
-            take = take & ~empty
-            reset = take | empty
-        mean_grads = jax.tree_util.tree_map(lambda a: a / count, acc)
-        updates, opt_state = optimizer.update(mean_grads, state.opt_state, state.params)
-        stepped = optax.apply_updates(state.params, updates)
-        pick = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(take, x, y), a, b)  # noqa: E731
-        params = pick(stepped, state.params)
-        late = state.late
-        if config.late_return is not None:
-            late = late | (train_return >= config.late_return)
-        new = TrainState(
-            params,
-            pick(opt_state, state.opt_state),
-            baseline_state,
-            state.batch + 1,
-            state.episodes + ax.total,
-            jax.tree_util.tree_map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc),
-            jnp.where(reset, 0, count).astype(jnp.int32),
-            late,
-        )
-        finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])
-        )
-        return new, {
-            "loss": loss,
-            "train_return": train_return,
-            "grad_norm": optax.tree.norm(grads),
-            "params_finite": finite,
-        }
-
-    return update
-
-
-def _leave_one_out(returns: jax.Array, mask: jax.Array, ax: EpisodeAxis) -> jax.Array:
-    """:func:`~expectax.rl.losses.leave_one_out_baseline` over all of ``ax``'s episodes."""
-    if not ax.sharded:
-        return leave_one_out_baseline(returns, mask)
-    g = returns * mask  # the same differences from global episode 0's return
-    ref = ax.first(g)
-    d = g - ref
-    return ref + (ax.sum(d, axis=0, keepdims=True) - d) / (ax.total - 1)
-
-
-def _normalize(adv: jax.Array, mask: jax.Array, eps: jax.Array, ax: EpisodeAxis) -> jax.Array:
-    """:func:`~expectax.rl.losses.normalize_advantages` over all of ``ax``'s episodes."""
-    if not ax.sharded:
-        return normalize_advantages(adv, mask, eps=eps)
-    n = jnp.maximum(ax.sum(mask, axis=None), 1.0)
-    mean = ax.sum(adv * mask, axis=None) / n
-    std = jnp.sqrt(ax.sum(jnp.square(adv - mean) * mask, axis=None) / n)
-    signal = std > eps
-    return jnp.where(signal, (adv - mean) / jnp.where(signal, std, 1.0), 0.0) * mask
-
-
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """Adam (``adam_b1``, ``adam_b2``, ``adam_eps``) at ``config.learning_rate``, decayed
-    linearly to ``lr_final_fraction`` of it over the budget's batches (1.0: constant); with
-    ``max_grad_norm``, the gradient is first clipped to that global norm."""
-    lr: Any = config.learning_rate
-    if config.lr_final_fraction != 1.0:
-        lr = optax.linear_schedule(
-            config.learning_rate,
-            config.learning_rate * config.lr_final_fraction,
-            max(config.num_batches - 1, 1),
-        )
-    adam = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-    if config.max_grad_norm is None:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
-
-
-def _init_state(config: Config, policy: Policy, optimizer, obs_dim: int, max_steps: int):
-    key = jax.random.key(config.seed)
-    k_policy, k_critic = jax.random.split(jax.random.fold_in(key, 2**31 - 1))
-    params = {"policy": policy.init(k_policy)}
-    if config.baseline == "critic":
-        params["critic"] = mlp_init(k_critic, (obs_dim, *config.hidden, 1), final_scale=1.0)
-    return TrainState(
-        params,
-        optimizer.init(params),
-        moving_average_init(max_steps),
-        jnp.zeros((), jnp.int32),
-        jnp.zeros((), jnp.int32),
-        jax.tree_util.tree_map(jnp.zeros_like, params),
-        jnp.zeros((), jnp.int32),
-        jnp.zeros((), bool),
-    )
 
 
 def _batch_key(seed: int, batch: int, purpose: int) -> jax.Array:
@@ -510,59 +128,6 @@ class JaxTrainer(NamedTuple):
     step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, jax.Array], jax.Array]
     confirm: Callable[[Any, jax.Array], jax.Array]
-
-
-def jax_rollout(
-    policy: Policy, params, key: jax.Array, num_episodes: int, greedy: bool = False
-) -> Batch:
-    """``num_episodes`` CartPole episodes of up to 500 steps, padded to 500.
-
-    A ``while_loop`` over time that stops as soon as every episode has ended (an early policy's
-    episodes last ~20 steps). Each step splits one key into one per episode and samples each
-    episode's action from its distribution (:func:`sample_actions`, shared with the Gymnasium
-    backend and ``benchmarks/rl_env_speed.py``); ``greedy`` takes the most likely action.
-    """
-    return _rollout(policy, params, key, EpisodeAxis(num_episodes), greedy)
-
-
-def _rollout(policy: Policy, params, key: jax.Array, ax: EpisodeAxis, greedy: bool) -> Batch:
-    """:func:`jax_rollout` of this device's ``ax.local`` episodes of ``ax.total``: episode
-    ``i`` takes key ``i`` of each split, so its steps do not depend on the number of devices
-    (each device's loop stops when its own episodes have ended)."""
-    T = cartpole.MAX_EPISODE_STEPS
-    n = ax.local
-    k_reset, k_act = jax.random.split(key)
-    states, obs0 = jax.vmap(cartpole.reset)(ax.split(k_reset))
-    vstep = jax.vmap(cartpole.step)
-
-    def cond(carry):
-        t, _, _, done, _ = carry
-        return (t < T) & ~jnp.all(done)
-
-    def body(carry):
-        t, states, obs, done, bufs = carry
-        keys = ax.split(jax.random.fold_in(k_act, t))
-        actions = _sample_with_keys(policy, params, obs, keys, greedy)
-        actions = actions.astype(jnp.int32)
-        states, ts = vstep(states, actions)
-        valid = (~done).astype(jnp.float32)
-        o, a, r, m = bufs
-        bufs = (o.at[t].set(obs), a.at[t].set(actions), r.at[t].set(ts.reward * valid),
-                m.at[t].set(valid))  # fmt: skip
-        done = done | ts.terminated | ts.truncated
-        return t + 1, states, ts.obs, done, bufs
-
-    bufs = (
-        jnp.zeros((T, n, cartpole.OBS_DIM), jnp.float32),
-        jnp.zeros((T, n), jnp.int32),
-        jnp.zeros((T, n), jnp.float32),
-        jnp.zeros((T, n), jnp.float32),
-    )
-    done = jnp.zeros((n,), bool)
-    init = (jnp.zeros((), jnp.int32), states, obs0, *ax.varying((done, bufs)))
-    *_, (obs, actions, rewards, mask) = jax.lax.while_loop(cond, body, init)
-    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    return Batch(swap(obs), swap(actions), swap(rewards), swap(mask))
 
 
 def check_trainer_mesh(config: Config, mesh: Any, axis_name: Any = None) -> tuple[Any, Any, int]:
@@ -660,249 +225,6 @@ def make_jax_trainer(config: Config, *, mesh: Any = None, axis_name: Any = None)
         return sharded_mean_return(config.eval_episodes, "eval_episodes")(params, key)
 
     return JaxTrainer(init, rollout, sharded_step, evaluate, confirm)
-
-
-# --------------------------------------------------------------------------------------------
-# The Gymnasium backend.
-
-
-class _GymRunner:
-    """Collects padded batches of whole episodes from a Gymnasium vector environment."""
-
-    def __init__(self, info: EnvInfo, policy: Policy):
-        import gymnasium as gym
-
-        self.info = info
-        self.gym = gym
-        self.envs: dict[int, Any] = {}
-        self.continuous = isinstance(info.action_space, gym.spaces.Box)
-        if self.continuous:
-            self.low = np.asarray(info.action_space.low)
-            self.high = np.asarray(info.action_space.high)
-
-        def act(params, obs, key, greedy):
-            return sample_actions(policy, params["policy"], obs, key, greedy)
-
-        self.act = jax.jit(act, static_argnums=3)
-
-    def _envs(self, n: int):
-        if n not in self.envs:
-            self.envs[n] = self.gym.make_vec(
-                self.info.env_id, num_envs=n, vectorization_mode=self.info.vectorization_mode
-            )
-        return self.envs[n]
-
-    def close(self) -> None:
-        for envs in self.envs.values():
-            envs.close()
-
-    def rollout(
-        self, params, key: jax.Array, env_seed: int, n: int, where: str, greedy: bool = False
-    ) -> Batch:
-        envs = self._envs(n)
-        T = self.info.max_steps
-        obs, _ = envs.reset(seed=env_seed)
-        obs_dim = obs.shape[1]
-        act_shape = tuple(self.info.action_space.shape)
-        obs_buf = np.zeros((n, T, obs_dim), np.float32)
-        act_buf = np.zeros((n, T, *act_shape), np.float32 if self.continuous else np.int32)
-        rew_buf = np.zeros((n, T), np.float32)
-        mask = np.zeros((n, T), np.float32)
-        done = np.zeros(n, bool)
-        for t in range(T):
-            _check_finite(obs, "observation", self.info.env_id, where, t)
-            actions = np.asarray(
-                self.act(params, jnp.asarray(obs, jnp.float32), jax.random.fold_in(key, t), greedy)
-            )
-            valid = ~done
-            obs_buf[valid, t] = obs[valid]
-            act_buf[valid, t] = actions[valid]
-            mask[valid, t] = 1.0
-            env_actions = np.clip(actions, self.low, self.high) if self.continuous else actions
-            obs, reward, terminated, truncated, _ = envs.step(env_actions)
-            _check_finite(np.asarray(reward)[valid], "reward", self.info.env_id, where, t)
-            rew_buf[valid, t] = np.asarray(reward, np.float32)[valid]
-            done = done | terminated | truncated
-            if done.all():
-                break
-        return Batch(
-            jnp.asarray(obs_buf), jnp.asarray(act_buf), jnp.asarray(rew_buf), jnp.asarray(mask)
-        )
-
-
-def _check_finite(x: np.ndarray, what: str, env_id: str, where: str, t: int) -> None:
-    x = np.asarray(x)
-    if not np.all(np.isfinite(x)):
-        bad = x.ravel()[~np.isfinite(x.ravel())][0]
-        raise ValueError(
-            f"environment {env_id!r} returned a non-finite {what} ({bad}) "
-            f"at step {t} of {where}. REINFORCE cannot learn from NaN or inf: fix the environment, "
-            "or wrap it (e.g. gymnasium.wrappers.TransformReward / TransformObservation) to keep "
-            "values finite."
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-def save_checkpoint(
-    path: str | os.PathLike, state: TrainState, history: dict, config: Config
-) -> None:
-    """Write ``state``, the history and the config to ``path`` (.npz, no pickle) atomically.
-
-    The file is written next to ``path`` under a temporary name, flushed to disk, then renamed
-    over ``path`` (``os.replace``), so a crash leaves either the old or the new checkpoint.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"state_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    for col in HISTORY_COLUMNS:
-        arrays[f"history_{col}"] = np.asarray(history[col], np.float64)
-    arrays["config"] = np.array(json.dumps(dataclasses.asdict(config), sort_keys=True))
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _unreadable(path, why: str) -> ValueError:
-    return ValueError(
-        f"checkpoint {str(path)!r} cannot be read ({why}): it is truncated, corrupt or not an "
-        "expectax rl checkpoint. Delete it (or pass --overwrite) to start afresh, or point "
-        "--out/--checkpoint at the directory of a complete run."
-    )
-
-
-def _read_npz(path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file, never unpickling; every failure is one ``ValueError``."""
-    try:
-        with open(path, "rb") as fh:
-            data = np.load(fh, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise _unreadable(path, "not an .npz archive")
-            with data:
-                return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise ValueError(
-            f"no checkpoint at {str(path)!r}: train first (expectax rl --out DIR) and pass that "
-            "DIR."
-        ) from None
-    except ValueError as err:
-        if str(err).startswith("checkpoint "):
-            raise
-        raise _unreadable(path, "not a plain-array .npz; pickled data is never loaded") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise _unreadable(path, type(err).__name__) from None
-
-
-def _saved_config(path, data: dict[str, np.ndarray]) -> dict:
-    try:
-        return json.loads(str(data["config"]))
-    except (KeyError, json.JSONDecodeError):
-        raise _unreadable(path, "no valid config inside") from None
-
-
-def load_checkpoint(path: str | os.PathLike, template: TrainState, config: Config):
-    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``template``.
-
-    Raises ``ValueError`` (one line that says what to do) for a missing, truncated, corrupt or
-    pickled file, one written with other settings, or one holding NaN or inf.
-    """
-    data = _read_npz(path)
-    saved = _saved_config(path, data)
-    mine = json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True))
-    missing = sorted(k for k in mine if k not in saved)
-    if missing:
-        raise ValueError(
-            f"checkpoint {str(path)!r} was written by an older version of expectax rl (it has "
-            f"no {', '.join(missing)}): it cannot be resumed or evaluated; train again into a "
-            "new --out (or pass --overwrite)."
-        )
-    differ = sorted(k for k in mine if k not in ("episodes",) and saved.get(k) != mine[k])
-    if differ:
-        raise ValueError(
-            f"checkpoint {str(path)!r} was written with different settings ({', '.join(differ)}"
-            f": {[saved.get(k) for k in differ]} vs now {[mine[k] for k in differ]}); resume "
-            "with the same flags or start a new run in another --out directory."
-        )
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    try:
-        loaded = [data[f"state_{i:04d}"] for i in range(len(leaves))]
-        history = {c: list(data[f"history_{c}"]) for c in HISTORY_COLUMNS}
-    except KeyError as err:
-        raise _unreadable(path, f"{err.args[0]} missing") from None
-    for a, b in zip(leaves, loaded, strict=True):
-        if np.shape(a) != b.shape or np.asarray(a).dtype != b.dtype:
-            raise _unreadable(path, "its arrays do not match this model's shapes")
-        if np.issubdtype(b.dtype, np.floating) and not np.all(np.isfinite(b)):
-            raise ValueError(
-                f"checkpoint {str(path)!r} holds NaN or inf parameters: it cannot be resumed "
-                "or evaluated. Start afresh (--overwrite) with a smaller --lr."
-            )
-    state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in loaded])
-    return state, history
-
-
-def _write_csv(path: Path, history: dict) -> None:
-    rows = [dict(zip(HISTORY_COLUMNS, r, strict=True)) for r in zip(*history.values(), strict=True)]
-    for r in rows:
-        for c in ("batch", "episodes", "eval_episodes"):
-            r[c] = int(r[c])
-    runio.write_csv(path, rows, HISTORY_COLUMNS)
-
-
-def plot_curve(path: Path, history: dict, title: str, threshold: float | None) -> None:
-    """Learning curve PNG: training-batch returns and evaluation returns against episodes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ep = np.asarray(history["episodes"])
-    ax.plot(ep, history["train_return"], label="training batch mean", alpha=0.7)
-    for col, label, style in (
-        ("eval_return", "periodic evaluation (sampled policy)", "o-"),
-        ("confirm_return", "confirmation (fresh episodes)", "s"),
-    ):
-        ev = np.asarray(history[col])
-        ok = np.isfinite(ev)
-        if ok.any():
-            ax.plot(ep[ok], ev[ok], style, ms=3, label=label)
-    if threshold is not None:
-        ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"solved ({threshold:g})")
-    ax.set_xlabel("training episodes")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
-# Output directories.
-
-OUTPUT_FILES = ("checkpoint.npz", "log.csv", "summary.json", "curve.png")
-
-
-def check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse an ``--out`` that cannot be written, or that holds a run and neither ``resume``
-    nor ``overwrite`` was asked for; checked before any training."""
-    try:
-        runio.prepare_out(out, OUTPUT_FILES, overwrite=overwrite or resume)
-    except runio.OutputError as err:
-        msg = str(err)
-        if "earlier run" in msg:
-            msg = msg.replace("pass --overwrite", "pass --resume to continue it, --overwrite")
-        raise ValueError(msg) from None
-    if overwrite and not resume:
-        for f in OUTPUT_FILES:
-            (out / f).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1033,7 +355,7 @@ def train(
     def save():
         if out is not None:
             save_checkpoint(ckpt, state, history, config)
-            _write_csv(out / "log.csv", history)
+            write_log(out / "log.csv", history)
 
     interrupted = False
     t0 = time.perf_counter() - (history["wall_time"][-1] if history["wall_time"] else 0.0)
