@@ -27,7 +27,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from expectax.rl.train import _CONFIRM, _TRAIN, Config, _batch_key, make_jax_trainer, train
+from expectax.rl.train import (
+    _CONFIRM,
+    _TRAIN,
+    Config,
+    _batch_key,
+    confirmed,
+    make_jax_trainer,
+    train,
+)
 
 CHUNK = 16  # confirmations run vmapped over this many seeds at a time (one compilation)
 
@@ -43,23 +51,47 @@ def parse_seeds(items: list[str]) -> list[int]:
     return seeds
 
 
-def run_seeds(config: Config, seeds: list[int]) -> dict:
-    """Train all seeds at once with the confirmation rule of ``expectax rl``."""
+def run_seeds(config: Config, seeds: list[int], margins: list[float] | None = None) -> dict:
+    """Train all seeds at once with the confirmation rule of ``expectax rl``, for each
+    confirmation margin ``k`` of ``margins`` (default: ``config.confirm_margin``) at once.
+
+    A seed's training does not depend on the margin (a confirmation only decides when to stop,
+    and its keys are used for nothing else), so one pass serves every ``k``: a seed trains until
+    a confirmation holds with the largest ``k`` (or the budget ends), and for each ``k`` it is
+    solved at its first confirmation with ``mean − k·SE ≥ 475``, exactly where ``expectax rl
+    --confirm-margin k`` stops. Each policy a ``k`` calls solved gets a third, independent
+    evaluation of ``confirm_episodes`` more episodes (keys used nowhere else): the fresh check.
+    """
+    margins = sorted(set(margins if margins is not None else [config.confirm_margin]))
     trainers = [make_jax_trainer(dataclasses.replace(config, seed=s)) for s in seeds]
     tr = trainers[0]  # the functions depend on the seed only through the initial state
     t0 = time.perf_counter()
     states = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[t.init() for t in trainers])
     step = jax.jit(jax.vmap(tr.step))
     confirm = jax.jit(jax.vmap(tr.confirm))
-    n = len(seeds)
-    solved: list[int | None] = [None] * n
-    confirmations = np.zeros(n, int)
+    n, m = len(seeds), len(margins)
+    solved: list[list[int | None]] = [[None] * n for _ in margins]
+    confirmations = np.zeros((m, n), int)  # confirmations each k's run makes (counted × 100)
+    recheck = np.full((m, n), np.nan)
     train_curves = np.full((n, config.num_batches), np.nan)
     confirm_curves = np.full((n, config.num_batches), np.nan)
+    confirm_se = np.full((n, config.num_batches), np.nan)
+
+    def vmapped_confirm(idx: list[int], params_of, key_of) -> tuple[np.ndarray, np.ndarray]:
+        means, ses = [], []
+        for c in range(0, len(idx), CHUNK):
+            part = idx[c : c + CHUNK]
+            pad = np.asarray(part + [part[0]] * (CHUNK - len(part)))
+            params = jax.tree_util.tree_map(lambda x, pad=pad: x[pad], params_of)
+            mean, se = confirm(params, jnp.stack([key_of(i) for i in pad]))
+            means.extend(np.asarray(mean)[: len(part)])
+            ses.extend(np.asarray(se)[: len(part)])
+        return np.asarray(means, float), np.asarray(ses, float)
+
     for b in range(config.num_batches):
         keys = jnp.stack([_batch_key(s, b, _TRAIN) for s in seeds])
         new_states, metrics = step(states, keys)
-        active = np.array([s is None for s in solved])
+        active = np.array([solved[-1][i] is None for i in range(n)])  # unsolved with max k
         # finished seeds keep their state (as `expectax rl` stops when solved)
         keep = jnp.asarray(active)
         states = jax.tree_util.tree_map(
@@ -72,44 +104,60 @@ def run_seeds(config: Config, seeds: list[int]) -> dict:
         tr_ret = np.asarray(metrics["train_return"])
         train_curves[active, b] = tr_ret[active]
         todo = [i for i in range(n) if active[i] and tr_ret[i] >= 475.0]
-        for c in range(0, len(todo), CHUNK):
-            idx = todo[c : c + CHUNK]
-            pad = idx + [idx[0]] * (CHUNK - len(idx))
-            sel = np.asarray(pad)
-            params = jax.tree_util.tree_map(lambda x, sel=sel: x[sel], states.params)
-            ks = jnp.stack([_batch_key(seeds[i], b, _CONFIRM) for i in pad])
-            ev = np.asarray(confirm(params, ks))[: len(idx)]
-            for i, v in zip(idx, ev, strict=True):
-                confirmations[i] += 1
-                confirm_curves[i, b] = v
-                if v >= 475.0:
-                    solved[i] = (b + 1) * config.batch_episodes
-        if all(s is not None for s in solved):
+        if not todo:
+            continue
+        means, ses = vmapped_confirm(
+            todo, states.params, lambda i, b=b: _batch_key(seeds[i], b, _CONFIRM)
+        )
+        newly = []  # (margin index, seed index) solved by this batch's confirmation
+        for i, v, se in zip(todo, means, ses, strict=True):
+            confirm_curves[i, b], confirm_se[i, b] = v, se
+            for j, k in enumerate(margins):
+                if solved[j][i] is None:
+                    confirmations[j, i] += 1
+                    if confirmed(float(v), float(se), k, 475.0):
+                        solved[j][i] = (b + 1) * config.batch_episodes
+                        newly.append((j, i))
+        # the fresh check of each newly confirmed policy (one per seed, whatever its k's)
+        idx = sorted({i for _, i in newly})
+        if idx:
+            fresh, _ = vmapped_confirm(
+                idx,
+                states.params,
+                lambda i: _batch_key(seeds[i], config.num_batches + 2, _CONFIRM),
+            )
+            by_seed = dict(zip(idx, fresh, strict=True))
+            for j, i in newly:
+                recheck[j, i] = by_seed[i]
+        if all(s is not None for s in solved[-1]):
             break
     wall = time.perf_counter() - t0
-    # A third, independent evaluation of every confirmed policy (keys used nowhere else):
-    # how much of "confirmed" is the luck of the confirming evaluation?
-    recheck = [math.nan] * n
-    done = [i for i in range(n) if solved[i] is not None]
-    for c in range(0, len(done), CHUNK):
-        idx = done[c : c + CHUNK]
-        pad = np.asarray(idx + [idx[0]] * (CHUNK - len(idx)))
-        params = jax.tree_util.tree_map(lambda x, pad=pad: x[pad], states.params)
-        ks = jnp.stack([_batch_key(seeds[i], config.num_batches + 2, _CONFIRM) for i in pad])
-        for i, v in zip(idx, np.asarray(confirm(params, ks))[: len(idx)], strict=True):
-            recheck[i] = float(v)
-    ok = [s for s in solved if s is not None]
+    per_margin = []
+    for j, k in enumerate(margins):
+        ok = [s for s in solved[j] if s is not None]
+        rc = recheck[j][np.isfinite(recheck[j])]
+        per_margin.append(
+            {
+                "confirm_margin": k,
+                "episodes_to_solve": solved[j],
+                "solved": len(ok),
+                "fraction": len(ok) / n,
+                "median": statistics.median([s if s is not None else math.inf for s in solved[j]]),
+                "eval_episodes": (confirmations[j] * config.confirm_episodes).tolist(),
+                "recheck": recheck[j].tolist(),
+                "recheck_pass": int(np.sum(rc >= 475.0)),
+                "recheck_fraction": float(np.mean(rc >= 475.0)) if rc.size else math.nan,
+                "recheck_min": float(rc.min()) if rc.size else math.nan,
+            }
+        )
     return {
         "seeds": seeds,
-        "episodes_to_solve": solved,
-        "solved": len(ok),
-        "fraction": len(ok) / n,
-        "median": statistics.median([s if s is not None else math.inf for s in solved]),
-        "eval_episodes": (confirmations * config.confirm_episodes).tolist(),
+        "margins": per_margin,
+        **{k: v for k, v in per_margin[0].items() if k != "confirm_margin"},
         "wall_s": wall,
-        "recheck": recheck,
         "train_curves": train_curves,
         "confirm_curves": confirm_curves,
+        "confirm_se": confirm_se,
     }
 
 
@@ -135,6 +183,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", nargs="+", default=["1000-1099"])
     parser.add_argument("--set", nargs="*", default=[], help="Config overrides, e.g. lr=0.02")
+    parser.add_argument(
+        "--margins",
+        type=float,
+        nargs="+",
+        default=None,
+        help="confirmation margins k (standard errors) to compare in one pass (default: the "
+        "config's confirm_margin); --cli-seeds/--gym-seeds use the config's",
+    )
     parser.add_argument("--cli-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--gym-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--plot", default=None)
@@ -147,29 +203,46 @@ def main() -> None:
         f"{config.batch_episodes}, Adam {config.learning_rate} (b1 {config.adam_b1}, b2 "
         f"{config.adam_b2}, clip {config.max_grad_norm}), gamma {config.gamma}, baseline "
         f"{config.baseline}, normalised advantages {config.normalize_advantages}; budget "
-        f"{config.episodes} episodes; seeds {seeds[0]}..{seeds[-1]} ({len(seeds)})"
+        f"{config.episodes} episodes; confirmation: {config.confirm_episodes} episodes, margin "
+        f"{config.confirm_margin:g} SE; seeds {seeds[0]}..{seeds[-1]} ({len(seeds)})"
     )
-    res = run_seeds(config, seeds)
-    ok = [s for s in res["episodes_to_solve"] if s is not None]
+    res = run_seeds(config, seeds, args.margins)
     print(
-        f"JAX backend, vmapped: solved (confirmed) {res['solved']}/{len(seeds)} "
-        f"({100 * res['fraction']:.0f}%), median {res['median']} training episodes"
-        + (f" (range {min(ok)}-{max(ok)})" if ok else "")
-        + f"; evaluation episodes per seed: mean {np.mean(res['eval_episodes']):.0f}; "
-        f"wall {res['wall_s']:.1f}s"
+        f"JAX backend, vmapped, {len(seeds)} seeds, wall {res['wall_s']:.1f}s (one pass for "
+        f"every margin); fresh check: a third evaluation of each confirmed policy on "
+        f"{config.confirm_episodes} more episodes"
     )
-    rc = [v for v in res["recheck"] if np.isfinite(v)]
-    if rc:
-        print(
-            f"re-evaluation of the {len(rc)} confirmed policies on 100 new episodes each: "
-            f"{sum(v >= 475.0 for v in rc)} reach 475 again, mean {np.mean(rc):.1f}, "
-            f"min {min(rc):.1f}"
+    print(
+        "| k (--confirm-margin) | solved within budget | median training episodes (unsolved = ∞) "
+        "| quartiles of the solved | evaluation episodes per seed (mean) | fresh check ≥ 475 "
+        "| lowest fresh mean |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in res["margins"]:
+        ok = sorted(s for s in r["episodes_to_solve"] if s is not None)
+        q = (
+            " / ".join(f"{v:g}" for v in np.percentile(ok, [25, 50, 75], method="lower"))
+            if ok
+            else "-"
         )
-    unsolved = [s for s, e in zip(seeds, res["episodes_to_solve"], strict=True) if e is None]
-    print(f"unsolved seeds: {unsolved}")
+        frac = r["recheck_fraction"]
+        print(
+            f"| {r['confirm_margin']:g} | {r['solved']} / {len(seeds)} | {r['median']} | {q} "
+            f"| {np.mean(r['eval_episodes']):.0f} | {r['recheck_pass']} / {r['solved']} "
+            f"({100 * frac:.1f} %) | {r['recheck_min']:.1f} |"
+        )
+    for r in res["margins"]:
+        unsolved = [s for s, e in zip(seeds, r["episodes_to_solve"], strict=True) if e is None]
+        failed = [
+            s for s, v in zip(seeds, r["recheck"], strict=True) if np.isfinite(v) and v < 475.0
+        ]
+        print(
+            f"k = {r['confirm_margin']:g}: unsolved seeds {unsolved}; confirmed but under 475 "
+            f"on the fresh check: {failed}"
+        )
     result = {
         "config": dataclasses.asdict(config),
-        **{k: v for k, v in res.items() if not k.endswith("curves")},
+        **{k: v for k, v in res.items() if not k.endswith("curves") and k != "confirm_se"},
     }
     for name, backend, ss in (
         ("cli", "auto", args.cli_seeds),

@@ -68,7 +68,8 @@ def test_short_run_writes_outputs(tmp_path, backend):
         (tmp_path / "log.csv")
         .read_text()
         .startswith(
-            "batch,episodes,train_return,eval_return,confirm_return,eval_episodes,loss,grad_norm"
+            "batch,episodes,train_return,eval_return,confirm_return,confirm_se,eval_episodes,loss,"
+            "grad_norm"
         )
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -188,13 +189,16 @@ def test_solved_means_a_fresh_evaluation_confirmed_it(tmp_path):
     cfg = Config(**dict(SMALL, episodes=24), solve_threshold=25.0, stop_when_solved=False)
     res = train(cfg, None, progress=False)
     h = res["history"]
+    k = cfg.confirm_margin
+    held = [c - k * se >= 25.0 for c, se in zip(h["confirm_return"], h["confirm_se"], strict=True)]
     trig, solved = [], False  # confirmations until one holds, then no more
-    for t, c in zip(h["train_return"], h["confirm_return"], strict=True):
+    for t, ok in zip(h["train_return"], held, strict=True):
         trig.append(t >= 25.0 and not solved)
-        solved = solved or c >= 25.0
+        solved = solved or ok
     assert [np.isfinite(c) for c in h["confirm_return"]] == trig
+    assert [np.isfinite(se) for se in h["confirm_se"]] == trig
     assert any(trig), h["train_return"]
-    ok = [e for e, c in zip(h["episodes"], h["confirm_return"], strict=True) if c >= 25.0]
+    ok = [e for e, good in zip(h["episodes"], held, strict=True) if good]
     assert res["episodes_to_solve"] == (int(ok[0]) if ok else None)
     assert res["eval_episodes"] == 100 * (sum(trig) + 1)  # confirmations + the final policy
     assert res["training_episodes"] == 24

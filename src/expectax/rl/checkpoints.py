@@ -72,11 +72,23 @@ def _read_npz(path) -> dict[str, np.ndarray]:
         raise _unreadable(path, type(err).__name__) from None
 
 
+#: Settings added after checkpoints were first written, with the value that reproduces what
+#: a checkpoint without them did (``confirm_margin`` 0: the confirming mean alone decided).
+ADDED_SETTINGS = {"confirm_margin": 0.0}
+#: History columns added later, and their value in the rows of a checkpoint without them.
+ADDED_COLUMNS = {"confirm_se": float("nan")}
+
+
 def _saved_config(path, data: dict[str, np.ndarray]) -> dict:
     try:
-        return json.loads(str(data["config"]))
+        saved = json.loads(str(data["config"]))
     except (KeyError, json.JSONDecodeError):
         raise _unreadable(path, "no valid config inside") from None
+    if not isinstance(saved, dict):
+        raise _unreadable(path, "no valid config inside")
+    for k, v in ADDED_SETTINGS.items():
+        saved.setdefault(k, v)
+    return saved
 
 
 def load_checkpoint(path: str | os.PathLike, template: TrainState, config: Config):
@@ -105,7 +117,15 @@ def load_checkpoint(path: str | os.PathLike, template: TrainState, config: Confi
     leaves, treedef = jax.tree_util.tree_flatten(template)
     try:
         loaded = [data[f"state_{i:04d}"] for i in range(len(leaves))]
-        history = {c: list(data[f"history_{c}"]) for c in HISTORY_COLUMNS}
+        rows = len(data["history_batch"])
+        history = {
+            c: list(
+                data[f"history_{c}"]
+                if c not in ADDED_COLUMNS or f"history_{c}" in data
+                else np.full(rows, ADDED_COLUMNS[c])
+            )
+            for c in HISTORY_COLUMNS
+        }
     except KeyError as err:
         raise _unreadable(path, f"{err.args[0]} missing") from None
     for a, b in zip(leaves, loaded, strict=True):

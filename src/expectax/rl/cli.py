@@ -149,6 +149,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         help="episodes of the fresh evaluation that confirms 'solved' (≥ 100, default 100)",
     )
     parser.add_argument(
+        "--confirm-margin",
+        type=runio.nonneg_float,
+        default=d.confirm_margin,
+        metavar="K",
+        help="solved only when the confirming evaluation's mean minus K standard errors of that "
+        f"mean reaches the threshold (default {d.confirm_margin:g}; 0: the mean alone; "
+        "docs/rl.md says how K was chosen)",
+    )
+    parser.add_argument(
         "--solve-threshold",
         type=fin,
         default=None,
@@ -277,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 eval_every=args.eval_every,
                 eval_episodes=args.eval_episodes,
                 confirm_episodes=args.confirm_episodes,
+                confirm_margin=args.confirm_margin,
                 solve_threshold=args.solve_threshold,
                 stop_when_solved=args.stop_when_solved,
                 max_zero_grad_batches=args.max_zero_grad_batches,
@@ -348,9 +358,11 @@ def _describe(r: dict, out: Path) -> str:
         f"{r['eval_episodes']} evaluation episodes, {r['wall_time']:.1f}s; "
     )
     if r["solved"]:
+        k = r["config"]["confirm_margin"]
+        margin = f" − {k:g} × {r['confirm_se']:.1f} (SE)" if k else ""
         what = (
             f"solved after {r['episodes_to_solve']} training episodes (a fresh evaluation "
-            f"confirmed {r['confirm_return']:.1f} ≥ {r['threshold']:g})"
+            f"confirmed {r['confirm_return']:.1f}{margin} ≥ {r['threshold']:g})"
         )
     elif r["threshold"] is None:
         what = "no solve threshold"

@@ -50,6 +50,7 @@ class Config:
     eval_every: int = 0
     eval_episodes: int = 100
     confirm_episodes: int = 100
+    confirm_margin: float = 0.0  # confirmed iff mean - confirm_margin * SE >= threshold
     solve_threshold: float | None = None
     stop_when_solved: bool = True
     max_zero_grad_batches: int = 20
@@ -77,6 +78,12 @@ class Config:
             raise ValueError(
                 f"confirm_episodes must be ≥ 100 (a smaller evaluation is too noisy to call a "
                 f"run solved), got {self.confirm_episodes}."
+            )
+        if not (math.isfinite(self.confirm_margin) and self.confirm_margin >= 0):
+            raise ValueError(
+                f"confirm_margin must be a finite number ≥ 0 (standard errors of the confirming "
+                f"evaluation; 0: its mean alone decides), got {self.confirm_margin}: e.g. "
+                "--confirm-margin 1."
             )
         if self.baseline == "leave_one_out" and self.batch_episodes < 2:
             raise ValueError(

@@ -21,6 +21,7 @@ HISTORY_COLUMNS = (
     "train_return",
     "eval_return",
     "confirm_return",
+    "confirm_se",
     "eval_episodes",
     "loss",
     "grad_norm",

@@ -16,7 +16,7 @@ from expectax.rl.env_info import EnvInfo
 from expectax.rl.policies import Policy
 from expectax.rl.sharded import EpisodeAxis
 
-__all__ = ["Batch", "greedy_action", "jax_rollout", "sample_actions"]
+__all__ = ["Batch", "greedy_action", "jax_rollout", "mean_and_se", "sample_actions"]
 
 
 class Batch(NamedTuple):
@@ -26,6 +26,22 @@ class Batch(NamedTuple):
     actions: jax.Array  # (E, T) or (E, T, action_dim)
     rewards: jax.Array  # (E, T)
     mask: jax.Array  # (E, T) 1 where the step happened
+
+
+def mean_and_se(batch: Batch, ax: EpisodeAxis | None = None) -> tuple[jax.Array, jax.Array]:
+    """Mean and standard error (sample standard deviation, ``ddof=1``, over ``sqrt(n)``) of the
+    episodes' returns, over all of ``ax``'s episodes (default: all local).
+
+    The mean is the one every evaluation reports (``ax.mean`` of the summed rewards, bitwise);
+    the SE comes from the centred second moment (a second reduction over the episodes, a
+    ``psum`` when they are split over devices), so no ``E[R²] − E[R]²`` cancellation. Needs
+    ``n ≥ 2`` episodes (a confirmation has ≥ 100)."""
+    returns = jnp.sum(batch.rewards, axis=1)
+    ax = ax if ax is not None else EpisodeAxis(returns.shape[0])
+    mean = ax.mean(returns)
+    n = ax.total
+    ss = ax.sum(jnp.square(returns - mean), axis=None)
+    return mean, jnp.sqrt(ss / ((n - 1) * n))
 
 
 def greedy_action(d) -> jax.Array:

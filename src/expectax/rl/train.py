@@ -16,8 +16,10 @@ backends drive the same update:
 
 **Solved** means confirmed: when a training batch's mean return reaches the threshold (or a
 periodic evaluation does), a *fresh* evaluation of ``confirm_episodes`` (≥ 100) episodes of
-the sampled policy, with keys used for nothing else, must also reach it. Only that confirmation
-counts; training episodes and evaluation episodes are counted separately.
+the sampled policy, with keys used for nothing else, must also reach it, by a margin of
+``confirm_margin`` standard errors of its own mean (``mean − k·SE ≥ threshold``; ``k = 0``: the
+mean alone). Only that confirmation counts; training episodes and evaluation episodes are
+counted separately.
 
 Every batch's randomness is derived from ``(seed, batch index, purpose)`` alone, and the state
 is a pytree of arrays saved to an ``.npz`` checkpoint (no pickle, written to a temporary file
@@ -89,6 +91,7 @@ from expectax.rl.rollout import (  # noqa: F401
     _sample_with_keys,
     greedy_action,
     jax_rollout,
+    mean_and_se,
     sample_actions,
 )
 from expectax.rl.sharded import EpisodeAxis, check_episode_mesh, shard_replicated
@@ -127,7 +130,7 @@ class JaxTrainer(NamedTuple):
     rollout: Callable[[Any, jax.Array, int], Batch]
     step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
     evaluate: Callable[[Any, jax.Array], jax.Array]
-    confirm: Callable[[Any, jax.Array], jax.Array]
+    confirm: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 def check_trainer_mesh(config: Config, mesh: Any, axis_name: Any = None) -> tuple[Any, Any, int]:
@@ -151,9 +154,11 @@ def make_jax_trainer(config: Config, *, mesh: Any = None, axis_name: Any = None)
 
     ``step(state, key)`` collects a batch with the pure-JAX CartPole and applies one update;
     ``evaluate(params, key)`` is the mean return of ``config.eval_episodes`` episodes of the
-    sampled policy, ``confirm(params, key)`` the same over ``config.confirm_episodes``. All are
-    jittable and vmappable (e.g. over seeds in
-    ``benchmarks/rl_cartpole.py``).
+    sampled policy; ``confirm(params, key)`` is ``(mean, se)`` over ``config.confirm_episodes``:
+    the same mean and the standard error of it (sample standard deviation of the episodes'
+    returns over ``sqrt(n)``, :func:`~expectax.rl.rollout.mean_and_se`), which the confirmation
+    rule ``mean − confirm_margin·se ≥ threshold`` needs. All are jittable and vmappable (e.g. over
+    seeds in ``benchmarks/rl_cartpole.py``).
 
     With ``mesh`` (a ``jax.sharding.Mesh``) and ``axis_name`` (one of its axes; may be omitted
     for a one-axis mesh), ``step``, ``evaluate`` and ``confirm`` split their episodes over that
@@ -192,12 +197,11 @@ def make_jax_trainer(config: Config, *, mesh: Any = None, axis_name: Any = None)
             batch = jax_rollout(policy, params["policy"], key, n)
             return jnp.mean(jnp.sum(batch.rewards, axis=1))
 
+        def confirm(params, key):
+            return mean_and_se(jax_rollout(policy, params["policy"], key, config.confirm_episodes))
+
         return JaxTrainer(
-            init,
-            rollout,
-            step,
-            lambda p, k: mean_return(p, k, config.eval_episodes),
-            lambda p, k: mean_return(p, k, config.confirm_episodes),
+            init, rollout, step, lambda p, k: mean_return(p, k, config.eval_episodes), confirm
         )
 
     mesh, axis_name, devices = check_trainer_mesh(config, mesh, axis_name)
@@ -209,17 +213,18 @@ def make_jax_trainer(config: Config, *, mesh: Any = None, axis_name: Any = None)
 
     sharded_step = shard_replicated(step_body, mesh, axis_name, 2)
 
-    def sharded_mean_return(n: int, name: str):
+    def sharded_mean_return(n: int, name: str, with_se: bool = False):
         check_episode_mesh(mesh, axis_name, {name: n})
         eax = EpisodeAxis(n, axis_name, devices)
 
         def body(params, key):
             batch = _rollout(policy, params["policy"], key, eax, False)
-            return eax.mean(jnp.sum(batch.rewards, axis=1))
+            stats = mean_and_se(batch, eax)  # the SE's reduction is a psum over the devices
+            return stats if with_se else stats[0]
 
         return shard_replicated(body, mesh, axis_name, 2)
 
-    confirm = sharded_mean_return(config.confirm_episodes, "confirm_episodes")
+    confirm = sharded_mean_return(config.confirm_episodes, "confirm_episodes", with_se=True)
 
     def evaluate(params, key):  # eval_episodes is checked when evaluate is used
         return sharded_mean_return(config.eval_episodes, "eval_episodes")(params, key)
@@ -229,6 +234,15 @@ def make_jax_trainer(config: Config, *, mesh: Any = None, axis_name: Any = None)
 
 # --------------------------------------------------------------------------------------------
 # The driver.
+
+
+def confirmed(mean: float, se: float, margin: float, threshold: float) -> bool:
+    """The confirmation rule: ``mean − margin·se ≥ threshold`` (``mean`` and ``se`` of a fresh
+    evaluation). With ``margin == 0`` the mean alone decides, also where ``se`` is unknown (NaN:
+    a row of a checkpoint written before the SE was recorded)."""
+    if not np.isfinite(mean):
+        return False
+    return bool((mean - margin * se if margin else mean) >= threshold)
 
 
 def train(
@@ -265,7 +279,8 @@ def train(
     Returns:
       A dict with ``state``, ``history`` (lists per column), ``episodes_to_solve`` (training
       episodes when a fresh evaluation first confirmed the threshold; ``None`` if never),
-      ``solved``, ``confirm_return``, ``eval_episodes`` (evaluation episodes used, not counted
+      ``solved``, ``confirm_return`` and ``confirm_se`` (the confirming evaluation's mean and its
+      standard error), ``eval_episodes`` (evaluation episodes used, not counted
       in training), ``final_eval`` (the final policy's fresh evaluation when training did not
       stop on a confirmation, else ``None``), ``interrupted``, ``wall_time`` and ``threshold``.
 
@@ -309,8 +324,12 @@ def train(
             return jstep(state, _batch_key(config.seed, b, _TRAIN))
 
         def do_eval(params, b, purpose):
-            f = jconfirm if purpose == _CONFIRM else jeval
-            return float(f(params, _batch_key(config.seed, b, purpose)))
+            """``(mean, se)`` of a fresh evaluation (``se`` NaN for a periodic one)."""
+            key = _batch_key(config.seed, b, purpose)
+            if purpose == _CONFIRM:
+                mean, se = jconfirm(params, key)
+                return float(mean), float(se)
+            return float(jeval(params, key)), math.nan
 
     else:
         runner = _GymRunner(info, policy)
@@ -327,22 +346,29 @@ def train(
             return update(state, batch)
 
         def do_eval(params, b, purpose):
+            """``(mean, se)`` of a fresh evaluation (``se`` NaN for a periodic one)."""
+            n = config.confirm_episodes if purpose == _CONFIRM else config.eval_episodes
             batch = runner.rollout(
                 params,
                 _batch_key(config.seed, b, purpose),
                 _batch_seed(config.seed, b, purpose),
-                config.confirm_episodes if purpose == _CONFIRM else config.eval_episodes,
+                n,
                 f"evaluation after batch {b}",
             )
-            return float(jnp.mean(jnp.sum(batch.rewards, axis=1)))
+            if purpose == _CONFIRM:
+                mean, se = mean_and_se(batch)
+                return float(mean), float(se)
+            return float(jnp.mean(jnp.sum(batch.rewards, axis=1))), math.nan
 
     def solved_at(history):
+        """``(episodes, mean, se)`` of the first confirmation that held, or ``None``s."""
         if threshold is None:
-            return None, None
-        for ep, c in zip(history["episodes"], history["confirm_return"], strict=True):
-            if np.isfinite(c) and c >= threshold:
-                return int(ep), float(c)
-        return None, None
+            return None, None, None
+        cols = ("episodes", "confirm_return", "confirm_se")
+        for ep, c, se in zip(*(history[c] for c in cols), strict=True):
+            if confirmed(c, se, config.confirm_margin, threshold):
+                return int(ep), float(c), float(se)
+        return None, None, None
 
     def zero_grad_run(history):
         n = 0
@@ -388,9 +414,9 @@ def train(
                     train_return = float(metrics["train_return"])
                     ev = float("nan")
                     if config.eval_every and (b + 1) % config.eval_every == 0:
-                        ev = do_eval(new_state.params, b, _EVAL)
+                        ev, _ = do_eval(new_state.params, b, _EVAL)
                     n_eval = config.eval_episodes * int(np.isfinite(ev))
-                    conf = float("nan")
+                    conf = conf_se = float("nan")
                     # confirmations decide "solved"; once one has held, none are needed
                     solved_before = solved_at(history)[0] is not None
                     if (
@@ -398,7 +424,7 @@ def train(
                         and not solved_before
                         and (train_return >= threshold or (np.isfinite(ev) and ev >= threshold))
                     ):
-                        conf = do_eval(new_state.params, b, _CONFIRM)
+                        conf, conf_se = do_eval(new_state.params, b, _CONFIRM)
                         n_eval += config.confirm_episodes
                     state = new_state
                     prev_eval = history["eval_episodes"][-1] if history["eval_episodes"] else 0
@@ -408,6 +434,7 @@ def train(
                         train_return,
                         ev,
                         conf,
+                        conf_se,
                         prev_eval + n_eval,
                         loss,
                         float(metrics["grad_norm"]),
@@ -421,7 +448,7 @@ def train(
                         task,
                         completed=b + 1,
                         description=f"REINFORCE {config.env_id} | train {train_return:7.1f}"
-                        + (f" | confirm {conf:7.1f}" if np.isfinite(conf) else ""),
+                        + (f" | confirm {conf:7.1f} ± {conf_se:.1f}" if np.isfinite(conf) else ""),
                     )
                     if callback is not None:
                         callback(dict(zip(HISTORY_COLUMNS, row, strict=True)))
@@ -440,10 +467,10 @@ def train(
                         time.sleep(throttle)
         except KeyboardInterrupt:
             interrupted = True
-        ets, conf = solved_at(history)
+        ets, conf, conf_se = solved_at(history)
         final_eval = None
         if not interrupted and history["episodes"] and not (config.stop_when_solved and ets):
-            final_eval = do_eval(state.params, config.num_batches + 1, _CONFIRM)
+            final_eval, _ = do_eval(state.params, config.num_batches + 1, _CONFIRM)
     finally:
         if runner is not None:
             runner.close()
@@ -458,6 +485,7 @@ def train(
         "solved": ets is not None,
         "episodes_to_solve": ets,
         "confirm_return": conf,
+        "confirm_se": conf_se,
         "training_episodes": int(state.episodes),
         "eval_episodes": eval_used,
         "final_eval": final_eval,
