@@ -11,6 +11,12 @@ compile with XLA's CPU backend optimisation off: the same programs and the same 
 compiled in about a third of the time (the whole suite: 6.5 instead of ~9.5 minutes on two
 cores). Set ``EXPECTAX_TEST_XLA_OPT=1`` to test with XLA's default optimisation instead.
 Benchmarks never run under this file.
+
+Under pytest-xdist (``-n 2``) the tests are dealt to the workers one at a time, so a module's tests
+land on both workers and its module-scoped fixtures and cached exact answers are computed on
+each (one worker waited ~20 s for the other's 8-device subprocess). ``pytest_xdist_make_scheduler``
+keeps the tests of ``ONE_WORKER_MODULES`` together on one worker and deals every other test
+alone, as before.
 """
 
 import os
@@ -35,3 +41,38 @@ def strict_ranks():
     """Raise on implicit rank promotion inside the test (for code that does not use numpyro)."""
     with jax.numpy_rank_promotion("raise"):
         yield
+
+
+#: Modules whose module-scoped work is expensive (a subprocess with 8 devices, a training run,
+#: a fixture of many estimates, exact answers cached per process): one worker runs each.
+ONE_WORKER_MODULES = frozenset(
+    {
+        "test_baselines.py",
+        "test_rl_errors.py",
+        "test_rl_seq_demo.py",
+        "test_rl_sequence.py",
+        "test_rl_sharding.py",
+        "test_sampling.py",
+        "test_sequence_compare.py",
+        "test_sharding.py",
+        "test_svi.py",
+        "test_vae.py",
+    }
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n N`` (xdist's ``--dist load``): a module of ``ONE_WORKER_MODULES`` is one unit of
+    work, every other test a unit of its own. xdist deals the largest units first, then the
+    rest one at a time as workers free up."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in ONE_WORKER_MODULES else nodeid
+
+    return ModulesOnOneWorker(config, log)
