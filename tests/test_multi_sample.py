@@ -112,8 +112,11 @@ def test_sum_and_sample_is_exact_with_all_categories():
 def test_per_sample_grads_and_errors(est, strict_ranks):
     prob = get_problem("categorical-nonlinear")
     key = jax.random.key(4)
-    psg = ex.per_sample_grads(prob.f, prob.dist_fn, prob.params, key, estimator=est, num_samples=3)
-    g = jax.grad(ex.expectation(prob.f, prob.dist_fn, estimator=est, num_samples=3))(
+    # jitted (eagerly, op by op, the per-sample gradients took seconds)
+    psg = jax.jit(
+        lambda p, k: ex.per_sample_grads(prob.f, prob.dist_fn, p, k, estimator=est, num_samples=3)
+    )(prob.params, key)
+    g = jax.jit(jax.grad(ex.expectation(prob.f, prob.dist_fn, estimator=est, num_samples=3)))(
         prob.params, key
     )
     for name in g:
