@@ -2,16 +2,22 @@
 
 Solved means what ``expectax rl`` means (``expectax.rl.train``): after a training batch whose
 mean return reaches 475, a *fresh* evaluation of 100 episodes of the sampled policy, with keys
-used for nothing else, must reach 475 too; the training episodes up to that batch are the
-episodes to solve, and the evaluation episodes are counted apart. The seeds run with the JAX
-backend, vmapped over seeds (the same ``make_jax_trainer`` functions and the same keys as
-``expectax rl``, so each seed's result is the command's: check with ``--cli-seeds``).
+used for nothing else, must reach 475 too, by a margin of ``k`` standard errors of its mean
+(``mean − k·SE ≥ 475``, ``--confirm-margin k``; default 1.5); the training episodes up to that
+batch are the episodes to solve, and the evaluation episodes are counted apart. The seeds run
+with the JAX backend, vmapped over seeds (the same ``make_jax_trainer`` functions and the same
+keys as ``expectax rl``, so each seed's result is the command's: check with ``--cli-seeds``).
+``--margins 0 1 2`` compares margins in one pass (a seed's training does not depend on ``k``).
+Each confirmed policy then gets a *fresh check*: a third evaluation of 100 more episodes, with
+keys used nowhere else; the script prints, per ``k``, the seeds solved within the budget, the
+median training episodes, how many confirmed policies pass the fresh check, and its lowest mean.
 
-Seeds 0–299 were used for tuning; the held-out seeds, never used to choose anything, are
-1000–1099, 2000–2099 and 3000–3099.
+Seeds 0–299 were used for tuning (the margin: 100–299 only); the held-out seeds, never used to
+choose anything, are 1000–1099, 2000–2099, 3000–3099 and 4000–4099.
 
-    python benchmarks/rl_cartpole.py --seeds 1000-1099 [--set lr=0.02 normalize_advantages=1]
-        [--cli-seeds 1000 1001] [--plot docs/img/rl_cartpole.png] [--json out.json]
+    python benchmarks/rl_cartpole.py --seeds 1000-1099 [--margins 0 1.5]
+        [--set lr=0.02 normalize_advantages=1] [--cli-seeds 1000 1001]
+        [--plot docs/img/rl_cartpole.png] [--json out.json]
 """
 
 from __future__ import annotations

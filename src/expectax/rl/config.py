@@ -50,7 +50,7 @@ class Config:
     eval_every: int = 0
     eval_episodes: int = 100
     confirm_episodes: int = 100
-    confirm_margin: float = 0.0  # confirmed iff mean - confirm_margin * SE >= threshold
+    confirm_margin: float = 1.5  # solved iff confirming mean - margin * SE >= threshold
     solve_threshold: float | None = None
     stop_when_solved: bool = True
     max_zero_grad_batches: int = 20
