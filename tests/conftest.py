@@ -9,23 +9,49 @@ fixture, which turns the check on for one test.
 The suite is compile-bound (thousands of small programs, each run a few times), so the tests
 compile with XLA's CPU backend optimisation off: the same programs and the same arithmetic,
 compiled in about a third of the time (the whole suite: 6.5 instead of ~9.5 minutes on two
-cores). Set ``EXPECTAX_TEST_XLA_OPT=1`` to test with XLA's default optimisation instead.
-Benchmarks never run under this file.
+cores). Fused loops are emitted by XLA's older elemental emitter
+(``--xla_cpu_use_fusion_emitters=false``), which compiles these small programs in about 60% of
+the CPU time of the MLIR fusion emitters (tests/test_catalogue.py and test_errors.py: 83 s ->
+52 s); where this jaxlib's XLA no longer knows that flag (an unknown flag in ``XLA_FLAGS``
+aborts the process), a one-off subprocess finds out and the flag is left out. Set
+``EXPECTAX_TEST_XLA_OPT=1`` to test with XLA's defaults instead. Benchmarks never run under
+this file.
 
-Under pytest-xdist (``-n 2``) the tests are dealt to the workers one at a time, so a module's tests
-land on both workers and its module-scoped fixtures and cached exact answers are computed on
-each (one worker waited ~20 s for the other's 8-device subprocess). ``pytest_xdist_make_scheduler``
-keeps the tests of ``ONE_WORKER_MODULES`` together on one worker and deals every other test
-alone, as before.
+Under pytest-xdist (``-n 2``) the tests are dealt to the workers one at a time, so a module's
+tests land on both workers and its module-scoped fixtures and cached exact answers are
+computed on each (one worker waited ~20 s for the other's 8-device subprocess).
+``pytest_xdist_make_scheduler`` keeps the tests of ``ONE_WORKER_MODULES`` together on one
+worker and deals every other test alone, as before.
 """
 
 import os
+import subprocess
+import sys
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+
+def _xla_accepts(flag: str) -> bool:
+    """Whether this jaxlib's XLA knows ``flag``, asked once per session: the answer is kept in
+    the environment, which pytest-xdist's workers (and the tests' subprocesses) inherit."""
+    name = "EXPECTAX_TEST_XLA_LEGACY_EMITTERS"
+    if name not in os.environ:
+        env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+        code = "import jax; jax.numpy.zeros(1).block_until_ready()"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, timeout=120
+            )
+            os.environ[name] = "1" if proc.returncode == 0 else "0"
+        except subprocess.TimeoutExpired:
+            os.environ[name] = "0"
+    return os.environ[name] == "1"
+
 
 if os.environ.get("EXPECTAX_TEST_XLA_OPT") != "1":  # before jax is imported
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    ).strip()
+    flags = FAST_COMPILE + (" " + LEGACY_EMITTERS if _xla_accepts(LEGACY_EMITTERS) else "")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
