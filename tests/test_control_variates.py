@@ -148,8 +148,10 @@ def test_multivariate_normal_and_per_sample_grads():
     assert_unbiased(grads, jax.grad(exact)(p), k=5, bonferroni=True)
     est = ex.Pathwise(control_variate=DeltaMethod(num_samples=16))
     E = ex.expectation(fv, dfn, estimator=est, num_samples=8)
-    g = jax.grad(E)(p, jax.random.key(0))
-    psg = ex.per_sample_grads(fv, dfn, p, jax.random.key(0), estimator=est, num_samples=8)
+    # jitted (the delta method's Hessians took ~4 s eagerly, op by op)
+    g = jax.jit(jax.grad(E))(p, jax.random.key(0))
+    psg = jax.jit(lambda p, k: ex.per_sample_grads(fv, dfn, p, k, estimator=est, num_samples=8))
+    psg = psg(p, jax.random.key(0))
     np.testing.assert_allclose(psg["mu"].mean(0), g["mu"], rtol=1e-4, atol=1e-5)
 
 
