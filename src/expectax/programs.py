@@ -32,7 +32,10 @@ estimator chosen for it:
 
 The dependency structure comes from numpyro's provenance tracking
 (:func:`numpyro.ops.provenance.eval_provenance`), as in numpyro's ``TraceGraph_ELBO``; plates
-give conditional independence. Nothing here is a second implementation of an estimator: the
+give conditional independence. Inside numpyro's ``scan``, where provenance cannot see, time
+does: a cost that a forward scan produces at step ``s`` multiplies the scores of the scan's
+sites at steps ``t ≤ s`` only; the cases that cannot be proved so keep every cost downstream
+of every step (``docs/programs.md``). Nothing here is a second implementation of an estimator: the
 per-site estimators are the ones :func:`expectax.expectation` uses, and the one-site program
 ``x = sample("x", p_θ); return f(θ, x)`` has the same expectation and estimator.
 
@@ -279,6 +282,179 @@ def _check_scanned(msg: Mapping[str, Any], role: str) -> None:
     )
 
 
+# --------------------------------------------------------------------------- scans: time
+
+#: the key under which :class:`_FlowRecorder` marks the sites of one ``scan``/``cond``
+_FLOW = "_expectax_flow"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flow:
+    """One call of numpyro's ``scan`` or ``cond`` in a run (``index``: its order in the run)."""
+
+    index: int
+    kind: str  # "scan", "cond" or "other"
+    length: int | None = None  # a scan's number of steps
+    reverse: bool = False
+    enum: bool = False  # numpyro's enumerated scan (unrolled first steps): never served here
+
+
+class _FlowRecorder(Messenger):
+    """Marks every site that numpyro's ``scan``/``cond`` emits with the call it came from.
+
+    numpyro runs the scanned function inside ``lax.scan`` under a ``block`` handler and then
+    emits each site once, its value stacked along a leading time axis, marked only
+    ``_control_flow_done`` (``numpyro/contrib/control_flow/scan.py``). This handler, outside
+    the run, sees the ``control_flow`` message itself (which primitive, its length, whether
+    it runs in reverse) and, before the sites are emitted, adds ``_expectax_flow`` to each, so
+    that the trace says which scan drew a site and which scan produced a cost. A site it did
+    not mark (a ``block`` of the user's hid the message) gets no time structure.
+    """
+
+    def __init__(self):
+        self.count = 0
+        super().__init__(None)
+
+    def postprocess_message(self, msg):
+        if msg["type"] != "control_flow":
+            return
+        from numpyro.contrib.control_flow.cond import cond_wrapper
+        from numpyro.contrib.control_flow.scan import scan_wrapper
+        from numpyro.ops.pytree import PytreeTrace
+
+        index, self.count = self.count, self.count + 1
+        kwargs = msg.get("kwargs") or {}
+        flow = _Flow(index, "other", enum=bool(kwargs.get("enum", False)))
+        if msg["fn"] is scan_wrapper:
+            f, init, xs, length, reverse = msg["args"][:5]
+            if length is None:
+                leaves = jax.tree_util.tree_leaves(xs)
+                length = jnp.shape(leaves[0])[0] if leaves and jnp.ndim(leaves[0]) else None
+            try:
+                length = operator.index(length) if length is not None else None
+            except TypeError:  # not a static int: no time structure (the fallback)
+                length = None
+            flow = dataclasses.replace(flow, kind="scan", length=length, reverse=bool(reverse))
+        elif msg["fn"] is cond_wrapper:
+            flow = dataclasses.replace(flow, kind="cond")
+        stack = [msg["value"]]
+        while stack:  # the PytreeTrace inside the value, wherever numpyro puts it
+            v = stack.pop()
+            if isinstance(v, PytreeTrace):
+                for site in v.trace.values():
+                    if isinstance(site, dict) and site.get("type") == "sample":
+                        site[_FLOW] = flow
+            elif isinstance(v, (tuple, list)):
+                stack.extend(v)
+
+
+def _time_layout(site: Mapping[str, Any], array: Any, length: int, frames) -> bool:
+    """Whether ``array`` (the site's log-density or cost) has the scan's time on axis 0.
+
+    numpyro stacks a scanned site's value and its distribution's parameters along a new
+    leading axis and promotes the distribution's batch shape to include it; the check is that
+    the value, the batch shape and the array agree on that axis (length ``T``, the same number
+    of dimensions) and that every plate of the site lies right of it. A factor (``Unit``)
+    keeps a stale batch shape: its stacked ``log_factor`` is checked instead.
+    """
+    fn, value = site["fn"], site["value"]
+    shape, ndim = jnp.shape(array), jnp.ndim(array)
+    if ndim < 1 or shape[0] != length:
+        return False
+    if jnp.ndim(value) < 1 or jnp.shape(value)[0] != length:
+        return False
+    if jnp.ndim(value) - fn.event_dim != ndim:
+        return False
+    base = _unmasked(fn)
+    if isinstance(base, nd.Unit):
+        lf = jnp.shape(base.log_factor)
+        if len(lf) != ndim or lf[0] != length:
+            return False
+    elif len(fn.batch_shape) != ndim or fn.batch_shape[0] != length:
+        return False
+    return all(-f.dim <= ndim - 1 for f in frames)
+
+
+def _cost_site(r: _Run, key: Any) -> Mapping[str, Any] | None:
+    """The sample site a cost came from: the program's observed site, or in an ELBO's run
+    (costs ``("model", name)``/``("guide", name)``) the model's or the guide's site."""
+    site = r.cost_sites.get(key)
+    if site is None and r.traces is not None and isinstance(key, tuple) and len(key) == 2:
+        side, name = key
+        if side in ("model", "guide"):
+            site = r.traces[0 if side == "model" else 1].get(name)
+    if site is None or site.get("type") != "sample":
+        return None
+    return site
+
+
+def _forward_scan(flow: Any) -> bool:
+    return (
+        isinstance(flow, _Flow)
+        and flow.kind == "scan"
+        and not flow.reverse
+        and not flow.enum
+        and flow.length is not None
+    )
+
+
+def _causal_structure(r: _Run, sites: Mapping[str, _Site]) -> dict[str, tuple[int, frozenset]]:
+    r"""Per score-function site drawn inside a scan, the costs whose time step ``s`` depends on
+    the site's steps ``t ≤ s`` only: ``{site: (T, costs)}``.
+
+    The scanned function's step ``s`` sees earlier steps only through the carry, so a cost
+    that the *same* forward scan produces at step ``s`` depends on the site's steps ``t ≤ s``
+    only. In an ELBO the model's scan replays the guide's value ``z[s]`` at its step ``s``; its
+    costs count too when that is all it can see of the guide's scan: it is a forward scan of
+    the same length, every site of the guide's scan is a site of this model scan (so no other
+    model code reads the guide's sequence), and every other latent site of the guide is drawn
+    before the guide's scan (so none of them carries the sequence into the model). Anything
+    else (``reverse=True``, ``cond``, an enumerated scan, a cost of another scan or after the
+    scan, a time axis that cannot be identified) is not listed and stays downstream of every
+    step.
+    """
+    out = {}
+    model_tr, guide_tr = r.traces if r.traces is not None else (None, None)
+    for name, s in sites.items():
+        if s.role != "score":
+            continue
+        site = r.sites[name]
+        flow = site.get(_FLOW)
+        if not _forward_scan(flow):
+            continue
+        length = flow.length
+        lp = log_prob(_unmasked(site["fn"]), site["value"])
+        if not _time_layout(site, lp, length, s.frames):
+            continue
+        replayed = None  # the model's scan that replays this guide scan, where provably causal
+        if model_tr is not None:
+            msite = model_tr.get(name)
+            mflow = msite.get(_FLOW) if msite is not None else None
+            if _forward_scan(mflow) and mflow.length == length:
+                members = [n for n, g in r.sites.items() if g.get(_FLOW) == flow]
+                replay_all = all(
+                    model_tr.get(n) is not None and model_tr[n].get(_FLOW) == mflow for n in members
+                )
+                order = [n for n, g in guide_tr.items() if n in r.sites]
+                first = min(order.index(n) for n in members)
+                before = all(order.index(n) < first for n in order if n not in members)
+                if replay_all and before:
+                    replayed = mflow
+        causal = set()
+        for c, (v, frames) in r.costs.items():
+            csite = _cost_site(r, c)
+            if csite is None:
+                continue
+            cflow = csite.get(_FLOW)
+            if cflow is None or (cflow != flow and cflow != replayed):
+                continue
+            if _time_layout(csite, v, length, frames):
+                causal.add(c)
+        if causal:
+            out[name] = (length, frozenset(causal))
+    return out
+
+
 # --------------------------------------------------------------------------- tracing
 
 
@@ -290,6 +466,7 @@ class _Run:
     costs: dict[Any, tuple[jax.Array, tuple[Any, ...]]]  # name -> (scaled value, frames)
     traces: Any = None  # the numpyro traces, for checks (ELBO: model and guide)
     control_flow: bool = False  # a site came from numpyro's scan/cond
+    cost_sites: dict[Any, Any] = dataclasses.field(default_factory=dict)  # cost -> its site
 
 
 def _frames(site: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -332,13 +509,14 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
         )
         with handlers.trace() as tr:
             out = _call(functools.partial(sampler_program, params), args, kwargs)
-        sites, costs = {}, {}
+        sites, costs, cost_sites = {}, {}, {}
         for name, site in tr.items():
             if site["type"] != "sample":
                 continue
             if site.get("is_observed"):
                 value = log_prob(site["fn"], site["value"])
                 costs[name] = (_scaled(value, site), _frames(site))
+                cost_sites[name] = site
             else:
                 sites[name] = site
         if out is not None:
@@ -352,7 +530,7 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
                 if site["type"] == "sample":
                     factor = factor * nan_unless_valid(site["fn"])
             costs = {n: (v * factor, fr) for n, (v, fr) in costs.items()}
-        return _Run(sites, costs, control_flow=flow)
+        return _Run(sites, costs, control_flow=flow, cost_sites=cost_sites)
 
     return run
 
@@ -556,6 +734,11 @@ class _Engine:
         self.builders: dict[str, Callable] = {}
         self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
         self.history_available = False  # the ELBO sets it when SVI carries the baselines' state
+        self.time_resolved: dict[str, tuple[Any, ...]] = {}  # as of the last trace: site -> costs
+
+    #: Rao-Blackwellisation across time inside numpyro's ``scan`` (:func:`_causal_structure`);
+    #: ``False`` restores the all-downstream form, for tests and benchmarks to compare with.
+    causal_scans: bool = True
 
     # -- estimator choice
     def _chooser(self, roles: dict[str, _Site] | None, record: dict[str, Any]):
@@ -575,9 +758,15 @@ class _Engine:
         return choose
 
     def structure(self, run, params, key, check=None):
-        """Sites, roles and dependencies (static: found once per trace of the estimate)."""
+        """Sites, roles and dependencies (static: found once per trace of the estimate).
+
+        Returns ``(sites, cost_deps, lp_deps, cost_frames, causal)``: ``causal`` maps a
+        score-function site drawn inside a scan to ``(T, costs)``, the costs of the same scan
+        whose step ``s`` depends on the site's steps ``t ≤ s`` only (:func:`_causal_structure`).
+        """
         record: dict[str, Any] = {}
-        first = run(params, key, self._chooser(None, record), {})
+        with _FlowRecorder():
+            first = run(params, key, self._chooser(None, record), {})
         if check is not None:
             check(first)
         unknown = set(self.estimators) - set(first.sites)
@@ -629,23 +818,28 @@ class _Engine:
             raise _control_flow_error(err) from err
         cost_deps = {n: frozenset(deps.get(("cost", n), ())) for n in first.costs}
         lp_deps = {n: frozenset(deps.get(("lp", n), ())) for n in nonreparam}
+        causal = {}
         if first.control_flow:
             # numpyro draws scanned sites inside lax.scan, where their values cannot be
             # substituted, so provenance cannot see what depends on them (nor on the values
-            # fed into the scan): every cost counts as downstream of every site. Unbiased;
-            # no Rao-Blackwellisation in such a program (docs/programs.md).
+            # fed into the scan): every cost counts as downstream of every site. Unbiased.
+            # Within a forward scan time is the one structure known without provenance: a
+            # cost of the scan's step s multiplies the scores of the site's steps t <= s
+            # only (docs/programs.md).
             everything = frozenset(nonreparam)
             cost_deps = {n: everything for n in cost_deps}
             lp_deps = {n: everything - {n} for n in lp_deps}
+            if self.causal_scans:
+                causal = _causal_structure(first, sites)
         cost_frames = {n: frames for n, (_, frames) in first.costs.items()}
-        return sites, cost_deps, lp_deps, cost_frames
+        return sites, cost_deps, lp_deps, cost_frames, causal
 
     # -- one particle
-    def particle(self, run, sites, params, key):
+    def particle(self, run, sites, params, key, causal=None):
         chooser = self._chooser(sites, {})
         r = run(params, key, chooser, {})
         self._check_same_sites(sites, r)
-        lps, fns, values, weights = {}, {}, {}, {}
+        lps, lps_time, fns, values, weights = {}, {}, {}, {}, {}
         for name, s in sites.items():
             site = r.sites[name]
             if s.role != "pathwise":
@@ -656,7 +850,11 @@ class _Engine:
                 # site is still drawn from its distribution, so its score stays (E over p_θ)
                 drawn = _unmasked(site["fn"])
                 lp = log_prob(drawn, site["value"])
-                lps[name] = _reduce(lp, s.frames, s.frames)
+                if causal and name in causal:  # per step: (T, *plates)
+                    lps_time[name] = jax.vmap(lambda x, f=s.frames: _reduce(x, f, f))(lp)
+                    lps[name] = jnp.sum(lps_time[name], axis=0)
+                else:
+                    lps[name] = _reduce(lp, s.frames, s.frames)
                 # the weights for one discrete variable per element (see _score_weighted)
                 if _weighted(s) and _score_weighted(site, drawn):
                     wf = natural_score_weights(drawn, site["value"])
@@ -669,7 +867,14 @@ class _Engine:
                 builder, fns[name] = _elementwise(site["fn"], s, _sample_shape(site))
                 self.builders[name] = builder
         costs = {n: v for n, (v, _) in r.costs.items()}
-        return {"lps": lps, "costs": costs, "fns": fns, "values": values, "weights": weights}
+        return {
+            "lps": lps,
+            "lps_time": lps_time,
+            "costs": costs,
+            "fns": fns,
+            "values": values,
+            "weights": weights,
+        }
 
     def evaluations(self) -> int:
         """Runs of the program per estimate, as of the last trace: a run per particle plus the
@@ -705,18 +910,29 @@ class _Engine:
         # same key draws the same samples as numpyro's
         keys = jnp.expand_dims(key, 0) if n == 1 else jax.random.split(key, n)
         key_est = jax.random.fold_in(key, _ESTIMATOR_STREAM)
-        sites, cost_deps, lp_deps, cost_frames = self.structure(run, params, keys[0], check)
-        out = self.map_particles(lambda k: self.particle(run, sites, params, k), keys)
-        costs, lps = out["costs"], out["lps"]
+        sites, cost_deps, lp_deps, cost_frames, causal = self.structure(run, params, keys[0], check)
+        if history is not None:
+            # the baselines' state has no time axis (with_baselines, SVI.init): a site with a
+            # history keeps the all-downstream form, its baseline one number per plate element
+            causal = {k: v for k, v in causal.items() if k not in history}
+        self.time_resolved = {k: tuple(sorted(v[1], key=str)) for k, v in causal.items()}
+        out = self.map_particles(lambda k: self.particle(run, sites, params, k, causal), keys)
+        costs, lps, lps_time = out["costs"], out["lps"], out["lps_time"]
         score = [s for s in sites.values() if s.role == "score"]
         downstream = {s.name: [c for c in costs if s.name in cost_deps[c]] for s in sites.values()}
-        # baselines per score site, from the particles' downstream costs (stop-gradient)
+        # baselines per score site, from the particles' downstream costs (stop-gradient); a
+        # site with causal costs gets one per time step, (n, T, *plates)
         base = {}
         for s in score:
             b = s.estimator.baseline
             if b is None:
                 continue
-            d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
+            if s.name in causal:
+                d = _downstream_time(
+                    costs, cost_frames, downstream[s.name], causal[s.name][1], s.frames, n
+                )
+            else:
+                d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
             d = jax.lax.stop_gradient(d)
             if isinstance(b, baselines.WeightedLeaveOneOut):
                 w, fisher = out["weights"].get(s.name, (None, None))
@@ -731,13 +947,19 @@ class _Engine:
             else:
                 base[s.name] = jnp.broadcast_to(jnp.asarray(b.c, d.dtype), d.shape)
 
-        def surrogate(costs_p, lps_p, base_p):
+        def surrogate(costs_p, lps_p, lps_time_p, base_p):
             total = 0.0
             for c, v in costs_p.items():
                 frames_c = cost_frames[c]
                 logp = 0.0
                 for s in score:
-                    if s.name in cost_deps[c]:
+                    if s.name not in cost_deps[c]:
+                        continue
+                    if s.name in causal and c in causal[s.name][1]:
+                        # step s of the cost: the site's steps t <= s (a cumulative sum)
+                        lp_t = _time_reduce(lps_time_p[s.name], s.frames, frames_c, jnp.ndim(v))
+                        logp = logp + jnp.cumsum(lp_t, axis=0)
+                    else:
                         logp = logp + _reduce(lps_p[s.name], s.frames, frames_c)
                 total = total + jnp.sum(magic_box(jnp.asarray(logp)) * v)
             for name, b in base_p.items():
@@ -746,13 +968,17 @@ class _Engine:
                 for a in score:
                     if a.name != name and a.name in lp_deps[name]:
                         anc = anc + _reduce(lps_p[a.name], a.frames, s.frames)
-                term = (1.0 - magic_box(lps_p[name])) * magic_box(jnp.asarray(anc)) * b
+                lp = lps_p[name]
+                if name in causal:  # per step t: its own ancestors include steps < t
+                    lp = lps_time_p[name]
+                    anc = anc + (jnp.cumsum(lp, axis=0) - lp)
+                term = (1.0 - magic_box(lp)) * magic_box(jnp.asarray(anc)) * b
                 total = total + jnp.sum(term)
             return total
 
         # its value is the mean over particles of the total cost (every magic box is 1 and
         # every baseline term 0); its derivatives are the estimator
-        result = jnp.mean(jax.vmap(surrogate)(costs, lps, base))
+        result = jnp.mean(jax.vmap(surrogate)(costs, lps, lps_time, base))
         # per-site estimators: their own terms, with f the site's downstream cost
         for s in sites.values():
             if s.role not in ("blackbox", "joint"):
@@ -892,6 +1118,31 @@ def _downstream(costs, cost_frames, names, frames, n):
         v = jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames))(costs[c])
         total = total + v.reshape((n,) + (1,) * (len(target) - v.ndim) + v.shape[1:])
     return total
+
+
+def _time_reduce(lp_time, frames, target, ndim):
+    """A scanned site's per-step log-density ``(T, *plates)`` reduced to the plates it shares
+    with ``target`` (a cost's), laid out as that cost: ``ndim`` axes, time on axis 0."""
+    x = jax.vmap(lambda v: _reduce(v, frames, target))(lp_time)
+    return x.reshape((x.shape[0],) + (1,) * (ndim - x.ndim) + x.shape[1:])
+
+
+def _downstream_time(costs, cost_frames, names, causal, frames, n):
+    """Per particle and time step t, the cost downstream of a scanned site's step t: the
+    ``causal`` costs' steps s >= t (a reversed cumulative sum) and every other named cost
+    whole; shape (n, T, *plates)."""
+    layout = _target_shape(frames)
+    steps, rest = [], []
+    for c in names:
+        if c in causal:
+            v = jax.vmap(jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames)))(costs[c])
+            v = v.reshape(v.shape[:2] + (1,) * (len(layout) - v.ndim + 2) + v.shape[2:])
+            steps.append(jnp.flip(jnp.cumsum(jnp.flip(v, axis=1), axis=1), axis=1))
+        else:
+            rest.append(c)
+    total = sum(steps[1:], steps[0])
+    whole = _downstream(costs, cost_frames, rest, frames, n)  # (n, *plates)
+    return total + whole[:, None]
 
 
 def _sample_shape(site: Mapping[str, Any]) -> tuple[int, ...]:
