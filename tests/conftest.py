@@ -79,6 +79,7 @@ ONE_WORKER_MODULES = frozenset(
         "test_rl_sequence.py",
         "test_rl_sharding.py",
         "test_sampling.py",
+        "test_scan.py",
         "test_sequence_compare.py",
         "test_sharding.py",
         "test_svi.py",

@@ -98,15 +98,22 @@ PARAMS_FAR = {
 }
 
 
+@functools.cache
+def _hmm_gradients(form, k):
+    """``estimates``' jitted, vmapped ELBO gradient of the HMM for one form and particle count,
+    built once: both parameter points run the same compiled program."""
+    model, guide = (scan_model, scan_guide) if form == "scan" else (loop_model, loop_guide)
+    elbo = infer.TraceGraph_ELBO(num_particles=k)
+    grad = jax.grad(lambda p, key: elbo.loss(key, p, model, guide, OBS))
+    return jax.jit(jax.vmap(grad, in_axes=(None, 0)))
+
+
 @pytest.mark.parametrize("form", ["scan", "loop"])
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("at", ["near", "far"])
 def test_hmm_elbo_gradient_is_exact_in_expectation(form, k, at):
-    model, guide = (scan_model, scan_guide) if form == "scan" else (loop_model, loop_guide)
     params = PARAMS if at == "near" else PARAMS_FAR
-    elbo = infer.TraceGraph_ELBO(num_particles=k)
-    grad = jax.grad(lambda p, key: elbo.loss(key, p, model, guide, OBS))
-    grads = estimates(grad, params, jax.random.key(21), repeats=4000)
+    grads = _hmm_gradients(form, k)(params, jax.random.split(jax.random.key(21), 4000))
     exact = jax.grad(exact_loss)(params)
     assert_unbiased(grads, exact, k=5, bonferroni=True)
     assert float(jnp.abs(grads["L"]).mean()) > 0  # never the silent zero of issue 21
@@ -498,12 +505,14 @@ def test_second_derivatives_of_per_site_estimators_are_refused(est):
 
     theta = jnp.array([0.2, -0.3, 0.5])
     E = ex.program_expectation(program, num_particles=2, estimators={"z": est})
-    assert jnp.all(jnp.isfinite(jax.grad(E)(theta, jax.random.key(0))))
+    # jitted: the refusal is raised while the second derivative is traced, as it is eagerly
+    # (where running the program op by op took seconds per call)
+    assert jnp.all(jnp.isfinite(jax.jit(jax.grad(E))(theta, jax.random.key(0))))
     for second in (jax.hessian, lambda fn: jax.jacrev(jax.jacfwd(fn))):
         with pytest.raises(ValueError, match=r"at site 'z' gives an unbiased first derivative"):
-            second(E)(theta, jax.random.key(0))
+            jax.jit(second(E))(theta, jax.random.key(0))
     sf = ex.program_expectation(program, num_particles=2)
-    assert jnp.all(jnp.isfinite(jax.hessian(sf)(theta, jax.random.key(0))))
+    assert jnp.all(jnp.isfinite(jax.jit(jax.hessian(sf))(theta, jax.random.key(0))))
 
 
 def test_cond_condition_and_reparam_handlers():
