@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 from helpers import assert_unbiased, estimates
 from jax.example_libraries import stax
 
@@ -110,3 +111,38 @@ def test_numpyro_module_parameters_in_the_guide_get_unbiased_gradients():
     values = estimates(loss, params, jax.random.key(6), repeats=1000)
     assert_unbiased(values, exact_loss(net_params), k=5)
     assert np.isfinite(float(loss(params, jax.random.key(0))))
+
+
+# ------------------------------------ numpyro.param / numpyro.module in program_expectation
+
+
+def test_params_inside_program_expectation_are_refused_not_frozen():
+    """program_expectation optimises only ``params``: a numpyro.param or numpyro.module inside
+    the program would return its initial value on every run (gradient 0), so it is refused
+    with the site's name and what to do; a value the user substitutes is accepted."""
+
+    def with_param(theta):
+        w = numpyro.param("w", 0.5)
+        z = numpyro.sample("z", dist.Bernoulli(logits=theta))
+        return (z - w) ** 2
+
+    def with_module(theta):
+        net = numpyro.module("net", NET, input_shape=(1, 3))
+        z = numpyro.sample("z", dist.Bernoulli(logits=theta + net(X)[0, 0]))
+        return z
+
+    key = jax.random.key(0)
+    for program, call in ((with_param, "numpyro.param('w'"), (with_module, "numpyro.module('net'")):
+        E = ex.program_expectation(program, num_particles=2)
+        with pytest.raises(ValueError, match="program_expectation") as err:
+            jax.grad(E)(0.3, key)
+        assert call in str(err.value) and "params" in str(err.value)
+        with pytest.raises(ValueError, match="program_expectation"):
+            jax.jit(E)(0.3, key)
+
+    substituted = numpyro.handlers.substitute(with_param, data={"w": 0.25})
+    E = ex.program_expectation(substituted, num_particles=2)
+    p = jax.nn.sigmoid(0.3)
+    exact = p * 0.75**2 + (1 - p) * 0.25**2
+    values = estimates(E, 0.3, jax.random.key(7), repeats=2000)
+    assert_unbiased(values, exact, k=5)

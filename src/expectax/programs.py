@@ -205,14 +205,19 @@ class _Sampler(Messenger):
     instead (the importance-weighted bound: per-particle draws, a minibatch shared by all).
     """
 
-    def __init__(self, fn, *, choose, substitutions, provenance=False, key=None):
+    def __init__(
+        self, fn, *, choose, substitutions, provenance=False, key=None, refuse_params=False
+    ):
         self.key = key
         self.choose = choose
         self.substitutions = substitutions
         self.provenance = provenance
+        self.refuse_params = refuse_params
         super().__init__(fn)
 
     def process_message(self, msg):
+        if msg["type"] == "param" and self.refuse_params and msg["value"] is None:
+            _refuse_param(msg["name"])
         if msg["type"] != "sample" or msg.get("is_observed"):
             return
         if msg.get("_control_flow_done"):
@@ -250,6 +255,22 @@ class _Sampler(Messenger):
         else:
             value = jax.lax.stop_gradient(fn.sample(key, shape))
         msg["value"] = value
+
+
+def _refuse_param(name: str) -> None:
+    """A ``numpyro.param``/``numpyro.module`` in a program no handler gave a value to."""
+    module = name.endswith("$params")
+    call = f"numpyro.module({name[: -len('$params')]!r}, ...)" if module else (
+        f"numpyro.param({name!r}, ...)"
+    )
+    raise ValueError(
+        f"the program calls {call}, which program_expectation does not optimise: every run "
+        "would return its initial value (a module's weights re-initialised from the run's "
+        "key) and its gradient would be zero. Pass the parameters in `params` (the program's "
+        "first argument) instead; for a numpyro model and guide trained with SVI, use "
+        "expectax.infer.TraceGraph_ELBO, which substitutes them; or give the values yourself "
+        "with numpyro.handlers.substitute(program, data={...})."
+    )
 
 
 def _check_scanned(msg: Mapping[str, Any], role: str) -> None:
@@ -506,6 +527,7 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
             choose=choose,
             substitutions=substitutions,
             provenance=provenance,
+            refuse_params=True,
         )
         with handlers.trace() as tr:
             out = _call(functools.partial(sampler_program, params), args, kwargs)
