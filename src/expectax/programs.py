@@ -915,6 +915,11 @@ class _Engine:
     def map_particles(self, fn, keys):
         if callable(self.vectorize):
             return self.vectorize(fn, keys)
+        if keys.shape[0] == 1:
+            # one particle: run it as it is (a size-1 vmap leaves a leading axis of 1 that XLA's
+            # CPU backend lays out with extra transposes: 7-9 % of an SBN step at 1797 digits,
+            # benchmarks/elbo_particles.py)
+            return jax.tree.map(lambda a: a[None], fn(keys[0]))
         if self.vectorize:
             return jax.vmap(fn)(keys)
         return jax.lax.map(fn, keys)
@@ -1000,7 +1005,11 @@ class _Engine:
 
         # its value is the mean over particles of the total cost (every magic box is 1 and
         # every baseline term 0); its derivatives are the estimator
-        result = jnp.mean(jax.vmap(surrogate)(costs, lps, lps_time, base))
+        if n == 1:  # as in map_particles: no size-1 vmap
+            first = jax.tree.map(lambda a: a[0], (costs, lps, lps_time, base))
+            result = surrogate(*first)
+        else:
+            result = jnp.mean(jax.vmap(surrogate)(costs, lps, lps_time, base))
         # per-site estimators: their own terms, with f the site's downstream cost
         for s in sites.values():
             if s.role not in ("blackbox", "joint"):

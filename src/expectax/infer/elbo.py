@@ -190,10 +190,14 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
         programs._check_particles(num_particles)
         programs._check_estimators(estimators)
         self.estimators = dict(estimators or {})
+        # the engine's particle map: True/False/a callable as given (True runs one particle
+        # without a vmap), or the mesh's
+        self._particle_map = vectorize_particles
         if mesh is not None or axis_name is not None:
             self.vectorize_particles_fn = programs.particles_over(
                 mesh, axis_name, num_particles, vectorize_particles
             )
+            self._particle_map = self.vectorize_particles_fn
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs) -> jax.Array:
         """``−ELBO``, estimated with ``num_particles`` particles; ``jax.grad`` is the estimator."""
@@ -207,7 +211,7 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
         engine = programs._Engine(
             num_particles=self.num_particles,
             estimators=self.estimators,
-            vectorize=self.vectorize_particles_fn,
+            vectorize=self._particle_map,
             debug=False,
         )
         run = _elbo_tracer(model, guide, args, kwargs)
