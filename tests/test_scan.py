@@ -279,8 +279,7 @@ def test_scan_with_a_baselines_history_keeps_the_all_downstream_form(monkeypatch
     unbiased with a history that has seen earlier steps."""
     from expectax import programs
 
-    # the state as SVI passes it with with_baselines(guide) (the wrapper's mutable site itself
-    # is left out: numpyro's scan replay calls jnp.shape on it, a DeprecationWarning in JAX)
+    # the state as SVI passes it with with_baselines(guide)
     state = {"z": {"count": jnp.array(5, jnp.int32), "wd": jnp.array(-9.0), "w": jnp.array(0.8)}}
     elbo = infer.TraceGraph_ELBO(num_particles=2)
 
@@ -294,6 +293,28 @@ def test_scan_with_a_baselines_history_keeps_the_all_downstream_form(monkeypatch
     monkeypatch.setattr(programs._Engine, "causal_scans", False)
     assert tree_allclose(new, jax.jit(jax.grad(loss))(PARAMS_FAR, key), rtol=1e-6, atol=1e-6)
     assert_unbiased(grads, jax.grad(exact_loss)(PARAMS_FAR), k=5, bonferroni=True)
+
+
+def test_with_baselines_guide_in_the_elbo_of_a_scanned_model_without_warnings():
+    """The wrapped guide's mutable site is not replayed into the model: numpyro's scan called
+    jnp.shape on its dict (a JAX DeprecationWarning, an error in this suite). The history is
+    updated, and the loss is the unwrapped guide's. (numpyro's own SVI.init replays it still:
+    docs/numpyro.md, "Known limits".)"""
+    elbo = infer.TraceGraph_ELBO(num_particles=2)
+    guide = infer.with_baselines(scan_guide)
+    state = {"z": {"count": jnp.array(0, jnp.int32), "wd": jnp.array(0.0), "w": jnp.array(0.0)}}
+    key = jax.random.key(5)
+    for _ in range(3):
+        out = jax.jit(
+            lambda p, s, k: elbo.loss_with_mutable_state(
+                k, {**p, infer.BASELINE_STATE: s}, scan_model, guide, OBS
+            )
+        )(PARAMS_FAR, state, key)
+        state = out["mutable_state"][infer.BASELINE_STATE]
+    assert int(state["z"]["count"]) == 3 and np.isfinite(float(out["loss"]))
+    plain = elbo.loss(key, PARAMS_FAR, scan_model, scan_guide, OBS)
+    wrapped = elbo.loss(key, PARAMS_FAR, scan_model, guide, OBS)
+    assert np.isclose(float(plain), float(wrapped))
 
 
 def _reverse_program(theta):

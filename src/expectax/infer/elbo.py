@@ -80,6 +80,13 @@ def _history_init(tr) -> dict:
     return state
 
 
+def _draws(guide_tr) -> dict:
+    """The guide trace's draws (and plates), the part the model replays: numpyro's ``scan``
+    slices every site of a replayed trace with ``jnp.shape``, which JAX deprecates for the dict
+    of a mutable site (:func:`with_baselines`)."""
+    return {n: s for n, s in guide_tr.items() if s["type"] in ("sample", "plate")}
+
+
 def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Callable:
     """``run(...) -> _Run`` for the ELBO program: guide sites sampled, model replayed."""
     from expectax import programs
@@ -96,7 +103,9 @@ def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) ->
         with handlers.trace() as guide_tr:
             programs._call(guide_s, args, kwargs)
         seeded_model = handlers.seed(model, rng_seed=model_seed)
-        model_s = handlers.replay(handlers.substitute(seeded_model, data=params), trace=guide_tr)
+        model_s = handlers.replay(
+            handlers.substitute(seeded_model, data=params), trace=_draws(guide_tr)
+        )
         with handlers.trace() as model_tr:
             programs._call(model_s, args, kwargs)
         sites, costs = {}, {}
@@ -404,7 +413,7 @@ def _iw_traces(model, guide, params, key_z, key_seed, args, kwargs):
     )
     with handlers.trace() as guide_tr, handlers.seed(rng_seed=guide_seed):
         programs._call(guide_s, args, kwargs)
-    model_s = handlers.replay(handlers.substitute(model, data=params), trace=guide_tr)
+    model_s = handlers.replay(handlers.substitute(model, data=params), trace=_draws(guide_tr))
     with handlers.trace() as model_tr, handlers.seed(rng_seed=model_seed):
         programs._call(model_s, args, kwargs)
     _check_traces(programs._Run({}, {}, traces=(model_tr, guide_tr)))
