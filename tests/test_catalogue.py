@@ -178,6 +178,23 @@ def test_invalid_parameters_nan_only_where_invalid_under_vmap():
     assert np.all(np.isfinite(grads["mu"][0])) and np.isnan(grads["mu"][1])
 
 
+NAN_CASES = {
+    # a discrete distribution's sampling swallows NaN (NaN logits still draw integers): the
+    # guard keeps checking its real parameters; a continuous one's NaN reaches the samples
+    "categorical-logits": (lambda p: dist.Categorical(logits=p), jnp.array([jnp.nan, 0.0, 1.0])),
+    "bernoulli-logits": (lambda p: dist.Bernoulli(logits=p), jnp.array(jnp.nan)),
+    "normal-loc": (lambda p: dist.Normal(p, 1.0), jnp.array(jnp.nan)),
+}
+
+
+@pytest.mark.parametrize("case", list(NAN_CASES))
+def test_nan_real_parameters_under_jit_are_nan(case):
+    dist_fn, params = NAN_CASES[case]
+    E = ex.expectation(SQ, dist_fn, estimator=ex.ScoreFunction(), num_samples=4)
+    assert np.isnan(jax.jit(E)(params, KEY))
+    assert np.all(np.isnan(jax.jit(jax.grad(E))(params, KEY)))
+
+
 def test_user_validation_setting_is_respected():
     E = ex.expectation(SQ, NORMAL, estimator=ex.ScoreFunction(), num_samples=4)
     numpyro.enable_validation(False)

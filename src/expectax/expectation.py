@@ -130,12 +130,15 @@ def expectation(
                 _check_size(dist, chunk, num_samples, chunk_size is not None)
             if debug and dist is not None:
                 check_parameters(dist)
+            value_factor = None
+            if guarded and dist is not None:
+                dist, value_factor = _base.guard_parameters(dist)
             ctx = Context(
                 f, dist, params, stacked=False, debug=debug, differentiates_f=_diff(estimator)
             )
             mean = jnp.mean(_terms(estimator, ctx, key, chunk))
-            if guarded and dist is not None:
-                mean = mean * _base.nan_unless_valid(dist)
+            if value_factor is not None:
+                mean = mean * value_factor
             return mean
 
     def E(params: PyTree, key: jax.Array) -> jax.Array:
@@ -280,8 +283,7 @@ def per_sample_grads(
         with debug_errors():
             return jax.block_until_ready(run())
     if _guarded(params, debug) and dist is not None:
-        factor = _base.nan_unless_valid(dist)  # invalid parameters under jit: NaN, as for E
-        return jax.tree_util.tree_map(lambda g: g * factor, run())
+        return _base.guarded(run(), dist)  # invalid parameters under jit: NaN, as for E
     return run()
 
 

@@ -551,7 +551,9 @@ def _program_tracer(program: Callable, args: tuple, kwargs: dict) -> Callable:
             for site in tr.values():
                 if site["type"] == "sample":
                     factor = factor * nan_unless_valid(site["fn"])
-            costs = {n: (v * factor, fr) for n, (v, fr) in costs.items()}
+            if not isinstance(factor, float):  # else nothing to check (real parameters only)
+                factor = jax.lax.stop_gradient(factor)
+                costs = {n: (v * factor, fr) for n, (v, fr) in costs.items()}
         return _Run(sites, costs, control_flow=flow, cost_sites=cost_sites)
 
     return run
