@@ -81,10 +81,11 @@ def _history_init(tr) -> dict:
 
 
 def _draws(guide_tr) -> dict:
-    """The guide trace's draws (and plates), the part the model replays: numpyro's ``scan``
-    slices every site of a replayed trace with ``jnp.shape``, which JAX deprecates for the dict
-    of a mutable site (:func:`with_baselines`)."""
-    return {n: s for n, s in guide_tr.items() if s["type"] in ("sample", "plate")}
+    """The guide trace the model replays, without its mutable sites: numpyro's ``scan`` slices
+    every site of a replayed trace with ``jnp.shape``, which JAX deprecates for the dict of a
+    mutable site (:func:`with_baselines`). Every other site stays, so numpyro's replay still
+    refuses a model sample site whose name the guide used for something else."""
+    return {n: s for n, s in guide_tr.items() if s["type"] != "mutable"}
 
 
 def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Callable:
