@@ -123,6 +123,9 @@ BAD_CASES = {
         jnp.array([-0.1, 0.5]),
         ex.DisARM(),
     ),
+    # rejection samplers fed the guard's NaN parameters (they must end, and give NaN)
+    "gamma-pathwise": (lambda p: dist.Gamma(p, 1.0), jnp.array(-1.0), ex.Pathwise()),
+    "poisson-score": (lambda p: dist.Poisson(p), jnp.array(-2.0), ex.ScoreFunction()),
 }
 SQ = lambda p, x: jnp.sum((x - 1.0) ** 2)
 
