@@ -425,6 +425,17 @@ def goal_check(rows: dict) -> str:
     return "defaults vs the best of numpyro and Pyro: " + "; ".join(parts) if parts else ""
 
 
+def _machine(meta: dict) -> str:
+    """How loaded the machine was while timing (runs before the load was recorded: loaded)."""
+    load = meta.get("load")
+    if load is None:
+        return "**on a loaded shared 2-core machine**"
+    return (
+        f"on a 2-core machine with load average {load[0]:.1f} at the start and {load[1]:.1f} at "
+        "the end of the run (the run itself accounts for 1 to 2)"
+    )
+
+
 def markdown(results: dict, meta: dict) -> str:
     lines = [
         f"# ELBO gallery{' (quick)' if meta['quick'] else ''}",
@@ -433,7 +444,7 @@ def markdown(results: dict, meta: dict) -> str:
         "coin exact, the others a `Trace_ELBO` estimate with the stated particles and one "
         "evaluation key shared by all methods. Equal time: each method gets the wall time "
         "numpyro's TraceGraph_ELBO needed for the step budget; per-step times measured "
-        "interleaved in one process after compilation, **on a loaded shared 2-core machine** "
+        f"interleaved in one process after compilation, {_machine(meta)} "
         f"({meta['device']}); Pyro's per-step time measured in its own process and its "
         "equal-time value read at its last checkpoint within that time.",
         "",
@@ -677,6 +688,7 @@ def main() -> None:
         specs = [s for s in specs if s.key in keep]
     os.makedirs(RESULTS, exist_ok=True)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     results, skipped, pyro_missing, timing = {}, [], [], {}
     device = f"{jax.devices()[0].platform}, {os.cpu_count()} cores, jax {jax.__version__}"
     for spec in specs:
@@ -764,6 +776,7 @@ def main() -> None:
         "skipped": skipped,
         "pyro_note": pyro_note,
         "total_s": time.perf_counter() - t_start,
+        "load": [load_start, os.getloadavg()[0]],
         "timing": timing,
         "configs": names,
     }
