@@ -153,8 +153,7 @@ def bench(num_samples: int, num_params: int, rounds: int, calls: int):
         same = op_sequence(ours, params, key) == op_sequence(floor, params, key)
         guard = guard_kernels(E, params, key)
         rows.append(
-            (name, num_samples, num_params, best_ours, best_floor, mem_ours, mem_floor, same,
-             guard)
+            (name, num_samples, num_params, best_ours, best_floor, mem_ours, mem_floor, same, guard)
         )
     return rows
 
