@@ -190,6 +190,11 @@ class _Site:
 _ESTIMATOR_STREAM = 0x7E57A7E
 
 
+#: ``fold_in(key, _CONTROL_FLOW_STREAM + i)``: the key of the run's i-th ``scan``/``cond`` when
+#: each particle has its own key (``_Sampler(key=...)``)
+_CONTROL_FLOW_STREAM = 0x5CA0000
+
+
 def _name_hash(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
@@ -213,11 +218,22 @@ class _Sampler(Messenger):
         self.substitutions = substitutions
         self.provenance = provenance
         self.refuse_params = refuse_params
+        self._flows = 0  # control-flow calls (scan, cond) seen in this run
         super().__init__(fn)
 
     def process_message(self, msg):
         if msg["type"] == "param" and self.refuse_params and msg["value"] is None:
             _refuse_param(msg["name"])
+        if msg["type"] == "control_flow" and self.key is not None:
+            # with a per-particle key (the importance-weighted bound) a scan's draws must come
+            # from it too: the seed handler's key is shared by the particles, and every
+            # particle then drew the same path (the bound of K particles was the ELBO's)
+            if msg["kwargs"].get("rng_key") is None:
+                msg["kwargs"]["rng_key"] = jax.random.fold_in(
+                    self.key, _CONTROL_FLOW_STREAM + self._flows
+                )
+                self._flows += 1
+            return
         if msg["type"] != "sample" or msg.get("is_observed"):
             return
         if msg.get("_control_flow_done"):
