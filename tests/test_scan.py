@@ -308,7 +308,11 @@ def exact_iw_bound(params, k=2, obs=OBS):
 @functools.cache
 def _iw_grad():
     elbo = infer.IWELBO(num_particles=2)
-    return jax.jit(jax.value_and_grad(lambda p, key: elbo.loss(key, p, scan_model, scan_guide, OBS)))
+
+    def loss(p, key):
+        return elbo.loss(key, p, scan_model, scan_guide, OBS)
+
+    return jax.jit(jax.value_and_grad(loss))
 
 
 def test_iwelbo_on_the_scanned_hmm_is_unbiased_for_the_bound():
