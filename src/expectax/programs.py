@@ -276,9 +276,10 @@ class _Sampler(Messenger):
 def _refuse_param(name: str) -> None:
     """A ``numpyro.param``/``numpyro.module`` in a program no handler gave a value to."""
     module = name.endswith("$params")
-    call = f"numpyro.module({name[: -len('$params')]!r}, ...)" if module else (
-        f"numpyro.param({name!r}, ...)"
-    )
+    if module:
+        call = f"numpyro.module({name[: -len('$params')]!r}, ...)"
+    else:
+        call = f"numpyro.param({name!r}, ...)"
     raise ValueError(
         f"the program calls {call}, which program_expectation does not optimise: every run "
         "would return its initial value (a module's weights re-initialised from the run's "
