@@ -1182,17 +1182,18 @@ def _downstream_time(costs, cost_frames, names, causal, frames, n):
     ``causal`` costs' steps s >= t (a reversed cumulative sum) and every other named cost
     whole; shape (n, T, *plates)."""
     layout = _target_shape(frames)
-    steps, rest = [], []
+    per_step, rest = [], []
     for c in names:
         if c in causal:
             v = jax.vmap(jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames)))(costs[c])
-            v = v.reshape(v.shape[:2] + (1,) * (len(layout) - v.ndim + 2) + v.shape[2:])
-            steps.append(jnp.flip(jnp.cumsum(jnp.flip(v, axis=1), axis=1), axis=1))
+            pad = (1,) * (len(layout) - v.ndim + 2)
+            per_step.append(v.reshape(v.shape[:2] + pad + v.shape[2:]))
         else:
             rest.append(c)
-    total = sum(steps[1:], steps[0])
+    total = sum(per_step[1:], per_step[0])  # the causal costs per step, then one reversed sum
+    steps = jnp.flip(jnp.cumsum(jnp.flip(total, axis=1), axis=1), axis=1)
     whole = _downstream(costs, cost_frames, rest, frames, n)  # (n, *plates)
-    return total + whole[:, None]
+    return steps + whole[:, None]
 
 
 def _sample_shape(site: Mapping[str, Any]) -> tuple[int, ...]:
