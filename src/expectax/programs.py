@@ -934,13 +934,8 @@ class _Engine:
     def map_particles(self, fn, keys):
         if callable(self.vectorize):
             return self.vectorize(fn, keys)
-        if keys.shape[0] == 1:
-            # one particle: run it as it is (a size-1 vmap leaves a leading axis of 1 that XLA's
-            # CPU backend lays out with extra transposes: 7-9 % of an SBN step at 1797 digits,
-            # benchmarks/elbo_particles.py)
-            return jax.tree.map(lambda a: a[None], fn(keys[0]))
-        if self.vectorize:
-            return jax.vmap(fn)(keys)
+        if self.vectorize or keys.shape[0] == 1:
+            return _over_rows(fn, keys)
         return jax.lax.map(fn, keys)
 
     # -- the estimate
@@ -1024,11 +1019,7 @@ class _Engine:
 
         # its value is the mean over particles of the total cost (every magic box is 1 and
         # every baseline term 0); its derivatives are the estimator
-        if n == 1:  # as in map_particles: no size-1 vmap
-            first = jax.tree.map(lambda a: a[0], (costs, lps, lps_time, base))
-            result = surrogate(*first)
-        else:
-            result = jnp.mean(jax.vmap(surrogate)(costs, lps, lps_time, base))
+        result = jnp.mean(_over_rows(surrogate, costs, lps, lps_time, base))
         # per-site estimators: their own terms, with f the site's downstream cost
         for s in sites.values():
             if s.role not in ("blackbox", "joint"):
@@ -1168,6 +1159,15 @@ def _downstream(costs, cost_frames, names, frames, n):
         v = jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames))(costs[c])
         total = total + v.reshape((n,) + (1,) * (len(target) - v.ndim) + v.shape[1:])
     return total
+
+
+def _over_rows(fn, *args):
+    """``jax.vmap(fn)(*args)`` over the leading axis; a single row runs without the ``vmap``
+    (a size-1 ``vmap`` leaves a leading axis of 1 that XLA's CPU backend lays out with extra
+    transposes: 7-9 % of an SBN step at 1797 digits, ``benchmarks/elbo_particles.py``)."""
+    if jax.tree_util.tree_leaves(args)[0].shape[0] == 1:
+        return jax.tree.map(lambda a: a[None], fn(*jax.tree.map(lambda a: a[0], args)))
+    return jax.vmap(fn)(*args)
 
 
 def _time_reduce(lp_time, frames, target, ndim):
