@@ -227,6 +227,26 @@ CASES = {
             ("other-batch", OTHER_BATCH, r"has shape \(2, 4, 4\) but logp_gkt has shape"),
         ]
     },
+    # ---- the same log-prob checks at GSPO's sequence level (issue 19: logp_gkt passed unchecked)
+    **{
+        f"sequence_policy_loss-sequence-level-{arg}-{kind}": (
+            lambda S, call=call, bad=bad: call(S, bad),
+            rf"sequence_policy_loss: {arg} {match}",
+        )
+        for arg, call in {
+            "logp_gkt": lambda S, x: S.sequence_policy_loss(
+                x, ADV, importance_sampling_level="sequence"
+            ),
+            "old_logp_gkt": lambda S, x: S.sequence_policy_loss(
+                LP, ADV, old_logp_gkt=x, importance_sampling_level="sequence"
+            ),
+        }.items()
+        for kind, bad, match in [
+            ("positive", POSITIVE, r"must hold log-probabilities \(≤ 0\).*not the logits"),
+            ("nan", nan_at(LP, (0, 2, 1)), r"contains NaN \(first at index \(0, 2, 1\)\)"),
+            ("inf", set_at(LP, (1, 0, 0), -np.inf), r"is infinite at index \(1, 0, 0\)"),
+        ]
+    },
     # ---- options
     "kl-estimator": (
         lambda S: S.kl_loss(LP, REF, estimator="k4"),

@@ -1015,6 +1015,7 @@ def sequence_policy_loss(
     m = _mask(mask_gkt, lp, fn)
     _check_level(importance_sampling_level, fn)
     if importance_sampling_level == "sequence":
+        _check_logp("logp_gkt", lp, fn)  # as _ratios does at the token level
         ratio = _sequence_ratio(lp, old_logp_gkt, m, fn)
     else:
         ratio = _ratios(lp, old_logp_gkt, fn)
@@ -1047,7 +1048,9 @@ def _sequence_log_ratio(lp: jax.Array, old_logp_gkt, m: jax.Array, fn: str) -> j
 
 
 def _sequence_ratio(lp: jax.Array, old_logp_gkt, m: jax.Array, fn: str) -> jax.Array:
-    """GSPO's ``s_i = exp(mean_t(log π − log π_old))`` broadcast to ``(G, K, T)``."""
+    """GSPO's ``s_i = exp(mean_t(log π − log π_old))`` broadcast to ``(G, K, T)``.
+
+    Checks the mask and ``old_logp_gkt``; the caller checks ``lp`` (``_check_logp``)."""
     m_host = _host(m)
     if m_host is not None and np.any(m_host.sum(-1) == 0):
         g, k = np.argwhere(m_host.sum(-1) == 0)[0].tolist()
