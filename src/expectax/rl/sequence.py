@@ -703,7 +703,11 @@ def kl_loss(
     The gradient flows through ``log π`` of the sampled tokens only (no score-function term for
     the sampling), so what it estimates depends on the estimator:
 
-    - ``k1``: ``E_π[∇ k1] = E_π[∇ log π] = 0`` — no KL gradient at all, in expectation;
+    - ``k1``: ``E_π[∇ log π(y)] = 0`` per sequence, so with token sums (``seq-mean-token-sum``,
+      ``-norm``) no KL gradient at all, in expectation; with ``seq-mean-token-mean`` and lengths
+      that vary each sequence's ``∇ log π(y)`` is divided by ``|y|``, an expected gradient
+      ``∇E[1/|y|]``: the ascent direction moves by ``−β∇E[1/|y|]``, a push on the length, still
+      no KL gradient (exact in ``tests/test_rl_sequence_exact.py``);
     - ``k2``: ``∇ k2 = (log π − log π_ref) ∇ log π``, the REINFORCE estimator of ``∇ KL`` with
       the k1 reward — **unbiased for ∇KL(π‖π_ref) at** ``level="sequence"``; per token
       (``level="token"``) it drops the KL of later tokens from each token's weight, biased for
