@@ -1522,9 +1522,11 @@ def dynamic_sampling_mask(rewards_gk, atol: float = 0.0) -> jax.Array:
     A group of equal rewards has zero group-relative advantages and contributes no gradient;
     DAPO drops such groups and samples more prompts until the batch is full. Keeping only the
     informative groups conditions the batch on them: with a group baseline whose advantages
-    vanish on equal rewards (RLOO, GRPO, Dr. GRPO) the expected gradient becomes
-    ``∇E[R] / P(informative group)`` for token sums — the right direction at a step size that
-    changes with ``θ`` (measured exactly in ``docs/sequence-policy-gradients.md``).
+    vanish on equal rewards (RLOO, GRPO, Dr. GRPO) the expected gradient is the unconditional one
+    divided by ``P(informative group)`` — with token sums ``∇E[R] / P`` for RLOO,
+    ``(K−1)/K · ∇E[R] / P`` for Dr. GRPO: the same direction at a step size that changes with
+    ``θ`` (exact by enumeration in ``tests/test_rl_sequence_exact.py``; "DAPO's dynamic
+    sampling" in ``docs/sequence-policy-gradients.md``).
 
     Args:
       rewards_gk: ``(G, K)`` rewards.
