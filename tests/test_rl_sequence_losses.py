@@ -5,6 +5,8 @@ REINFORCE form each reduces to, unbiasedness exactly by enumeration where the do
 and bad input refused with the argument named (also under jit with the arrays closed over).
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,9 +149,29 @@ def test_baselines_values():
     np.testing.assert_allclose(seq.gdpo_advantages(rr), want, rtol=1e-5, atol=1e-6)
 
 
+def _opo_expected_gradient(pol, th, thr, k, leave_one_out):
+    """E[−∇ loss] of ``opo_advantages`` with RLOO's loss (token sums), one group of ``k``, by
+    enumerating every batch (``advantage="opo"`` of ``exact_gradient_moments`` is the published
+    form only)."""
+    idx = np.array(list(itertools.product(range(pol.num_sequences), repeat=k))).reshape(-1, 1, k)
+    prob = np.exp(np.asarray(pol.seq_logp(th), np.float64)[idx].sum(axis=(1, 2)))
+
+    def ascent(i):
+        def loss(theta):
+            b = pol.batch(theta, thr, i)
+            adv = seq.opo_advantages(b["rewards_gk"], b["lengths_gk"], leave_one_out)
+            return seq.sequence_policy_loss(b["logp_gkt"], adv, b["mask_gkt"])
+
+        return -jax.grad(loss)(th).ravel()
+
+    grads = np.asarray(jax.jit(jax.vmap(ascent))(jnp.asarray(idx)), np.float64)
+    return prob @ grads
+
+
 def test_unbiased_baselines_exactly_by_enumeration():
     """James–Stein (other groups only) and OPO leave-one-out are unbiased for ∇E[R]; OPO as
-    published (the sample in its own baseline) is not, and not parallel either."""
+    published (the sample in its own baseline) is not, and not parallel either. OPO at K = 3,
+    where the leave-one-out baseline is a length-weighted mean of two rewards (not RLOO's)."""
     pol = TinySequencePolicy()
     th, thr = pol.init_params(), pol.init_params("reference")
     g = np.asarray(pol.exact_grads(th, thr)["reward"]).ravel()
@@ -157,9 +179,15 @@ def test_unbiased_baselines_exactly_by_enumeration():
         pol, th, thr, 2, groups=2, variants=[dict(advantage="james-stein")]
     )
     np.testing.assert_allclose(out["mean"][0], g, rtol=1e-5, atol=1e-7)
-    opo = exact_gradient_moments(pol, th, thr, 2, advantage="opo")["mean"]
+    opo = exact_gradient_moments(pol, th, thr, 3, advantage="opo")["mean"]
+    # the enumeration here reproduces exact_gradient_moments' on the published form
+    np.testing.assert_allclose(
+        _opo_expected_gradient(pol, th, thr, 3, False), opo, rtol=1e-5, atol=1e-7
+    )
     c = opo @ g / (g @ g)
     assert np.linalg.norm(opo - c * g) / np.linalg.norm(opo) > 1e-3
+    loo = _opo_expected_gradient(pol, th, thr, 3, True)
+    np.testing.assert_allclose(loo, g, rtol=1e-5, atol=1e-7)
 
 
 def test_k3_ratio_kl_loss_is_unbiased_at_sequence_level_exactly():
