@@ -152,9 +152,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=[d.loss],
         metavar="NAME",
         choices=list(seq_demo.POLICY_LOSSES),
-        help="policy loss(es) of expectax.rl.sequence, each with its own defaults: ppo "
-        "(sequence_policy_loss; PPO's clip from the second --epochs update), gspo, cispo, sapo, "
-        f"gmpo, vespo; every variant is trained with each (default {d.loss})",
+        help="policy loss(es) of expectax.rl.sequence: ppo (sequence_policy_loss; PPO's clip "
+        "from the second --epochs update), gspo, cispo, sapo, gmpo, vespo; each with its own "
+        "clip range, temperatures or kernel but aggregated as the variant (rloo: "
+        "seq-mean-token-sum) or --loss-agg-mode, not by the loss's default (gspo, sapo: "
+        "seq-mean-token-mean; cispo, vespo: token-mean), so that the first update is the "
+        "variant's REINFORCE gradient; gmpo has its own per-sequence geometric mean. Every "
+        f"variant is trained with each (default {d.loss})",
     )
     parser.add_argument(
         "--epochs",

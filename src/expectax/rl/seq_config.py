@@ -90,7 +90,10 @@ class SeqConfig:
       d_model, heads, layers: the transformer's width, attention heads, blocks.
       eval_every: steps between exact evaluations (and per compiled chunk of steps).
       threshold: the success probability that counts as reaching the top reward.
-      loss: the policy loss (:data:`POLICY_LOSSES`), with each loss's own defaults.
+      loss: the policy loss (:data:`POLICY_LOSSES`), with its own clip range, temperatures or
+        kernel but the variant's aggregation (or ``loss_agg_mode``), not the loss's default
+        (GSPO, SAPO: ``seq-mean-token-mean``; CISPO, VESPO: ``token-mean``), so that the first
+        update is the variant's REINFORCE gradient; GMPO has no aggregation mode.
       epochs: gradient steps on each batch (PPO epochs, TRL's ``num_iterations``): the first is
         on-policy for the trainer; the later ones use the loss's ratio against the log-probs at
         sampling time (``ppo``: PPO's clip ``clip_eps``).
