@@ -1,0 +1,71 @@
+"""Paired differences between the ELBO gallery's methods, seed by seed.
+
+Every method of a gallery run starts each seed from the same initial parameters, so the
+difference of two methods' final −ELBO on the same seed removes most of the seed-to-seed
+spread (on the DPM the seeds' own spread is hundreds of nats). This script reads a run's JSON
+(``benchmarks/elbo_gallery.py --out STEM`` writes ``STEM.json``; Pyro's rows are there after
+``--merge-pyro``) and prints, per model, the mean ± standard error over seeds of
+``A − B`` at equal steps for each pair ``A-B`` asked for (a method is ``expectax`` for the
+defaults, ``numpyro``, ``pyro``, or a configuration name such as ``loo``)::
+
+    python benchmarks/gallery_paired.py benchmarks/results/elbo_gallery_300.json
+    python benchmarks/gallery_paired.py STEM.json --pairs expectax-numpyro,loo-pyro
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+DEFAULT_PAIRS = "expectax-numpyro,expectax-pyro,loo-pyro,stateful-pyro,expectax-loo"
+NAMES = {"expectax": "defaults", "loo": "plain LOO", "stateful": "`stateful`", "pyro": "Pyro"}
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and standard error over seeds of ``a − b``."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+    return mean, math.sqrt(var / len(d))
+
+
+def fmt(mean: float, se: float) -> str:
+    digits = 0 if se >= 100 else 1 if se >= 10 else 2
+    return f"{mean:+.{digits}f} ± {se:.{digits}f}".replace("-", "−")
+
+
+def table(blob: dict, pairs: list[tuple[str, str]]) -> str:
+    label = lambda m: NAMES.get(m, m)  # noqa: E731
+    head = "| model | " + " | ".join(f"{label(a)} − {label(b)}" for a, b in pairs) + " |"
+    lines = [head, "|---|" + "---:|" * len(pairs)]
+    for model, res in blob["results"].items():
+        meth = res["methods"]
+        cells = []
+        for a, b in pairs:
+            if a in meth and b in meth:
+                va, vb = meth[a]["equal_steps"]["values"], meth[b]["equal_steps"]["values"]
+                cells.append(fmt(*paired(va, vb)))
+            else:
+                cells.append("–")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    seeds = blob["meta"]["seeds"]
+    title = f"Paired over seeds {seeds}, equal steps (mean ± s.e. of the per-seed difference)"
+    return title + "\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("json", help="a gallery run's JSON (elbo_gallery.py --out STEM -> STEM.json)")
+    ap.add_argument(
+        "--pairs", default=DEFAULT_PAIRS, help=f"comma-separated A-B (default {DEFAULT_PAIRS})"
+    )
+    args = ap.parse_args()
+    with open(args.json) as f:
+        blob = json.load(f)
+    pairs = [tuple(p.split("-", 1)) for p in args.pairs.split(",") if p]
+    print(table(blob, pairs))
+
+
+if __name__ == "__main__":
+    main()
