@@ -101,6 +101,17 @@ def _config_stateful(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k), expectax.infer.with_baselines
 
 
+def _config_share1(k: int, sites: tuple[str, ...]):
+    """The defaults before 2026-12-07: ``WeightedLeaveOneOut(share=1)``, whose baseline
+    shrinks towards 0 in proportion to the other particles' share of their expected squared
+    score (the default now shrinks only below a share of 0.03)."""
+    import expectax as ex
+    from expectax.infer import TraceGraph_ELBO
+
+    est = ex.ScoreFunction(baseline=ex.baselines.WeightedLeaveOneOut(share=1.0))
+    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
+
+
 #: Named expectax configurations for ``--configs``; extend by adding a factory
 #: ``(num_particles, sites) -> (elbo, guide_transform)``. A factory (or its first step) that
 #: raises is skipped with a line saying so.
@@ -108,6 +119,7 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "none": _config_none,
     "loo": _config_loo,
     "stateful": _config_stateful,
+    "share1": _config_share1,
 }
 
 

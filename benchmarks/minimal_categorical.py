@@ -31,6 +31,9 @@ COST = jnp.array([72.0, 3.0, 40.0])
 P0 = jnp.array([1 - 2e-4, 1e-4, 1e-4])
 CONFIGS = {
     "default (WeightedLeaveOneOut)": None,
+    "WeightedLeaveOneOut(share=1)": {
+        "z": ex.ScoreFunction(baseline=baselines.WeightedLeaveOneOut(share=1.0))
+    },
     "no baseline (numpyro)": {"z": ex.ScoreFunction()},
     "LeaveOneOut": {"z": ex.ScoreFunction(baseline=baselines.LeaveOneOut())},
 }

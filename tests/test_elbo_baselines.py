@@ -83,18 +83,43 @@ def test_one_site_weighted_loo_is_unbiased():
     assert_unbiased(estimates(jax.grad(E), logits, jax.random.key(3), 4000), exact, k=5)
 
 
-def test_one_site_weighted_loo_on_one_categorical_is_unbiased():
-    """One Categorical variable: the weighted path (w = ‖e_x − p‖², E[w] = 1 − Σ p²)."""
+@pytest.mark.parametrize("share", [baselines.DEFAULT_SHARE, 0.5, 1.0])
+def test_one_site_weighted_loo_on_one_categorical_is_unbiased(share):
+    """One Categorical variable: the weighted path (w = ‖e_x − p‖², E[w] = 1 − Σ p²); the
+    logits make the others' share of E[w] fall below 0.5 and 1 often (both shrink branches)."""
     cost = jnp.array([72.0, 3.0, 40.0, 10.0])
     u = jnp.array([2.0, -1.0, 0.5, 0.0])
     E = ex.expectation(
         lambda p, x: cost[x],
         lambda p: dist.Categorical(logits=p),
-        estimator=ex.ScoreFunction(baseline=baselines.WeightedLeaveOneOut()),
+        estimator=ex.ScoreFunction(baseline=baselines.WeightedLeaveOneOut(share=share)),
         num_samples=4,
     )
     exact = jax.grad(lambda v: jnp.sum(jax.nn.softmax(v) * cost))(u)
     assert_unbiased(estimates(jax.grad(E), u, jax.random.key(4), 4000), exact, k=5)
+
+
+def test_weighted_loo_is_unchanged_by_a_constant_in_the_cost_unless_nearly_deterministic():
+    """With the default share, a Categorical whose draws are typical gets the others'
+    score-weighted mean: adding 1000 to the cost leaves every estimate as it was (same keys).
+    With ``share=1`` the baseline shrinks whenever the others' ``Σ w`` falls below its mean,
+    and the constant leaks into the estimate (noise in proportion to the constant)."""
+    cost = jnp.array([5.0, 3.0, 4.0, 10.0])
+    u = jnp.log(jnp.array([0.6, 0.2, 0.1, 0.1]))  # the others' share of E[w] is at least 0.38
+
+    def grads(offset, share):
+        E = ex.expectation(
+            lambda p, x: cost[x] + offset,
+            lambda p: dist.Categorical(logits=p),
+            estimator=ex.ScoreFunction(baseline=baselines.WeightedLeaveOneOut(share=share)),
+            num_samples=4,
+        )
+        return estimates(jax.grad(E), u, jax.random.key(5), 200)
+
+    default = baselines.DEFAULT_SHARE
+    np.testing.assert_allclose(grads(1000.0, default), grads(0.0, default), atol=2e-3)
+    leak = np.max(np.abs(grads(1000.0, 1.0) - grads(0.0, 1.0)))
+    assert leak > 10.0, leak
 
 
 def coin_model(data):
@@ -215,13 +240,14 @@ D_BEST = jnp.array([-72.0, -3.0, -40.0])  # −cost of each category; category 1
 P0 = jnp.array([1 - 2e-4, 1e-4, 1e-4])
 
 
-def _steps_to_best(estimators, seeds=20, steps=150):
-    """Adam(0.05) on E[cost(z)], z ~ Categorical(logits=u), from p = (1 − 2e-4, 1e-4, 1e-4):
-    the first step at which P(z = 1) > 0.5, per seed (``steps + 1``: never)."""
+def _steps_to_best(estimators, seeds=20, steps=150, offset=0.0):
+    """Adam(0.05) on E[cost(z) + offset], z ~ Categorical(logits=u), from
+    p = (1 − 2e-4, 1e-4, 1e-4): the first step at which P(z = 1) > 0.5, per seed
+    (``steps + 1``: never)."""
 
     def program(u):
         z = numpyro.sample("z", dist.Categorical(logits=u))
-        return -D_BEST[z]
+        return -D_BEST[z] + offset
 
     E = ex.program_expectation(program, num_particles=4, estimators=estimators)
     opt = optax.adam(0.05)
@@ -243,16 +269,20 @@ def _steps_to_best(estimators, seeds=20, steps=150):
     return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), seeds)))
 
 
-def test_nearly_deterministic_categorical_trains_as_fast_as_no_baseline():
+def test_nearly_deterministic_categorical_trains_without_stalling():
     """Issue 18's minimal case: every particle draws the same value; the plain leave-one-out
-    advantage is then exactly 0 and Adam stalls. The default trains on 20 of 20 seeds, at
-    least as fast as the score function without a baseline."""
+    advantage is then exactly 0 and Adam stalls. The default trains on 20 of 20 seeds within
+    150 steps (the plain leave-one-out baseline on at most 5); with the costs shifted up by
+    100 its median is below that of the score function without a baseline, whose signal the
+    shift drowns. (At offset 0 it is slower than no baseline, median 97.5 against 74.5 steps:
+    docs/numpyro.md gives the trade.)"""
     default = _steps_to_best(None)
-    plain = _steps_to_best({"z": ex.ScoreFunction()})
     loo = _steps_to_best({"z": ex.ScoreFunction(baseline=baselines.LeaveOneOut())})
     assert np.all(default <= 150), default
-    assert np.median(default) <= np.median(plain)
     assert np.sum(loo <= 150) <= 5  # the old default: the failure this test guards against
+    shifted = _steps_to_best(None, offset=100.0)
+    plain_shifted = _steps_to_best({"z": ex.ScoreFunction()}, offset=100.0)
+    assert np.median(shifted) < np.median(plain_shifted), (shifted, plain_shifted)
 
 
 # --------------------------------------------------------------------------- errors
@@ -281,6 +311,9 @@ def test_pyro_baseline_dicts_are_honoured_or_refused():
 def test_bad_baselines_are_refused():
     with pytest.raises(ValueError, match="decay must be a float in"):
         baselines.WeightedLeaveOneOut(decay=1.0)
+    for share in (0.0, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="share must be a float in"):
+            baselines.WeightedLeaveOneOut(share=share)
     with pytest.raises(TypeError, match="guide must be a function"):
         infer.with_baselines("guide")
     guide_str = lambda data: numpyro.sample(  # noqa: E731

@@ -382,12 +382,18 @@ def others_sum(v: jax.Array) -> jax.Array:
     return total[None] - v
 
 
-def weighted_loo(d, w, fisher, history=None):
+#: :class:`WeightedLeaveOneOut`'s default ``share`` (chosen on the ELBO gallery's development
+#: seeds, checked on two held-out sets: docs/numpyro.md, "The default for discrete sites").
+DEFAULT_SHARE = 0.03
+
+
+def weighted_loo(d, w, fisher, history=None, share=DEFAULT_SHARE):
     r"""The :class:`WeightedLeaveOneOut` baseline of each of ``N`` particles (axis 0).
 
     ``d``: downstream costs ``(N, ...)``; ``w``: their squared natural scores (``None``: all
     1, ``fisher`` 1 too); ``fisher``: each particle's ``E[w]``; ``history``: ``(λ, Σ_wd, Σ_w)``
-    from earlier steps (λ pseudo-particles), or ``None``.
+    from earlier steps (λ pseudo-particles), or ``None``; ``share``: below this share of their
+    expected ``Σ w`` the others' weighted mean shrinks towards 0.
     """
     n = d.shape[0]
     if w is None:
@@ -401,7 +407,7 @@ def weighted_loo(d, w, fisher, history=None):
         num = num + lam * hist_wd
         den_sample = den_sample + lam * hist_w
         count = count + lam
-    den = jnp.maximum(count * fisher, den_sample)
+    den = jnp.maximum(share * count * fisher, den_sample)
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
@@ -413,17 +419,18 @@ class WeightedLeaveOneOut(Baseline):
 
         b^\star = \frac{\mathbb{E}[f(x)\, w(x)]}{\mathbb{E}[w(x)]}, \qquad
         b_i = \frac{\sum_{j\ne i} f(x_j)\, w(x_j)}
-                   {\max\big((N-1)\,\mathbb{E}[w],\ \sum_{j \ne i} w(x_j)\big)},
+                   {\max\big(c\,(N-1)\,\mathbb{E}[w],\ \sum_{j \ne i} w(x_j)\big)},
 
     with ``w`` the squared score in the natural parameters and ``E[w]`` its exact expectation
     (:func:`natural_score_weights`: Bernoulli, Categorical, Poisson), for one discrete variable
     (per plate element in a program); a vector of independent units sums its units' squared
     scores, a heavy-tailed weight that only adds noise, and gets ``w = 1``. ``b_i`` uses the
-    other samples only, so the estimate stays unbiased. It is the score-weighted mean of the others'
-    costs when they are typical, and shrinks towards 0 when they are not: on a nearly
+    other samples only, so the estimate stays unbiased. While the others carry at least a share
+    ``c`` of their expected squared score it is their score-weighted mean cost, unchanged by a
+    constant added to the cost; below that share it shrinks towards 0: on a nearly
     deterministic Categorical, where every sample draws the same value, the plain
     leave-one-out advantage ``f(x_i) − b_i`` is exactly 0 and training stalls, while here the
-    others' weights are far below ``E[w]`` and the estimate keeps the signal of the frequent
+    others' weights are far below ``c E[w]`` and the estimate keeps the signal of the frequent
     value (``docs/numpyro.md`` measures both). For other distributions ``w = 1`` and this is
     :class:`LeaveOneOut`. With one sample (``N = 1``) it is 0, the plain score function.
 
@@ -435,6 +442,10 @@ class WeightedLeaveOneOut(Baseline):
 
     Args:
       decay: the decaying average's rate for the history through SVI (``0 ≤ decay < 1``).
+      share: ``c`` above (``0 < c ≤ 1``). The default 0.03 shrinks only when the others drew
+        (nearly) nothing but a dominant value; ``share=1`` shrinks in proportion to the others'
+        share, which lets a large constant in the cost (the log-likelihood of many data points
+        downstream of a global site) add noise (``docs/elbo-gallery.md``).
 
     Example:
       >>> est = ex.ScoreFunction(baseline=WeightedLeaveOneOut())
@@ -445,6 +456,7 @@ class WeightedLeaveOneOut(Baseline):
     """
 
     decay: float = static_field(default=0.9)
+    share: float = static_field(default=DEFAULT_SHARE)
     requires_independent_samples = True
 
     def __post_init__(self) -> None:
@@ -453,6 +465,13 @@ class WeightedLeaveOneOut(Baseline):
             raise ValueError(
                 f"WeightedLeaveOneOut: decay must be a float in [0, 1) (the decaying "
                 f"average's rate, e.g. 0.9), got {d!r}."
+            )
+        c = self.share
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+            raise ValueError(
+                f"WeightedLeaveOneOut: share must be a float in (0, 1] (the others' share of "
+                f"their expected squared score below which the baseline shrinks, e.g. 0.03), "
+                f"got {c!r}."
             )
 
     def __call__(self, f_values, *, ctx=None, xs=None, key=None, cost_fn=None) -> jax.Array:
@@ -465,4 +484,4 @@ class WeightedLeaveOneOut(Baseline):
             return weighted_loo(f_values, None, None)
         n = f_values.shape[0]
         w = jnp.sum(jnp.reshape(weights[0], (n, -1)), axis=1)
-        return weighted_loo(f_values, w, jnp.sum(weights[1]))
+        return weighted_loo(f_values, w, jnp.sum(weights[1]), share=self.share)

@@ -982,7 +982,7 @@ class _Engine:
                 past = None
                 if history is not None and s.name in history:
                     past, new_history[s.name] = _history(history[s.name], b.decay, d, w, s.name)
-                base[s.name] = weighted_loo(d, w, fisher, past)
+                base[s.name] = weighted_loo(d, w, fisher, past, share=b.share)
             elif isinstance(b, baselines.LeaveOneOut):
                 base[s.name] = baselines.others_sum(d) / (n - 1)
             else:
