@@ -1,9 +1,9 @@
 """Candidates for the ELBO's default baseline on discrete sites, against the default in use.
 
-The default (``baselines.WeightedLeaveOneOut`` without history) is the others' score-weighted
-mean cost divided by ``max((N − 1) E[w], Σ_{j≠i} w_j)``: it shrinks towards 0 in proportion to
-the others' share of the expected squared score. The candidates shrink only below a share
-``c``:
+``current`` is the library's default (``baselines.WeightedLeaveOneOut`` without history: the
+others' score-weighted mean cost divided by ``max(c (N − 1) E[w], Σ_{j≠i} w_j)``, ``c = 0.03``
+since 2026-12-07, ``c = 1`` before, i.e. shrinking towards 0 in proportion to the others' share
+of the expected squared score). The candidates shrink only below a share ``c``:
 
 - ``plain``: the others' plain mean times ``min(1, Σ_{j≠i} w_j / (c (N − 1) E[w]))``;
 - ``weighted``: ``Σ_{j≠i} w_j f_j / max(c (N − 1) E[w], Σ_{j≠i} w_j)``.
@@ -44,9 +44,9 @@ def candidate(variant: str, share: float):
     """The replacement for ``weighted_loo`` (history and unweighted sites unchanged)."""
     current = B.weighted_loo
 
-    def baseline(d, w, fisher, history=None):
+    def baseline(d, w, fisher, history=None, share=B.DEFAULT_SHARE):
         if variant == "current" or w is None or history is not None:
-            return current(d, w, fisher, history)
+            return current(d, w, fisher, history, share=share)
         n = d.shape[0]
         others_w = B.others_sum(w)
         expected = share * (n - 1) * fisher
