@@ -311,9 +311,11 @@ def test_pyro_baseline_dicts_are_honoured_or_refused():
 def test_bad_baselines_are_refused():
     with pytest.raises(ValueError, match="decay must be a float in"):
         baselines.WeightedLeaveOneOut(decay=1.0)
-    for share in (0.0, 1.5, True, "0.1"):
+    for share in (0.0, 1.5, True, "0.1", float("nan")):
         with pytest.raises(ValueError, match="share must be a float in"):
             baselines.WeightedLeaveOneOut(share=share)
+    # NumPy scalars are numbers too
+    assert baselines.WeightedLeaveOneOut(decay=np.float32(0.5), share=np.float64(0.1)).share == 0.1
     with pytest.raises(TypeError, match="guide must be a function"):
         infer.with_baselines("guide")
     guide_str = lambda data: numpyro.sample(  # noqa: E731

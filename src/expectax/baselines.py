@@ -30,6 +30,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -461,13 +462,13 @@ class WeightedLeaveOneOut(Baseline):
 
     def __post_init__(self) -> None:
         d = self.decay
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
             raise ValueError(
                 f"WeightedLeaveOneOut: decay must be a float in [0, 1) (the decaying "
                 f"average's rate, e.g. 0.9), got {d!r}."
             )
         c = self.share
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 < c <= 1:
             raise ValueError(
                 f"WeightedLeaveOneOut: share must be a float in (0, 1] (the others' share of "
                 f"their expected squared score below which the baseline shrinks, e.g. 0.03), "
