@@ -180,8 +180,10 @@ def test_errors():
         E(f, dist_fn, estimator=ex.ScoreFunction(baseline=B.MovingAverage()), num_samples=4)(
             PARAMS, jax.random.key(0)
         )
-    with pytest.raises(ValueError, match="decay must be in"):
-        B.MovingAverage(1.0)
+    for bad in (1.0, -0.1, "0.9", True, float("nan")):
+        with pytest.raises(ValueError, match=r"MovingAverage: decay must be a float in \[0, 1\)"):
+            B.MovingAverage(bad)
+    assert B.MovingAverage(np.float32(0.5)).decay == 0.5  # NumPy scalars are numbers too
     with pytest.raises(ValueError, match="antithetic/qmc sampling makes dependent"):
         est = ex.ScoreFunction(baseline=B.LeaveOneOut(), antithetic=True)
         E(f, dist_fn, estimator=est, num_samples=4)(PARAMS, jax.random.key(0))

@@ -167,8 +167,12 @@ class MovingAverage(Baseline):
     state: MovingAverageState | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= float(self.decay) < 1.0:
-            raise ValueError(f"MovingAverage: decay must be in [0, 1), got {self.decay}.")
+        d = self.decay
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+            raise ValueError(
+                f"MovingAverage: decay must be a float in [0, 1) (the average's rate, e.g. "
+                f"0.9), got {d!r}."
+            )
 
     def init(self) -> MovingAverageState:
         """A fresh state (its baseline is 0)."""
