@@ -108,6 +108,35 @@ def test_sum_and_sample_is_exact_with_all_categories():
         )
 
 
+def test_sum_and_sample_on_a_nearly_deterministic_categorical_is_finite_and_exact():
+    """When the summed categories hold all but a float epsilon of the mass (a mixture
+    assignment late in training), ``1 − p(C)`` rounds to 0 in float32: computed that way it
+    made ``log q`` infinite and the gradient NaN (a DPM trained with it diverged). In log space
+    the estimate stays finite; with every category but the last summed and the last one's
+    probability e^-40 the estimate is exact up to that probability."""
+    logits = jnp.array([30.0, 0.0, -10.0])
+    values = jnp.array([1.0, -2.0, 5.0])
+
+    def f(p, x):
+        return values[x] * p["scale"]
+
+    def dist_fn(p):
+        return dist.Categorical(logits=p["logits"])
+
+    params = {"logits": logits, "scale": jnp.array(1.5)}
+    _, grads = run_estimates(f, dist_fn, params, SumAndSample(), 2, 200)
+
+    def exact(p):
+        return jnp.sum(jax.nn.softmax(p["logits"]) * values * p["scale"])
+
+    ref = jax.grad(exact)(params)
+    for name in ref:
+        assert np.isfinite(np.asarray(grads[name])).all(), name
+        np.testing.assert_allclose(
+            np.asarray(grads[name]).mean(0), ref[name], rtol=1e-5, atol=1e-9
+        )
+
+
 @pytest.mark.parametrize("est", [UnorderedSet(), SumAndSample()])
 def test_per_sample_grads_and_errors(est, strict_ranks):
     prob = get_problem("categorical-nonlinear")

@@ -270,8 +270,12 @@ class SumAndSample(Estimator):
         rows = jnp.arange(k)
         log_p = log_p_all[rows, xs]  # row i differentiates θ copy i
         last = log_p_all[k - 1]
-        rest_mass = 1.0 - jnp.sum(jnp.where(in_c, jnp.exp(last), 0.0))
-        log_q = log_p[k - 1] - jnp.log(rest_mass)
+        # 1 − p(C) as the sum of the other categories' probabilities, in log space: the
+        # difference 1 − Σ_C p rounds to 0 (log q = inf, a NaN gradient) when C holds all but
+        # a float epsilon of the mass, as on a nearly deterministic Categorical
+        log_rest = jax.scipy.special.logsumexp(jnp.where(in_c, -jnp.inf, last))
+        rest_mass = jnp.exp(log_rest)
+        log_q = log_p[k - 1] - log_rest
         # term i's factor on f(x_i): p(c_i) for the summed categories, the sampled one's
         # (1 − p(C)) · magic(log q)
         factor = jnp.concatenate([jnp.exp(log_p[: k - 1]), (rest_mass * magic_box(log_q))[None]])
