@@ -1,10 +1,10 @@
 """The trainer: outputs, checkpoints (resume after SIGKILL is bitwise identical), Ctrl-C, errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import gymnasium as gym
@@ -149,7 +149,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path):
 
     def ctrl_c(row):  # a real SIGINT to this process after the first batch
         if row["batch"] == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            # to the main thread: os.kill may hand the signal to one of XLA's threads, and
+            # the main thread then sees it only after the sleep, at some later point of the
+            # loop (the test failed so once on a loaded machine)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             time.sleep(1.0)  # the KeyboardInterrupt arrives here
 
     # checkpoint_every=100: the only checkpoint is the one Ctrl-C writes
