@@ -454,6 +454,44 @@ def test_compare_cli_accepts_a_program_file(tmp_path, capsys):
     assert "RLOO [default]" in out and "DisARM" in out and "Recommendation" in out
 
 
+def _categorical_z(t):
+    return dist.Categorical(logits=jnp.array([t[0], 0.0, -t[0]]))
+
+
+def _bernoulli_z(t):
+    return dist.Bernoulli(logits=t[0])
+
+
+@pytest.mark.parametrize(
+    "estimator, z_dist, support",
+    [(ex.SumAndSample(), _categorical_z, 3), (ex.DisARM(), _bernoulli_z, 2)],
+    ids=["sum-and-sample", "disarm"],
+)
+def test_per_site_reruns_redraw_the_values_that_depend_on_the_site(estimator, z_dist, support):
+    """A per-site estimator's re-runs take the values that do not depend on its site from the
+    main run (u here, not drawn again) and draw again, with the same random numbers, those
+    that do (x = 3z + u + ε): had x been kept, f(z) would not see z's effect on x."""
+
+    def program(t):
+        u = numpyro.sample("u", dist.Normal(t[1], 1.0))
+        z = numpyro.sample("z", z_dist(t))
+        x = numpyro.sample("x", dist.Normal(3.0 * z + u, 1.0))
+        return (x - 1.0) ** 2 + u**2
+
+    def exact(t):
+        zs = jnp.arange(float(support))
+        p = jnp.exp(z_dist(t).log_prob(jnp.arange(support)))
+        # E[(3z + u + ε − 1)² | z] + E[u²] with u ~ N(t1, 1), ε ~ N(0, 1)
+        return jnp.sum(p * ((3.0 * zs + t[1] - 1.0) ** 2 + 2.0 + t[1] ** 2 + 1.0))
+
+    theta = jnp.array([0.4, 0.3])
+    E = ex.program_expectation(program, num_particles=2, estimators={"z": estimator})
+    grads = estimates(jax.grad(E), theta, jax.random.key(17), repeats=4000)
+    assert_unbiased(grads, jax.grad(exact)(theta), k=5, bonferroni=True)
+    assert E.engine.value_deps["u"] == frozenset()
+    assert "z" in E.engine.value_deps["x"]
+
+
 @pytest.mark.parametrize(
     "estimator", [ex.UnorderedSet(), ex.SumAndSample()], ids=["unordered", "sum-and-sample"]
 )
@@ -473,6 +511,29 @@ def test_joint_sample_estimators_serve_a_plated_categorical_site(estimator):
 
     E = ex.program_expectation(program, num_particles=2, estimators={"z": estimator})
     grads = estimates(jax.grad(E), LOGITS, jax.random.key(14), repeats=2000)
+    assert_unbiased(grads, jax.grad(exact)(LOGITS), k=5, bonferroni=True)
+    assert E.engine.evaluations() == 2 * (1 + 2)  # local costs: the k draws in lockstep
+
+
+@pytest.mark.parametrize(
+    "estimator", [ex.UnorderedSet(), ex.SumAndSample()], ids=["unordered", "sum-and-sample"]
+)
+def test_joint_sample_estimators_with_a_pooled_cost_evaluate_each_element(estimator):
+    """With the cost outside the plate an element's draws cannot share runs with the other
+    elements' (the lockstep of local costs would mix them): each element is evaluated on its
+    own, and the estimate is still unbiased."""
+
+    def program(logits):
+        with numpyro.plate("items", M):
+            z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 2})
+        return jnp.sum(local_costs(z))
+
+    def exact(logits):
+        p = jax.nn.softmax(logits, axis=-1)
+        return jnp.sum(p * local_costs(jnp.arange(K, dtype=jnp.float32)[:, None]).T)
+
+    E = ex.program_expectation(program, num_particles=2, estimators={"z": estimator})
+    grads = estimates(jax.grad(E), LOGITS, jax.random.key(16), repeats=2000)
     assert_unbiased(grads, jax.grad(exact)(LOGITS), k=5, bonferroni=True)
     assert E.engine.evaluations() == 2 * (1 + 2 * M)
 

@@ -776,6 +776,7 @@ class _Engine:
         self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
         self.history_available = False  # the ELBO sets it when SVI carries the baselines' state
         self.time_resolved: dict[str, tuple[Any, ...]] = {}  # as of the last trace: site -> costs
+        self.value_deps: dict[str, frozenset] = {}  # as of the last trace: site -> its parents
 
     #: Rao-Blackwellisation across time inside numpyro's ``scan`` (:func:`_causal_structure`);
     #: ``False`` restores the all-downstream form, for tests and benchmarks to compare with.
@@ -845,6 +846,8 @@ class _Engine:
             for n in nonreparam:
                 s = r.sites[n]
                 out[("lp", n)] = log_prob(s["fn"], s["value"])
+            for n, s in r.sites.items():
+                out[("value", n)] = s["value"]
             return out
 
         latents = {
@@ -859,6 +862,9 @@ class _Engine:
             raise _control_flow_error(err) from err
         cost_deps = {n: frozenset(deps.get(("cost", n), ())) for n in first.costs}
         lp_deps = {n: frozenset(deps.get(("lp", n), ())) for n in nonreparam}
+        # the non-reparameterised sites each site's value depends on: a per-site estimator's
+        # re-runs take every value that does not depend on its site from the main run
+        self.value_deps = {n: frozenset(deps.get(("value", n), ())) for n in first.sites}
         causal = {}
         if first.control_flow:
             # numpyro draws scanned sites inside lax.scan, where their values cannot be
@@ -870,6 +876,7 @@ class _Engine:
             everything = frozenset(nonreparam)
             cost_deps = {n: everything for n in cost_deps}
             lp_deps = {n: everything - {n} for n in lp_deps}
+            self.value_deps = {n: everything for n in first.sites}
             if self.causal_scans:
                 causal = _causal_structure(first, sites)
         cost_frames = {n: frames for n, (_, frames) in first.costs.items()}
@@ -883,8 +890,7 @@ class _Engine:
         lps, lps_time, fns, values, weights = {}, {}, {}, {}, {}
         for name, s in sites.items():
             site = r.sites[name]
-            if s.role != "pathwise":
-                values[name] = site["value"]
+            values[name] = site["value"]
             if s.role == "score":
                 check_fixed_support(site["fn"], f"ScoreFunction at site {name!r}")
                 # not masked: handlers.mask removes the site's density from the costs, but the
@@ -1060,10 +1066,13 @@ class _Engine:
             )
         frozen = jax.lax.stop_gradient(params)
         chooser = self._chooser(sites, {})
+        # the values that do not depend on the site's: the main run's, not drawn again
+        fixed = [t for t in sites if t != s.name and s.name not in self.value_deps.get(t, {s.name})]
 
         def downstream_cost(p, value, held):
+            same = {t: jax.lax.stop_gradient(out["values"][t][p]) for t in fixed}
             with numpyro_dist.validation_enabled(False):
-                r = run(frozen, keys[p], chooser, {**held, s.name: value})
+                r = run(frozen, keys[p], chooser, {**same, **held, s.name: value})
             self._check_same_sites(sites, r)
             total = 0.0
             for c in down:
@@ -1100,9 +1109,16 @@ class _Engine:
         rows = {"particle": jnp.repeat(jnp.arange(n), lead), "elem": jnp.tile(jnp.arange(lead), n)}
         if s.role == "joint":
             # k draws of one element's distribution (without replacement): the estimator runs
-            # on each (particle, element) alone, its k evaluations of f one element at a time
-            self.reruns[s.name] = int(s.estimator.evaluations(s.draws, one)) * lead
-            return _joint_terms(self, s, rows, params_e, single(False), key) / n
+            # on each (particle, element) alone; with local costs its j-th evaluations of all
+            # elements share one run (lockstep), else each element is evaluated on its own
+            table = None
+            if local:
+                table = _lockstep_table(
+                    single(False), lambda p, v: downstream_cost(p, v, {}), main_values, n, lead
+                )
+            per_row = int(s.estimator.evaluations(s.draws, one))
+            self.reruns[s.name] = per_row * (1 if local else lead)
+            return _joint_terms(self, s, rows, params_e, single(False), key, table) / n
         per_call = 1 if local else lead  # lockstep: all elements in one run
         self.reruns[s.name] = int(s.estimator.evaluations(1, one)) * per_call
         ctx = _SiteContext(
@@ -1119,13 +1135,52 @@ class _Engine:
         return jnp.sum(terms) / n
 
 
-def _joint_terms(engine, s, rows, params_e, f_single, key):
-    """Σ over (particle, element) rows of the joint-sample estimator's mean term."""
+def _lockstep_table(f_single, downstream_cost, main_values, n, lead):
+    """``table(particle, elem, xs)``: one row's costs at its ``k`` values ``xs``, as
+    ``f_single`` per value; batched over the rows (every ``(particle, element)`` once) it runs
+    the program ``k`` times per particle, run ``j`` with every element at its ``j``-th value.
+
+    Only for costs local to the site's plate (each element's cost depends on its own value):
+    then the lockstep runs give each element's cost exactly as its own run would, with ``k``
+    runs per particle instead of ``k`` per element. A batch that is not the rows' (any other
+    vmap) evaluates each row on its own.
+    """
+    value_shape = main_values.shape[1:]
+
+    def per_row(p, e, xs):
+        return jax.vmap(lambda x: f_single({"particle": p, "elem": e}, x))(xs)
+
+    @jax.custom_batching.custom_vmap
+    def table(p, e, xs):
+        return per_row(p, e, xs)
+
+    @table.def_vmap
+    def _rows(axis_size, in_batched, p, e, xs):
+        if not all(in_batched) or axis_size != n * lead:
+            axes = tuple(0 if b else None for b in in_batched)
+            return jax.vmap(per_row, in_axes=axes)(p, e, xs), True
+        k = xs.shape[1]
+        dtype = jnp.result_type(main_values.dtype, xs.dtype)
+        flat = jnp.moveaxis(xs.reshape((axis_size, k, -1)), 1, 0).astype(dtype)  # (k, R, v)
+        grid = jnp.zeros((k, n, lead, flat.shape[-1]), dtype).at[:, p, e].set(flat)
+        grid = grid.reshape((k, n, *value_shape))
+        costs = jax.vmap(lambda g: jax.vmap(downstream_cost)(jnp.arange(n), g))(grid)
+        costs = costs.reshape((k, n, lead))[:, p, e]  # (k, R), back in the rows' order
+        return jnp.moveaxis(costs, 0, 1), True
+
+    return table
+
+
+def _joint_terms(engine, s, rows, params_e, f_single, key, table=None):
+    """Σ over (particle, element) rows of the joint-sample estimator's mean term; ``table``
+    (:func:`_lockstep_table`) evaluates the rows' draws in lockstep."""
 
     def one(row, element_params, row_key):
         d = engine.builders[s.name](element_params)
 
         def batch(xs, r):
+            if table is not None:
+                return table(r["particle"], r["elem"], xs)
             return jax.vmap(f_single, in_axes=(None, 0))(r, xs)
 
         ctx = _SiteContext(
