@@ -112,6 +112,26 @@ def _config_share1(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
 
 
+def _config_sum6(k: int, sites: tuple[str, ...]):
+    """``SumAndSample`` with 6 draws at every site (``infer={"num_samples": 6}`` set by
+    ``numpyro.handlers.infer_config``, the guide unchanged): the 5 most probable values summed
+    exactly and one sampled from the rest, so exact for a Categorical of at most 6 values (the
+    DPM's assignments). Categorical sites only; with costs local to the site's plate the 6
+    evaluations of every element share 6 runs of the program per particle."""
+    import numpyro
+
+    import expectax as ex
+    from expectax.infer import TraceGraph_ELBO
+
+    def transform(guide):
+        def config(site):
+            return {"num_samples": 6} if site["name"] in sites else {}
+
+        return numpyro.handlers.infer_config(guide, config_fn=config)
+
+    return TraceGraph_ELBO(k, estimators={s: ex.SumAndSample() for s in sites}), transform
+
+
 #: Named expectax configurations for ``--configs``; extend by adding a factory
 #: ``(num_particles, sites) -> (elbo, guide_transform)``. A factory (or its first step) that
 #: raises is skipped with a line saying so.
@@ -120,6 +140,7 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "loo": _config_loo,
     "stateful": _config_stateful,
     "share1": _config_share1,
+    "sum6": _config_sum6,
 }
 
 

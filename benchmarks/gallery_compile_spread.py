@@ -9,10 +9,17 @@ initial parameters) and times every compilation, interleaved, as the best of ``-
 rounds of ``--steps`` steps; it prints each compilation's time and, per method, the median and
 best over compilations against numpyro's.
 
-Run (the numbers in docs/elbo-gallery.md, "A second held-out set")::
+Run (the numbers in docs/elbo-gallery.md, "A second held-out set" and "The time per step on
+one core")::
 
     python benchmarks/gallery_compile_spread.py                 # DPM, K = 4, 3 compilations
     python benchmarks/gallery_compile_spread.py --model coal
+    taskset -c 0 python benchmarks/gallery_compile_spread.py --compilations 7   # one core
+
+On two cores XLA's CPU runtime spreads a step's small kernels over both, and at a fifth of a
+millisecond per step the ratio between two compilations of the same code then swings by a
+quarter; pinned to one core (``taskset``) the spread falls to a few per cent, which measures
+the work each method does rather than how its kernels happened to be scheduled.
 """
 
 from __future__ import annotations

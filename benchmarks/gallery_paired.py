@@ -5,11 +5,12 @@ difference of two methods' final −ELBO on the same seed removes most of the se
 spread (on the DPM the seeds' own spread is hundreds of nats). This script reads a run's JSON
 (``benchmarks/elbo_gallery.py --out STEM`` writes ``STEM.json``; Pyro's rows are there after
 ``--merge-pyro``) and prints, per model, the mean ± standard error over seeds of
-``A − B`` at equal steps for each pair ``A-B`` asked for (a method is ``expectax`` for the
-defaults, ``numpyro``, ``pyro``, or a configuration name such as ``loo``)::
+``A − B`` at equal steps (``--at time``: at equal wall time) for each pair ``A-B`` asked for
+(a method is ``expectax`` for the defaults, ``numpyro``, ``pyro``, or a configuration name
+such as ``loo``)::
 
     python benchmarks/gallery_paired.py benchmarks/results/elbo_gallery_300.json
-    python benchmarks/gallery_paired.py STEM.json --pairs expectax-numpyro,loo-pyro
+    python benchmarks/gallery_paired.py STEM.json --pairs expectax-numpyro,loo-pyro --at time
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def fmt(mean: float, se: float) -> str:
     return f"{mean:+.{digits}f} ± {se:.{digits}f}".replace("-", "−")
 
 
-def table(blob: dict, pairs: list[tuple[str, str]]) -> str:
+def table(blob: dict, pairs: list[tuple[str, str]], at: str = "steps") -> str:
     label = lambda m: NAMES.get(m, m)  # noqa: E731
     head = "| model | " + " | ".join(f"{label(a)} − {label(b)}" for a, b in pairs) + " |"
     lines = [head, "|---|" + "---:|" * len(pairs)]
@@ -44,13 +45,14 @@ def table(blob: dict, pairs: list[tuple[str, str]]) -> str:
         cells = []
         for a, b in pairs:
             if a in meth and b in meth:
-                va, vb = meth[a]["equal_steps"]["values"], meth[b]["equal_steps"]["values"]
+                field = f"equal_{at}"
+                va, vb = meth[a][field]["values"], meth[b][field]["values"]
                 cells.append(fmt(*paired(va, vb)))
             else:
                 cells.append("–")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     seeds = blob["meta"]["seeds"]
-    title = f"Paired over seeds {seeds}, equal steps (mean ± s.e. of the per-seed difference)"
+    title = f"Paired over seeds {seeds}, equal {at} (mean ± s.e. of the per-seed difference)"
     return title + "\n\n" + "\n".join(lines)
 
 
@@ -60,11 +62,14 @@ def main() -> None:
     ap.add_argument(
         "--pairs", default=DEFAULT_PAIRS, help=f"comma-separated A-B (default {DEFAULT_PAIRS})"
     )
+    ap.add_argument(
+        "--at", choices=("steps", "time"), default="steps", help="equal steps or equal time"
+    )
     args = ap.parse_args()
     with open(args.json) as f:
         blob = json.load(f)
     pairs = [tuple(p.split("-", 1)) for p in args.pairs.split(",") if p]
-    print(table(blob, pairs))
+    print(table(blob, pairs, args.at))
 
 
 if __name__ == "__main__":

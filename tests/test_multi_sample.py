@@ -132,9 +132,7 @@ def test_sum_and_sample_on_a_nearly_deterministic_categorical_is_finite_and_exac
     ref = jax.grad(exact)(params)
     for name in ref:
         assert np.isfinite(np.asarray(grads[name])).all(), name
-        np.testing.assert_allclose(
-            np.asarray(grads[name]).mean(0), ref[name], rtol=1e-5, atol=1e-9
-        )
+        np.testing.assert_allclose(np.asarray(grads[name]).mean(0), ref[name], rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("est", [UnorderedSet(), SumAndSample()])
