@@ -492,18 +492,32 @@ def test_per_site_reruns_redraw_the_values_that_depend_on_the_site(estimator, z_
     assert "z" in E.engine.value_deps["x"]
 
 
+def _two_draws_local(logits):
+    with numpyro.plate("items", M):
+        z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 2})
+        numpyro.factor("cost", local_costs(z))  # each element's cost depends on its own z
+
+
+def _two_draws_pooled(logits):
+    with numpyro.plate("items", M):
+        z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 2})
+    return jnp.sum(local_costs(z))  # the same total, outside the plate
+
+
+@pytest.mark.parametrize(
+    "program, runs",
+    [(_two_draws_local, 2), (_two_draws_pooled, 2 * M)],
+    ids=["local", "pooled"],
+)
 @pytest.mark.parametrize(
     "estimator", [ex.UnorderedSet(), ex.SumAndSample()], ids=["unordered", "sum-and-sample"]
 )
-def test_joint_sample_estimators_serve_a_plated_categorical_site(estimator):
+def test_joint_sample_estimators_serve_a_plated_categorical_site(estimator, program, runs):
     """UnorderedSet and SumAndSample draw k categories of each element's distribution
     (infer={"num_samples": k}; k = 2 of K = 3, so that the estimate is not exact) and match
-    the exact gradient."""
-
-    def program(logits):
-        with numpyro.plate("items", M):
-            z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 2})
-            numpyro.factor("cost", local_costs(z))
+    the exact gradient. With local costs the elements' j-th draws share one run (k runs per
+    particle); with the cost outside the plate that would mix the elements, and each element
+    gets runs of its own (k per element)."""
 
     def exact(logits):
         p = jax.nn.softmax(logits, axis=-1)
@@ -512,30 +526,7 @@ def test_joint_sample_estimators_serve_a_plated_categorical_site(estimator):
     E = ex.program_expectation(program, num_particles=2, estimators={"z": estimator})
     grads = estimates(jax.grad(E), LOGITS, jax.random.key(14), repeats=2000)
     assert_unbiased(grads, jax.grad(exact)(LOGITS), k=5, bonferroni=True)
-    assert E.engine.evaluations() == 2 * (1 + 2)  # local costs: the k draws in lockstep
-
-
-@pytest.mark.parametrize(
-    "estimator", [ex.UnorderedSet(), ex.SumAndSample()], ids=["unordered", "sum-and-sample"]
-)
-def test_joint_sample_estimators_with_a_pooled_cost_evaluate_each_element(estimator):
-    """With the cost outside the plate an element's draws cannot share runs with the other
-    elements' (the lockstep of local costs would mix them): each element is evaluated on its
-    own, and the estimate is still unbiased."""
-
-    def program(logits):
-        with numpyro.plate("items", M):
-            z = numpyro.sample("z", dist.Categorical(logits=logits), infer={"num_samples": 2})
-        return jnp.sum(local_costs(z))
-
-    def exact(logits):
-        p = jax.nn.softmax(logits, axis=-1)
-        return jnp.sum(p * local_costs(jnp.arange(K, dtype=jnp.float32)[:, None]).T)
-
-    E = ex.program_expectation(program, num_particles=2, estimators={"z": estimator})
-    grads = estimates(jax.grad(E), LOGITS, jax.random.key(16), repeats=2000)
-    assert_unbiased(grads, jax.grad(exact)(LOGITS), k=5, bonferroni=True)
-    assert E.engine.evaluations() == 2 * (1 + 2 * M)
+    assert E.engine.evaluations() == 2 * (1 + runs)
 
 
 def test_joint_sample_estimator_needs_at_least_two_draws():
