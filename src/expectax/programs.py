@@ -776,7 +776,7 @@ class _Engine:
         self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
         self.history_available = False  # the ELBO sets it when SVI carries the baselines' state
         self.time_resolved: dict[str, tuple[Any, ...]] = {}  # as of the last trace: site -> costs
-        self.value_deps: dict[str, frozenset] = {}  # as of the last trace: site -> its parents
+        self.value_deps: dict[str, frozenset] = {}  # site -> sampled sites its value depends on
 
     #: Rao-Blackwellisation across time inside numpyro's ``scan`` (:func:`_causal_structure`);
     #: ``False`` restores the all-downstream form, for tests and benchmarks to compare with.
