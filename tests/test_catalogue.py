@@ -530,3 +530,26 @@ def test_qmc_past_sobol_dimensions(estimator):
     E = ex.expectation(lambda p, x: jnp.sum(x), GAUSS, estimator=estimator, num_samples=4)
     with pytest.raises(ValueError, match=r"scipy's Sobol sequence supports at most 21201"):
         E(jnp.zeros(21202), KEY)
+
+
+@pytest.mark.parametrize(
+    "x_shape, probs_shape", [((), (3,)), ((4,), (3,)), ((), (2, 3)), ((5, 2), (2, 3))]
+)
+def test_categorical_probs_log_prob_derivative_broadcasts(x_shape, probs_shape):
+    """The rule's derivative in probs is 1[x = j] / p_j for every broadcast of x against the
+    probabilities' batch, in reverse and forward mode."""
+    from expectax.estimators.base import _categorical_probs_log_prob
+
+    rng = np.random.default_rng(3)
+    probs = jnp.asarray(rng.dirichlet(np.ones(3), size=probs_shape[:-1]), jnp.float32)
+    x = jnp.asarray(rng.integers(0, 3, size=x_shape))
+    grad = jax.grad(lambda p: jnp.sum(_categorical_probs_log_prob(x, p)))(probs)
+    onehot = np.asarray(jax.nn.one_hot(x, 3))
+    expected = onehot / np.asarray(probs)
+    expected = expected.reshape((-1,) + probs.shape).sum(0) if x.ndim > probs.ndim - 1 else expected
+    np.testing.assert_allclose(grad, np.broadcast_to(expected, probs.shape), rtol=1e-6)
+    tangent = jnp.asarray(rng.normal(size=probs_shape), jnp.float32)
+    _, jvp = jax.jvp(lambda p: _categorical_probs_log_prob(x, p), (probs,), (tangent,))
+    np.testing.assert_allclose(
+        jvp, np.sum(onehot / np.asarray(probs) * np.asarray(tangent), -1), rtol=1e-6
+    )

@@ -413,11 +413,18 @@ def _categorical_probs_log_prob(x: jax.Array, probs: jax.Array) -> jax.Array:
 def _categorical_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
     (x, probs), (_, t_probs) = primals, tangents
     value = _categorical_probs_log_prob(x, probs)
-    onehot = jax.nn.one_hot(x, probs.shape[-1], dtype=probs.dtype)
-    # an explicit NaN: under jit XLA rewrites (one-hot · y) as a select, which would drop a
-    # 0/0 and give the silent 0 this rule exists to avoid
-    score = jnp.where(probs > 0, onehot / jnp.where(probs > 0, probs, 1.0), jnp.nan)
-    return value, jnp.sum(score * t_probs, axis=-1)
+    # t_x / p_x, gathered: written as Σ_j one-hot_j / p_j · t_j, the transpose was a dense
+    # product over the categories that XLA's CPU compiler turned into a slow dot (the DPM's
+    # score-function step 1.2× numpyro's; benchmarks/gallery_compile_spread.py)
+    shape = jnp.broadcast_shapes(jnp.shape(x), probs.shape[:-1])
+    full = shape + probs.shape[-1:]
+    index = jnp.broadcast_to(x, shape)[..., None].astype(jnp.int32)
+    p_x = jnp.take_along_axis(jnp.broadcast_to(probs, full), index, axis=-1)[..., 0]
+    t_x = jnp.take_along_axis(jnp.broadcast_to(t_probs, full), index, axis=-1)[..., 0]
+    # an explicit NaN in every coordinate of probability 0 (never drawn), so that it reads
+    # NaN instead of the silent 0 this rule exists to avoid (NaN · 0 is NaN)
+    unseen = jnp.sum(jnp.where(probs > 0, 0.0, jnp.nan) * t_probs, axis=-1)
+    return value, t_x / p_x + unseen
 
 
 def _check_finite(values: jax.Array, what: str) -> None:
