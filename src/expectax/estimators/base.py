@@ -413,9 +413,9 @@ def _categorical_probs_log_prob(x: jax.Array, probs: jax.Array) -> jax.Array:
 def _categorical_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
     (x, probs), (_, t_probs) = primals, tangents
     value = _categorical_probs_log_prob(x, probs)
-    # t_x / p_x, gathered: written as Σ_j one-hot_j / p_j · t_j, the transpose was a dense
-    # product over the categories that XLA's CPU compiler turned into a slow dot (the DPM's
-    # score-function step 1.2× numpyro's; benchmarks/gallery_compile_spread.py)
+    # t_x · (1/p_x), gathered (the same numbers as Σ_j one-hot_j / p_j · t_j): written as that
+    # sum, the transpose was a dense product over the categories that XLA's CPU compiler made a
+    # slow dot (a mixture's score-function step took 1.2× numpyro's)
     shape = jnp.broadcast_shapes(jnp.shape(x), probs.shape[:-1])
     full = shape + probs.shape[-1:]
     index = jnp.broadcast_to(x, shape)[..., None].astype(jnp.int32)
@@ -424,7 +424,7 @@ def _categorical_probs_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
     # an explicit NaN in every coordinate of probability 0 (never drawn), so that it reads
     # NaN instead of the silent 0 this rule exists to avoid (NaN · 0 is NaN)
     unseen = jnp.sum(jnp.where(probs > 0, 0.0, jnp.nan) * t_probs, axis=-1)
-    return value, t_x / p_x + unseen
+    return value, t_x * (1.0 / p_x) + unseen
 
 
 def _check_finite(values: jax.Array, what: str) -> None:
