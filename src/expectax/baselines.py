@@ -119,6 +119,16 @@ class Constant(Baseline):
         return c
 
 
+def _check_decay(owner: str, d: Any) -> None:
+    """A decaying average's rate: a real number in [0, 1) (NumPy scalars too; not a string,
+    a bool or NaN)."""
+    if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
+        raise ValueError(
+            f"{owner}: decay must be a float in [0, 1) (the decaying average's rate, e.g. "
+            f"0.9), got {d!r}."
+        )
+
+
 class MovingAverageState(NamedTuple):
     """State of :class:`MovingAverage`: the number of updates and the raw (biased) average."""
 
@@ -167,12 +177,7 @@ class MovingAverage(Baseline):
     state: MovingAverageState | None = None
 
     def __post_init__(self) -> None:
-        d = self.decay
-        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
-            raise ValueError(
-                f"MovingAverage: decay must be a float in [0, 1) (the average's rate, e.g. "
-                f"0.9), got {d!r}."
-            )
+        _check_decay("MovingAverage", self.decay)
 
     def init(self) -> MovingAverageState:
         """A fresh state (its baseline is 0)."""
@@ -465,12 +470,7 @@ class WeightedLeaveOneOut(Baseline):
     requires_independent_samples = True
 
     def __post_init__(self) -> None:
-        d = self.decay
-        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0 <= d < 1:
-            raise ValueError(
-                f"WeightedLeaveOneOut: decay must be a float in [0, 1) (the decaying "
-                f"average's rate, e.g. 0.9), got {d!r}."
-            )
+        _check_decay("WeightedLeaveOneOut", self.decay)
         c = self.share
         if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 < c <= 1:
             raise ValueError(
