@@ -22,10 +22,12 @@ The samples are optax's for the same key, for every builder: all ``num_samples``
 from one ``dist_builder(*params).sample((num_samples,), key=rng)`` call (``seed=`` where the
 distribution's ``sample`` takes that, as older optax and TensorFlow Probability did), so the
 score-function and pathwise Jacobians equal optax 0.2.6's to float32 rounding
-(``tests/test_compat_optax.py`` pins optax's numbers). With :func:`multi_normal`, or a builder
-returning a numpyro distribution, the Jacobians come from :func:`expectax.per_sample_grads` with
-:class:`expectax.ScoreFunction`, :class:`expectax.Pathwise` and :class:`expectax.MeasureValued`:
-one backward pass for all samples, where optax ran one forward-mode pass per parameter element
+(``tests/test_compat_optax.py`` pins optax's numbers). With :func:`multi_normal` the
+score-function and pathwise Jacobians are the Gaussian's closed forms in the standard normal
+noise; with a builder returning a numpyro distribution (and for measure-valued Jacobians) they
+come from :func:`expectax.per_sample_grads` with :class:`expectax.ScoreFunction`,
+:class:`expectax.Pathwise` and :class:`expectax.MeasureValued`. Either way one backward pass
+serves all samples, where optax ran one forward-mode pass per parameter element
 (``jax.jacfwd``). Any other builder runs optax's own algorithm on its distribution.
 
 Where the native API does better (see ``docs/migrating-from-optax-monte-carlo.md``):
@@ -455,10 +457,11 @@ def _jacobians(
 ) -> Any:
     """Per-sample Jacobians with the structure of ``params``, drawn as optax drew them.
 
-    Three routes, one result: ``multi_normal`` and builders returning a numpyro distribution go
-    through :func:`expectax.per_sample_grads` (one backward pass for all samples; for
-    ``multi_normal`` the samples are optax's for the same key); any other builder runs optax's
-    own algorithm, all samples from one ``builder(*params).sample((n,), key=rng)`` call.
+    Three routes, one result: ``multi_normal`` has closed forms in the noise
+    (:func:`_multi_normal_jacobians`, optax's samples for the same key); builders returning a
+    numpyro distribution go through :func:`expectax.per_sample_grads` (one backward pass for all
+    samples); any other builder runs optax's own algorithm, all samples from one
+    ``builder(*params).sample((n,), key=rng)`` call.
     """
     n = _check_inputs(function, params, dist_builder, rng, num_samples, fn)
     if _is_multi_normal(dist_builder):
@@ -468,7 +471,7 @@ def _jacobians(
                 f"{fn}: multi_normal takes params=[mean, log_scale] (two arrays, passed "
                 f"positionally); got params with {len(args)} element(s)."
             )
-        dist_fn: Callable[[Any], Any] = lambda p: _gaussian(*_unpack(p))  # noqa: E731
+        return _multi_normal_jacobians(kind, function, params, args, rng, n)
     else:
         built = _build(dist_builder, params, fn)
         if kind == "pathwise":
@@ -480,6 +483,63 @@ def _jacobians(
     return per_sample_grads(
         lambda _, x: function(x), dist_fn, params, rng, estimator=estimator, num_samples=n
     )
+
+
+def _multi_normal_jacobians(
+    kind: str,
+    function: Callable[[jax.Array], Any],
+    params: Any,
+    args: tuple[Any, ...],
+    rng: jax.Array,
+    n: int,
+) -> Any:
+    """The Jacobians for ``multi_normal`` in closed form, from the standard normal noise ε.
+
+    Sample i is ``x_i = μ + σ ε_i`` (optax's samples for the same key). Score function:
+    ``f(x_i) ε_i / σ`` for μ and ``f(x_i) (ε_i² − 1)`` for log σ. Pathwise: ``∇f(x_i)`` and
+    ``∇f(x_i) σ ε_i``. The same numbers as the generic route (``per_sample_grads`` with
+    ``∇θ log p(x_i)``) up to rounding, at the cost of a hand-written Jacobian: written from x,
+    the score makes XLA's CPU fusion recompute the sample's ``erf_inv`` in each kernel that
+    reads it (``benchmarks/README.md``, "optax compat"). An invalid ``log_scale`` or mean (NaN,
+    ±inf) makes the Jacobians NaN by itself, as in the generic route.
+    """
+    mean, log_scale = (jnp.asarray(a) for a in args)
+    dtype = jnp.result_type(float, mean, log_scale)
+    shape = jnp.broadcast_shapes(mean.shape, log_scale.shape)
+    sigma = jnp.exp(log_scale.astype(dtype))
+    eps = jax.random.normal(rng, (n, *shape), dtype)
+    x = eps * sigma + mean.astype(dtype)
+    _check_scalar(function, x, n)
+    if kind == "score_function":
+        scale = jax.vmap(function)(x).reshape((n,) + (1,) * len(shape))
+        jac_mean, jac_log_scale = scale * eps / sigma, scale * (eps * eps - 1.0)
+    else:
+        grads = jax.vmap(jax.grad(lambda xi: jnp.asarray(function(xi), dtype)))(x)
+        jac_mean, jac_log_scale = grads, grads * eps * sigma
+    parts = [_sum_to(jac_mean, mean.shape), _sum_to(jac_log_scale, log_scale.shape)]
+    if isinstance(params, (list, tuple)):
+        return type(params)(parts)
+    return jnp.stack(parts, axis=1)  # one array whose rows were the arguments
+
+
+def _check_scalar(function: Callable[[jax.Array], Any], x: Any, n: int) -> None:
+    """A clear error when ``f`` does not return a scalar for each of the samples ``x``."""
+    shape = jnp.shape(jax.eval_shape(jax.vmap(function), x))
+    if shape != (n,):
+        raise TypeError(
+            f"function must return a scalar for each sample: f(x) returned shape {shape[1:]}. "
+            "Reduce it, e.g. lambda x: jnp.sum(f(x))."
+        )
+
+
+def _sum_to(jac: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Per-sample ``jac`` of shape ``(n, *broadcast shape)`` summed down to ``(n, *shape)``:
+    a parameter broadcast against the other one gets the sum over the axes it was copied along."""
+    lead = jac.ndim - 1 - len(shape)
+    axes = tuple(range(1, 1 + lead)) + tuple(
+        1 + lead + i for i, size in enumerate(shape) if size == 1 and jac.shape[1 + lead + i] != 1
+    )
+    return jnp.sum(jac, axis=axes, keepdims=False).reshape((jac.shape[0], *shape)) if axes else jac
 
 
 def _optax_jacobians(
@@ -501,12 +561,7 @@ def _optax_jacobians(
     def values_of(p: Any) -> jax.Array:
         return jax.vmap(function)(_sample(build(p), n, rng))
 
-    shape = jnp.shape(jax.eval_shape(values_of, params))
-    if shape != (n,):
-        raise TypeError(
-            f"function must return a scalar for each sample: f(x) returned shape {shape[1:]}. "
-            "Reduce it, e.g. lambda x: jnp.sum(f(x))."
-        )
+    _check_scalar(function, jax.eval_shape(lambda p: _sample(build(p), n, rng), params), n)
     if kind == "pathwise":
         return jax.jacfwd(values_of)(params)
     samples = jax.lax.stop_gradient(_sample(build(params), n, rng))
