@@ -202,6 +202,8 @@ def gallery(quick: bool) -> list[Spec]:
         ),
         "coal": dict(model=gm.coal_model, guide=gm.coal_guide, args=(counts,)),
         "spike": dict(model=gm.spike_model, guide=gm.spike_guide, args=(x, y)),
+        "gmm": dict(model=gm.gmm_model, guide=gm.gmm_guide, args=(jnp.asarray(gdata.iris_data()),)),
+        "bmm": dict(model=gm.bmm_model, guide=gm.bmm_guide, args=(digits,), chunk=25),
     }
     specs = [
         Spec(name=name, key=key, particles=k, lr=lr, b1=b1, steps=steps, **models[key])
@@ -667,7 +669,7 @@ def main() -> None:
     ap.add_argument(
         "--models",
         default=None,
-        help="comma-separated subset of the row names' models: coin,dpm,sbn,coal,spike",
+        help="comma-separated subset of the row names' models: coin,dpm,sbn,coal,spike,gmm,bmm",
     )
     ap.add_argument("--curve-points", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")

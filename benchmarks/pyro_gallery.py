@@ -175,6 +175,69 @@ def spike_guide(x, y):
     pyro.sample("bias", dist.Normal(bias_loc, bias_scale))
 
 
+def _mixture_guide_common(n, k):
+    conc = pyro.param("weights_conc", torch.ones(k), constraint=constraints.positive)
+    pyro.sample("weights", dist.Dirichlet(conc))
+    return pyro.param(
+        "phi", lambda: dist.Dirichlet(torch.ones(k)).sample([n]), constraint=constraints.simplex
+    )
+
+
+def gmm_model(x):
+    n, d = x.shape
+    k = gdata.GMM_K
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
+    with pyro.plate("components", k):
+        locs = pyro.sample("locs", dist.Normal(torch.zeros(d), 2.0).to_event(1))
+        scales = pyro.sample("scales", dist.LogNormal(torch.zeros(d), 1.0).to_event(1))
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("obs", dist.Normal(locs[z], scales[z]).to_event(1), obs=x)
+
+
+def gmm_guide(x):
+    n, d = x.shape
+    k = gdata.GMM_K
+    phi = _mixture_guide_common(n, k)
+    pos = constraints.positive
+    locs_loc = pyro.param("locs_loc", lambda: torch.randn(k, d))
+    locs_scale = pyro.param("locs_scale", lambda: torch.full((k, d), 0.1), constraint=pos)
+    scales_loc = pyro.param("scales_loc", lambda: torch.zeros(k, d))
+    scales_scale = pyro.param("scales_scale", lambda: torch.full((k, d), 0.1), constraint=pos)
+    with pyro.plate("components", k):
+        pyro.sample("locs", dist.Normal(locs_loc, locs_scale).to_event(1))
+        pyro.sample("scales", dist.LogNormal(scales_loc, scales_scale).to_event(1))
+    with pyro.plate("data", n):
+        pyro.sample("z", dist.Categorical(phi), infer=BASELINE)
+
+
+def bmm_model(pixels):
+    n, d = pixels.shape
+    k = gdata.BMM_K
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
+    with pyro.plate("components", k):
+        logits = pyro.sample(
+            "logits", dist.Normal(torch.zeros(d), gdata.BMM_LOGIT_SCALE).to_event(1)
+        )
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("obs", dist.Bernoulli(logits=logits[z]).to_event(1), obs=pixels)
+
+
+def bmm_guide(pixels):
+    n, d = pixels.shape
+    k = gdata.BMM_K
+    phi = _mixture_guide_common(n, k)
+    loc = pyro.param("logits_loc", lambda: 0.5 * torch.randn(k, d))
+    scale = pyro.param(
+        "logits_scale", lambda: torch.full((k, d), 0.1), constraint=constraints.positive
+    )
+    with pyro.plate("components", k):
+        pyro.sample("logits", dist.Normal(loc, scale).to_event(1))
+    with pyro.plate("data", n):
+        pyro.sample("z", dist.Categorical(phi), infer=BASELINE)
+
+
 def models() -> dict:
     t = torch.tensor
     x, y = gdata.breast_cancer_data()
@@ -184,6 +247,8 @@ def models() -> dict:
         "sbn": (sbn_model, sbn_guide, (t(gdata.digits_data()),)),
         "coal": (coal_model, coal_guide, (t(gdata.COAL_COUNTS),)),
         "spike": (spike_model, spike_guide, (t(x), t(y))),
+        "gmm": (gmm_model, gmm_guide, (t(gdata.iris_data()),)),
+        "bmm": (bmm_model, bmm_guide, (t(gdata.digits_data()),)),
     }
 
 
