@@ -421,6 +421,22 @@ def pyro_rows(path: str, spec: Spec, ev: Evaluator, seeds: list[int], numpyro_st
     return out, None
 
 
+def earlier_pyro_rows(path: str, spec: Spec, seeds: list[int]):
+    """Pyro's rows of ``spec`` from an earlier run's JSON (``--pyro-rows-from``), already
+    evaluated with the same evaluation key: ``(rows, None)``, or ``(None, why not)``. For
+    re-running expectax's side after a change to expectax, which leaves Pyro's runs as they were
+    (their equal-time point stays the one computed with that run's numpyro time)."""
+    with open(path) as f:
+        blob = json.load(f)
+    rel = os.path.relpath(path, ROOT)
+    if [int(s) for s in blob["meta"]["seeds"]] != seeds:
+        return None, f"{rel} is for seeds {blob['meta']['seeds']}, not {seeds}"
+    res = blob["results"].get(spec.name)
+    if res is None or "pyro" not in res["methods"] or int(res["spec"]["steps"]) != spec.steps:
+        return None, f"{rel} has no Pyro rows for {spec.name} at {spec.steps} steps"
+    return res["methods"]["pyro"], None
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +561,12 @@ def markdown(results: dict, meta: dict) -> str:
             lines.append(f"- skipped: {s}")
     if meta.get("pyro_note"):
         lines += ["", f"- {meta['pyro_note']}"]
+    if meta.get("pyro_rows_from"):
+        lines += [
+            "",
+            f"- Pyro's rows are those of `{meta['pyro_rows_from']}` (the same seeds and "
+            "evaluation key; Pyro's runs do not depend on expectax)",
+        ]
     lines += ["", f"Total run time {meta['total_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 
@@ -676,6 +698,11 @@ def main() -> None:
     ap.add_argument(
         "--pyro", default=None, help="Pyro's JSON (default: results/pyro_gallery[-quick].json)"
     )
+    ap.add_argument(
+        "--pyro-rows-from",
+        default=None,
+        help="take Pyro's evaluated rows from an earlier run's JSON (same seeds) instead of --pyro",
+    )
     ap.add_argument("--out", default=None, help="output stem (default results/elbo_gallery)")
     ap.add_argument(
         "--from-json",
@@ -769,7 +796,10 @@ def main() -> None:
                 f"{et[1]:.4f} at {eq} steps (equal time); {res['train_eval_s']:.0f} s",
                 flush=True,
             )
-        pyro, why = pyro_rows(pyro_path, spec, ev, seeds, t_np)
+        if args.pyro_rows_from:
+            pyro, why = earlier_pyro_rows(args.pyro_rows_from, spec, seeds)
+        else:
+            pyro, why = pyro_rows(pyro_path, spec, ev, seeds, t_np)
         if pyro is None:
             pyro_missing.append(why)
         else:
@@ -814,6 +844,7 @@ def main() -> None:
         "load": [load_start, os.getloadavg()[0]],
         "timing": timing,
         "configs": names,
+        "pyro_rows_from": args.pyro_rows_from and os.path.relpath(args.pyro_rows_from, ROOT),
     }
     md = markdown(results, meta)
     print("\n" + md)

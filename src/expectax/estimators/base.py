@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -346,43 +345,21 @@ def _quiet_jax_callback_logs() -> None:
             logger.addFilter(_DEBUG_LOG_FILTER)
 
 
-# Elements of a Bernoulli(logits) log-density from which its derivative's σ(ℓ) is computed on
-# its own (``jax.nn.sigmoid``) instead of from the value's ``exp(−|ℓ|)``. Sharing the
-# exponential saves one per element, which is what a small model's step spends (a spike-and-slab
-# regression, 4 × 569 elements: 1.00× numpyro's step shared, 1.09× not); on large arrays XLA
-# then keeps the exponential in memory from the forward to the backward pass, which is what a
-# large one spends (a mixture of Bernoullis, 4 × 1797 × 64 elements: 1.12× shared, 0.97× not;
-# the SBN's 2 × 1797 × 16 layer alone, shared, took its step from 0.85× to 1.06×). Measured with
-# ``taskset -c 0 python benchmarks/gallery_compile_spread.py --model spike`` (``bmm``, ``sbn``);
-# 4096 and 16384 gave the same steps.
-_SIGMOID_APART_FROM = 1 << 14
-
-
-@jax.custom_jvp
 def _bernoulli_logits_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
-    """numpyro's ``BernoulliLogits.log_prob`` value (the same formula, the same bits), with the
-    derivative ``(x − σ(ℓ)) dℓ + ℓ dx``, right at ℓ = 0 where numpyro's ``clip`` is not, and
-    second derivatives right there too.
+    """numpyro's ``BernoulliLogits.log_prob`` value (the same bits), with a derivative that is
+    right at a logit of exactly 0.
 
-    An earlier version computed the value through ``jax.nn.sigmoid`` and two divisions; XLA
-    then materialised two more arrays the size of the data per particle, and a mixture of
-    Bernoullis over all digits took 1.29× numpyro's time per SVI step (now 0.97×).
+    numpyro computes ``−(clip(ℓ, 0) + log1p(exp(−|ℓ|)) − ℓx)``. At ℓ = 0 JAX differentiates
+    ``clip(ℓ, 0)`` as 1/2 and ``|ℓ|`` as 1, so d/dℓ comes out as ``x`` instead of
+    ``x − σ(0) = x − 1/2``. Here ``max(ℓ, 0)`` is a select, ``where(ℓ ≥ 0, ℓ, 0)``, whose
+    derivative at 0 is 1: the sum is then ``x − 1/2``, and the second derivative ``−1/4``, as
+    everywhere else ``−σ(1 − σ)`` (``tests/test_score_function.py`` checks both at 0, so a
+    change of JAX's conventions would show). Otherwise it is numpyro's own computation, which
+    XLA compiles as it compiles numpyro's: a ``custom_jvp`` rule here made a mixture of
+    Bernoullis on all digits take 1.29× numpyro's SVI step and the SBN at 16 particles 1.18×.
     """
-    return -(jnp.clip(logits, 0) + jnp.log1p(jnp.exp(-jnp.abs(logits))) - logits * x)
-
-
-@_bernoulli_logits_log_prob.defjvp
-def _bernoulli_logits_log_prob_jvp(primals: tuple, tangents: tuple) -> tuple:
-    (x, logits), (t_x, t_logits) = primals, tangents
-    value = _bernoulli_logits_log_prob(x, logits)
-    if math.prod(jnp.broadcast_shapes(jnp.shape(x), jnp.shape(logits))) >= _SIGMOID_APART_FROM:
-        sigmoid = jax.nn.sigmoid(logits)
-    else:  # from the value's exponential (XLA computes it once); at ℓ = 0 its derivative
-        # takes JAX's d|ℓ|/dℓ = 1 (tests/test_score_function.py checks σ' = 1/4 there)
-        e = jnp.exp(-jnp.abs(logits))
-        q = e / (1.0 + e)  # σ(−|ℓ|)
-        sigmoid = jnp.where(logits >= 0, 1.0 - q, q)
-    return value, (x - sigmoid) * t_logits + logits * t_x
+    relu = jnp.where(logits >= 0, logits, 0.0)
+    return -(relu + jnp.log1p(jnp.exp(-jnp.abs(logits))) - logits * x)
 
 
 @jax.custom_jvp
