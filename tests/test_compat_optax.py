@@ -173,6 +173,29 @@ def test_multi_normal_closed_form_equals_the_generic_route(kind, params):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("kind", ["score_function", "pathwise"])
+@pytest.mark.parametrize(
+    "f, match",
+    [
+        (lambda x: jnp.sum(x) * (1 + 1j), "complex"),
+        (lambda x: None, "returned None"),
+        (lambda x: jnp.round(jnp.sum(x)).astype(jnp.int32), "int32"),
+    ],
+    ids=["complex", "none", "integer"],
+)
+def test_multi_normal_refuses_what_would_be_silently_wrong(kind, f, match):
+    """The closed forms keep the generic route's checks on f: complex values and None are
+    refused; integer values are refused by the pathwise estimator (their derivative is zero)
+    and taken as floats by the score function."""
+    params = [MEAN, LOG_SCALE]
+    if kind == "score_function" and match == "int32":
+        jac = mc.score_function_jacobians(f, params, mc.multi_normal, jax.random.key(0), 4)
+        assert jac[0].dtype == jnp.float32
+        return
+    with pytest.raises(TypeError, match=match):
+        ESTIMATORS[kind](f, params, mc.multi_normal, jax.random.key(0), 4)
+
+
 class _MyGaussian:
     """An optax-style distribution of the user's own: sample(shape, key=...), log_prob."""
 

@@ -70,6 +70,7 @@ import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.stats import norm
 
+from expectax.estimators.base import _as_values
 from expectax.estimators.pathwise import Pathwise
 from expectax.estimators.score_function import ScoreFunction
 from expectax.expectation import per_sample_grads
@@ -510,11 +511,14 @@ def _multi_normal_jacobians(
     eps = jax.random.normal(rng, (n, *shape), dtype)
     x = eps * sigma + mean.astype(dtype)
     _check_scalar(function, x, n)
+    # f's values pass the generic route's checks: complex refused, integers converted to
+    # float for the score function and refused by the pathwise estimator (zero derivative)
     if kind == "score_function":
-        scale = jax.vmap(function)(x).reshape((n,) + (1,) * len(shape))
+        values = _as_values(jax.vmap(function)(x), None).astype(dtype)
+        scale = values.reshape((n,) + (1,) * len(shape))
         jac_mean, jac_log_scale = scale * eps / sigma, scale * (eps * eps - 1.0)
     else:
-        grads = jax.vmap(jax.grad(lambda xi: jnp.asarray(function(xi), dtype)))(x)
+        grads = jax.vmap(jax.grad(lambda xi: _as_values(function(xi), "Pathwise")))(x)
         jac_mean, jac_log_scale = grads, grads * eps * sigma
     parts = [_sum_to(jac_mean, mean.shape), _sum_to(jac_log_scale, log_scale.shape)]
     if isinstance(params, (list, tuple)):
@@ -524,7 +528,13 @@ def _multi_normal_jacobians(
 
 def _check_scalar(function: Callable[[jax.Array], Any], x: Any, n: int) -> None:
     """A clear error when ``f`` does not return a scalar for each of the samples ``x``."""
-    shape = jnp.shape(jax.eval_shape(jax.vmap(function), x))
+    out = jax.eval_shape(jax.vmap(function), x)
+    if out is None:
+        raise TypeError(
+            "function returned None; it must return a scalar for each sample (did it forget "
+            "its `return`?)."
+        )
+    shape = jnp.shape(out)
     if shape != (n,):
         raise TypeError(
             f"function must return a scalar for each sample: f(x) returned shape {shape[1:]}. "
