@@ -112,6 +112,16 @@ def _config_share1(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
 
 
+def _config_noshrink(k: int, sites: tuple[str, ...]):
+    """``WeightedLeaveOneOut(share=1e-6)``: the score-weighted leave-one-out baseline that
+    (almost) never shrinks towards 0, to separate the default's weighting from its shrinking."""
+    import expectax as ex
+    from expectax.infer import TraceGraph_ELBO
+
+    est = ex.ScoreFunction(baseline=ex.baselines.WeightedLeaveOneOut(share=1e-6))
+    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
+
+
 def _config_sum6(k: int, sites: tuple[str, ...]):
     """``SumAndSample`` with 6 draws at every site (``infer={"num_samples": 6}`` set by
     ``numpyro.handlers.infer_config``, the guide unchanged): the 5 most probable values summed
@@ -140,6 +150,7 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "loo": _config_loo,
     "stateful": _config_stateful,
     "share1": _config_share1,
+    "noshrink": _config_noshrink,
     "sum6": _config_sum6,
 }
 
