@@ -144,10 +144,7 @@ class MultiNormalDiagFromLogScale:
                 "multi_normal(...).sample(shape, key): key is missing. Pass a jax.random key, "
                 "e.g. dist.sample((num_samples,), jax.random.key(0))."
             )
-        sample_shape = tuple(shape) + self._param_shape
-        dtype = jnp.result_type(float, self._mean, self._log_scale)
-        eps = jax.random.normal(key, shape=sample_shape, dtype=dtype)
-        return eps * jnp.exp(self._log_scale) + self._mean
+        return _draw_multi_normal(self._mean, self._log_scale, tuple(shape), key)[2]
 
     def log_prob(self, x: jax.typing.ArrayLike) -> jax.Array:
         """The log-density of ``x``, summed over the trailing parameter axes."""
@@ -164,6 +161,24 @@ class MultiNormalDiagFromLogScale:
     def params(self) -> list[jax.Array]:
         """``[mean, log_scale]``, the arguments of :func:`multi_normal`."""
         return [self._mean, self._log_scale]
+
+
+def _draw_multi_normal(
+    mean: jax.typing.ArrayLike,
+    log_scale: jax.typing.ArrayLike,
+    sample_shape: tuple[int, ...],
+    key: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(ε, σ, x)`` of ``multi_normal(mean, log_scale)``'s draw of shape
+    ``(*sample_shape, *param_shape)``: ``x = μ + σ ε`` with ``σ = exp(log_scale)``, optax's samples
+    for the same key. The one place they are drawn, for ``sample`` and the closed-form
+    Jacobians alike."""
+    mean, log_scale = jnp.asarray(mean), jnp.asarray(log_scale)
+    dtype = jnp.result_type(float, mean, log_scale)
+    shape = sample_shape + jnp.broadcast_shapes(mean.shape, log_scale.shape)
+    eps = jax.random.normal(key, shape=shape, dtype=dtype)
+    sigma = jnp.exp(log_scale)
+    return eps, sigma, eps * sigma + mean
 
 
 def multi_normal(
@@ -505,11 +520,8 @@ def _multi_normal_jacobians(
     ±inf) makes the Jacobians NaN by itself, as in the generic route.
     """
     mean, log_scale = (jnp.asarray(a) for a in args)
-    dtype = jnp.result_type(float, mean, log_scale)
-    shape = jnp.broadcast_shapes(mean.shape, log_scale.shape)
-    sigma = jnp.exp(log_scale.astype(dtype))
-    eps = jax.random.normal(rng, (n, *shape), dtype)
-    x = eps * sigma + mean.astype(dtype)
+    eps, sigma, x = _draw_multi_normal(mean, log_scale, (n,), rng)
+    dtype, shape = x.dtype, x.shape[1:]
     _check_scalar(function, x, n)
     # f's values pass the generic route's checks: complex refused, integers converted to
     # float for the score function and refused by the pathwise estimator (zero derivative)
