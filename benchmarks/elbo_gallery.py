@@ -75,21 +75,26 @@ def _identity(guide):
     return guide
 
 
-def _config_none(k: int, sites: tuple[str, ...]):
-    """The score function without a baseline at every non-reparameterised guide site."""
+def _at_every_site(k: int, sites: tuple[str, ...], baseline=None):
+    """expectax's ELBO with ``ScoreFunction(baseline=baseline)`` at every non-reparameterised
+    guide site, the guide unchanged."""
     import expectax as ex
     from expectax.infer import TraceGraph_ELBO
 
-    return TraceGraph_ELBO(k, estimators={s: ex.ScoreFunction() for s in sites}), _identity
+    est = ex.ScoreFunction(baseline=baseline)
+    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
+
+
+def _config_none(k: int, sites: tuple[str, ...]):
+    """The score function without a baseline at every non-reparameterised guide site."""
+    return _at_every_site(k, sites)
 
 
 def _config_loo(k: int, sites: tuple[str, ...]):
     """The score function with the leave-one-out baseline over the K particles."""
-    import expectax as ex
-    from expectax.infer import TraceGraph_ELBO
+    from expectax import baselines
 
-    est = ex.ScoreFunction(baseline=ex.baselines.LeaveOneOut())
-    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
+    return _at_every_site(k, sites, baselines.LeaveOneOut())
 
 
 def _config_stateful(k: int, sites: tuple[str, ...]):
@@ -105,21 +110,17 @@ def _config_share1(k: int, sites: tuple[str, ...]):
     """The defaults before 2026-12-07: ``WeightedLeaveOneOut(share=1)``, whose baseline
     shrinks towards 0 in proportion to the other particles' share of their expected squared
     score (the default now shrinks only below a share of 0.03)."""
-    import expectax as ex
-    from expectax.infer import TraceGraph_ELBO
+    from expectax import baselines
 
-    est = ex.ScoreFunction(baseline=ex.baselines.WeightedLeaveOneOut(share=1.0))
-    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
+    return _at_every_site(k, sites, baselines.WeightedLeaveOneOut(share=1.0))
 
 
 def _config_noshrink(k: int, sites: tuple[str, ...]):
     """``WeightedLeaveOneOut(share=1e-6)``: the score-weighted leave-one-out baseline that
     (almost) never shrinks towards 0, to separate the default's weighting from its shrinking."""
-    import expectax as ex
-    from expectax.infer import TraceGraph_ELBO
+    from expectax import baselines
 
-    est = ex.ScoreFunction(baseline=ex.baselines.WeightedLeaveOneOut(share=1e-6))
-    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), _identity
+    return _at_every_site(k, sites, baselines.WeightedLeaveOneOut(share=1e-6))
 
 
 def _config_sum6(k: int, sites: tuple[str, ...]):
