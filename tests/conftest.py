@@ -17,6 +17,18 @@ aborts the process), a one-off subprocess finds out and the flag is left out. Se
 ``EXPECTAX_TEST_XLA_OPT=1`` to test with XLA's defaults instead. Benchmarks never run under
 this file.
 
+Triangular solves compile to XLA's own ``triangular_solve`` on the CPU, as JAX does for the
+types LAPACK lacks, instead of jaxlib's LAPACK ``trsm`` kernel. jaxlib 0.10's LAPACK kernels
+split a large batch into tasks on XLA's intra-op thread pool and block until they finish, from
+inside a thread of that pool: when as many such kernels run at once as the pool has threads
+(two on a two-core machine) every thread waits for tasks that no thread is left to run, and
+the program never returns. tests/test_control_variates.py's jitted ``vmap(grad(E))`` of a
+MultivariateNormal with the delta method (three ``trsm`` calls on batches of 128 2×2 systems
+with 500 right-hand sides each) hung so in 2 of 4 full runs, and in every run of it alone
+with XLA's default flags (gdb: both pool threads in ``ParallelBatchMap`` under
+``lapack_strsm_ffi``). The test checks expectax's arithmetic, not jaxlib's thread pool, so the
+suite routes around the bug; docs/troubleshooting.md says what users of jaxlib 0.10 can do.
+
 Under pytest-xdist (``-n 2``) the tests are dealt to the workers one at a time, so a module's
 tests land on both workers and its module-scoped fixtures and cached exact answers are
 computed on each (one worker waited ~20 s for the other's 8-device subprocess).
@@ -55,6 +67,13 @@ if os.environ.get("EXPECTAX_TEST_XLA_OPT") != "1":  # before jax is imported
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from jax._src.interpreters import mlir as _mlir  # noqa: E402
+from jax._src.lax import linalg as _linalg  # noqa: E402
+
+# XLA's triangular solve on the CPU instead of jaxlib 0.10's LAPACK kernel (see above)
+_mlir.register_lowering(
+    _linalg.triangular_solve_p, _linalg._triangular_solve_lowering, platform="cpu"
+)
 
 
 @pytest.fixture
