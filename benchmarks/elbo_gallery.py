@@ -106,6 +106,19 @@ def _config_stateful(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k), expectax.infer.with_baselines
 
 
+def _config_pyroavg(k: int, sites: tuple[str, ...]):
+    """Pyro's decaying average (``baselines.DecayingAverage(0.9)``, what Pyro's
+    ``use_decaying_avg_baseline`` dict means in expectax) at every non-reparameterised guide
+    site, the guide wrapped by ``expectax.infer.with_baselines`` to carry it through SVI."""
+    import expectax as ex
+    import expectax.infer
+    from expectax import baselines
+    from expectax.infer import TraceGraph_ELBO
+
+    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9))
+    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), expectax.infer.with_baselines
+
+
 def _config_share1(k: int, sites: tuple[str, ...]):
     """The defaults before 2026-12-07: ``WeightedLeaveOneOut(share=1)``, whose baseline
     shrinks towards 0 in proportion to the other particles' share of their expected squared
@@ -150,6 +163,7 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "none": _config_none,
     "loo": _config_loo,
     "stateful": _config_stateful,
+    "pyroavg": _config_pyroavg,
     "share1": _config_share1,
     "noshrink": _config_noshrink,
     "sum6": _config_sum6,
@@ -231,8 +245,18 @@ def gallery(quick: bool) -> list[Spec]:
     return specs
 
 
+def initial_params(model: str, seed: int) -> dict[str, jax.Array]:
+    """``gallery_data.initial_params`` (Pyro's port starts from the same values), with a
+    mixture's ``phi`` as ``phi_logits = log(phi)`` when the guides use Pyro's softmax
+    parameterisation (``--simplex softmax``): the same starting probabilities."""
+    init = {k: jnp.asarray(v) for k, v in gdata.initial_params(model, seed).items()}
+    if gm.SIMPLEX == "softmax" and "phi" in init:
+        init["phi_logits"] = jnp.log(init.pop("phi"))
+    return init
+
+
 def nonreparam_sites(spec: Spec) -> tuple[str, ...]:
-    init = gdata.initial_params(spec.key, 0)
+    init = initial_params(spec.key, 0)
     guide = handlers.substitute(handlers.seed(spec.guide, 0), data=init)
     tr = handlers.trace(guide).get_trace(*spec.args)
     return tuple(n for n, s in tr.items() if s["type"] == "sample" and not s["fn"].has_rsample)
@@ -257,9 +281,7 @@ class Runner:
             self.svi.init(
                 jax.random.key(seed),
                 *spec.args,
-                init_params={
-                    k: jnp.asarray(v) for k, v in gdata.initial_params(spec.key, seed).items()
-                },
+                init_params=initial_params(spec.key, seed),
             )
             for seed in seeds
         ]
@@ -413,6 +435,7 @@ def pyro_rows(path: str, spec: Spec, ev: Evaluator, seeds: list[int], numpyro_st
     eq = spec.steps * numpyro_step_s / step_s
     eq_ckpt = max((g for g in ckpts if g <= eq), default=0)
     curve, out = [], {"step_s": step_s, "pyro": blob.get("versions", {})}
+    out["pyro_settings"] = blob.get("settings", {})
     for g in sorted(ckpts):
         params = [
             {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in p.items()} for p in ckpts[g]
@@ -573,6 +596,25 @@ def markdown(results: dict, meta: dict) -> str:
             lines.append(f"- skipped: {s}")
     if meta.get("pyro_note"):
         lines += ["", f"- {meta['pyro_note']}"]
+    settings = [
+        m["pyro"].get("pyro_settings", {})
+        for m in (r["methods"] for r in results.values())
+        if "pyro" in m
+    ]
+    if any(not st.get("baseline") and "baseline" in st for st in settings):
+        lines += ["", "- Pyro ran without its baseline (`pyro_gallery.py --no-baseline`)."]
+    if any(st.get("simplex") == "stickbreaking" for st in settings):
+        lines += [
+            "",
+            "- Pyro's mixture guides hold `phi` through the stick-breaking bijection, numpyro's "
+            "parameterisation of a simplex param (`pyro_gallery.py --simplex stickbreaking`).",
+        ]
+    if meta.get("simplex") == "softmax":
+        lines += [
+            "",
+            "- The mixtures' guides hold `phi` as `softmax(phi_logits)`, Pyro's parameterisation "
+            "of a simplex param (`--simplex softmax`), not numpyro's stick-breaking one.",
+        ]
     if meta.get("pyro_rows_from"):
         lines += [
             "",
@@ -684,6 +726,7 @@ def merge_pyro(blob: dict, pyro_path: str) -> None:
             res["methods"]["pyro"] = rows
             print(f"  merged pyro into {name}", flush=True)
     blob["meta"]["pyro_note"] = ("no Pyro rows: " + "; ".join(missing)) if missing else None
+    blob["meta"]["pyro_rows_from"] = None  # they are this merge's now
 
 
 def figure_prefix(stem: str, quick: bool) -> str:
@@ -717,6 +760,14 @@ def main() -> None:
     )
     ap.add_argument("--out", default=None, help="output stem (default results/elbo_gallery)")
     ap.add_argument(
+        "--simplex",
+        choices=("stickbreaking", "softmax"),
+        default="stickbreaking",
+        help="how the mixtures' guides parameterise phi: numpyro's simplex param (default) or "
+        "Pyro's softmax of free logits (then Pyro's rows only through --pyro-rows-from: its "
+        "exported phi does not fit these guides)",
+    )
+    ap.add_argument(
         "--from-json",
         default=None,
         help="rewrite the table and figures of an earlier run's JSON (no training)",
@@ -744,6 +795,12 @@ def main() -> None:
         paths = figures(blob["results"], figure_prefix(stem, blob["meta"]["quick"]))
         print("wrote", stem + ".md", *paths)
         return
+    gm.SIMPLEX = args.simplex
+    if args.simplex == "softmax" and args.merge_pyro:
+        ap.error(
+            "--simplex softmax: Pyro's exported phi does not fit these guides; merge earlier "
+            "rows with --pyro-rows-from"
+        )
     seeds = parse_seeds(args.seeds or ("0-1" if args.quick else "100-104"))
     suffix = "-quick" if args.quick else ""
     out = args.out or os.path.join(RESULTS, "elbo_gallery" + suffix)
@@ -786,9 +843,7 @@ def main() -> None:
         timing[spec.name] = {"steps_per_call": n_time, "rounds": rounds, "calls": 3}
         t_np = next(r.step_s for r in runners if r.method == "numpyro")
         ev = Evaluator(spec)
-        init_params = [
-            {k: jnp.asarray(v) for k, v in gdata.initial_params(spec.key, s).items()} for s in seeds
-        ]
+        init_params = [initial_params(spec.key, s) for s in seeds]
         initial, _ = ev(init_params, spec.final_particles)
         rows = {}
         for r in runners:
@@ -810,6 +865,11 @@ def main() -> None:
             )
         if args.pyro_rows_from:
             pyro, why = earlier_pyro_rows(args.pyro_rows_from, spec, seeds)
+        elif args.simplex == "softmax" and "phi" in gdata.initial_params(spec.key, 0):
+            pyro, why = (
+                None,
+                f"{spec.name}: --simplex softmax takes Pyro's rows from --pyro-rows-from",
+            )
         else:
             pyro, why = pyro_rows(pyro_path, spec, ev, seeds, t_np)
         if pyro is None:
@@ -856,6 +916,7 @@ def main() -> None:
         "load": [load_start, os.getloadavg()[0]],
         "timing": timing,
         "configs": names,
+        "simplex": args.simplex,
         "pyro_rows_from": args.pyro_rows_from and os.path.relpath(args.pyro_rows_from, ROOT),
     }
     md = markdown(results, meta)

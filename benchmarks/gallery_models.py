@@ -31,6 +31,14 @@ non-reparameterised sites are what the gallery's ELBOs differ on.
 
 Models 6 and 7 were added after expectax's default had been chosen on models 1-5 (they are
 held out: nothing was tuned on them).
+
+The assignment probabilities ``phi`` of the three mixtures are a ``simplex``-constrained
+``numpyro.param``, which numpyro optimises through its stick-breaking bijection. Pyro's
+parameter store maps a simplex through a softmax instead (``torch``'s ``transform_to``), a
+different parameterisation of the same guide, so Adam takes different steps. With
+:data:`SIMPLEX` set to ``"softmax"`` (``elbo_gallery.py --simplex softmax``) the guides hold
+``phi_logits`` and use ``softmax(phi_logits)``, initialised at the log of the same draw: Pyro's
+parameterisation, to compare estimators without it.
 """
 
 from __future__ import annotations
@@ -112,6 +120,21 @@ def dpm_model(points):
         numpyro.sample("obs", dist.MultivariateNormal(mu[z], jnp.eye(2)), obs=points)
 
 
+#: how the mixtures' guides parameterise ``phi``: ``"stickbreaking"`` (numpyro's ``simplex``
+#: param) or ``"softmax"`` (Pyro's: free logits through a softmax); see the module doc
+SIMPLEX = "stickbreaking"
+
+
+def _simplex_param(name: str, init):
+    """``phi`` of shape ``(n, k)`` drawn by ``init(key)``, parameterised as :data:`SIMPLEX`."""
+    if SIMPLEX == "softmax":
+        logits = numpyro.param(name + "_logits", lambda key: jnp.log(init(key)))
+        return jax.nn.softmax(logits, axis=-1)
+    if SIMPLEX != "stickbreaking":
+        raise ValueError(f"SIMPLEX must be 'stickbreaking' or 'softmax', got {SIMPLEX!r}")
+    return numpyro.param(name, init, constraint=constraints.simplex)
+
+
 def dpm_guide(points):
     t, n = data.DPM_T, points.shape[0]
     kappa = numpyro.param(
@@ -120,11 +143,7 @@ def dpm_guide(points):
         constraint=constraints.positive,
     )
     tau = numpyro.param("tau", lambda key: jnp.sqrt(3.0) * jax.random.normal(key, (t, 2)))
-    phi = numpyro.param(
-        "phi",
-        lambda key: jax.random.dirichlet(key, jnp.full(t, 1.0 / t), (n,)),
-        constraint=constraints.simplex,
-    )
+    phi = _simplex_param("phi", lambda key: jax.random.dirichlet(key, jnp.full(t, 1.0 / t), (n,)))
     with numpyro.plate("beta_plate", t - 1):
         numpyro.sample("beta", dist.Beta(jnp.ones(t - 1), kappa))
     with numpyro.plate("mu_plate", t):
@@ -208,11 +227,7 @@ def spike_guide(x, y):
 def _mixture_guide_common(n: int, k: int):
     conc = numpyro.param("weights_conc", jnp.ones(k), constraint=constraints.positive)
     numpyro.sample("weights", dist.Dirichlet(conc))
-    return numpyro.param(
-        "phi",
-        lambda key: jax.random.dirichlet(key, jnp.ones(k), (n,)),
-        constraint=constraints.simplex,
-    )
+    return _simplex_param("phi", lambda key: jax.random.dirichlet(key, jnp.ones(k), (n,)))
 
 
 def gmm_model(x):

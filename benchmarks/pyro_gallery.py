@@ -50,6 +50,21 @@ from pyro.optim import Adam  # noqa: E402
 
 BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
 
+#: how the mixtures' guides parameterise ``phi``: ``"softmax"`` (Pyro's simplex param, through
+#: torch's ``transform_to``) or ``"stickbreaking"`` (numpyro's bijection: a free param
+#: ``phi_sb`` through ``biject_to(simplex)``, exported as ``phi``), ``--simplex``
+SIMPLEX = "softmax"
+SIMPLEX_FREE = "_sb"  # the suffix of the free param in the stick-breaking parameterisation
+
+
+def _simplex_param(name, init):
+    """``phi`` drawn by ``init()``, parameterised as :data:`SIMPLEX`."""
+    if SIMPLEX == "stickbreaking":
+        to_simplex = torch.distributions.biject_to(constraints.simplex)
+        return to_simplex(pyro.param(name + SIMPLEX_FREE, lambda: to_simplex.inv(init())))
+    return pyro.param(name, init, constraint=constraints.simplex)
+
+
 # ---------------------------------------------------------------------------------------------
 # The models (as in gallery_models.py); param names and shapes match the numpyro versions.
 # ---------------------------------------------------------------------------------------------
@@ -95,9 +110,7 @@ def dpm_guide(points):
     t, n = gdata.DPM_T, len(points)
     kappa = pyro.param("kappa", lambda: 2 * torch.rand(t - 1), constraint=constraints.positive)
     tau = pyro.param("tau", lambda: 3**0.5 * torch.randn(t, 2))
-    phi = pyro.param(
-        "phi", lambda: dist.Dirichlet(torch.ones(t) / t).sample([n]), constraint=constraints.simplex
-    )
+    phi = _simplex_param("phi", lambda: dist.Dirichlet(torch.ones(t) / t).sample([n]))
     with pyro.plate("beta_plate", t - 1):
         pyro.sample("beta", dist.Beta(torch.ones(t - 1), kappa))
     with pyro.plate("mu_plate", t):
@@ -178,9 +191,7 @@ def spike_guide(x, y):
 def _mixture_guide_common(n, k):
     conc = pyro.param("weights_conc", torch.ones(k), constraint=constraints.positive)
     pyro.sample("weights", dist.Dirichlet(conc))
-    return pyro.param(
-        "phi", lambda: dist.Dirichlet(torch.ones(k)).sample([n]), constraint=constraints.simplex
-    )
+    return _simplex_param("phi", lambda: dist.Dirichlet(torch.ones(k)).sample([n]))
 
 
 def gmm_model(x):
@@ -258,11 +269,16 @@ def models() -> dict:
 def export() -> dict:
     """The constrained values of the model's and guide's params (not Pyro's baseline state)."""
     store = pyro.get_param_store()
-    return {
-        k: np.round(store[k].detach().numpy().astype(np.float64), 7).tolist()
-        for k in store.keys()
-        if not k.startswith("__")
-    }
+    to_simplex = torch.distributions.biject_to(constraints.simplex)
+    out = {}
+    for k in store.keys():
+        if k.startswith("__"):
+            continue
+        value = store[k].detach()
+        if SIMPLEX == "stickbreaking" and k.endswith(SIMPLEX_FREE):
+            k, value = k[: -len(SIMPLEX_FREE)], to_simplex(value)
+        out[k] = np.round(value.numpy().astype(np.float64), 7).tolist()
+    return out
 
 
 def train(key, model, guide, args, k, lr, b1, steps, seed, grid):
@@ -272,7 +288,13 @@ def train(key, model, guide, args, k, lr, b1, steps, seed, grid):
     pyro.poutine.trace(model).get_trace(*args)
     store = pyro.get_param_store()
     for name, value in gdata.initial_params(key, seed).items():
-        store[name] = torch.tensor(value)  # the seed's shared initial value, constrained
+        value = torch.tensor(value)  # the seed's shared initial value, constrained
+        if SIMPLEX == "stickbreaking" and name + SIMPLEX_FREE in store.keys():
+            name, value = (
+                name + SIMPLEX_FREE,
+                torch.distributions.biject_to(constraints.simplex).inv(value),
+            )
+        store[name] = value
     svi = SVI(model, guide, Adam({"lr": lr, "betas": (b1, 0.999)}), loss=TraceGraph_ELBO(k))
     ckpts, done, train_s = {}, 0, 0.0
     for g in grid:
@@ -292,7 +314,24 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="subset, e.g. coin,dpm")
     ap.add_argument("--curve-points", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="Pyro's TraceGraph_ELBO without its decaying average (infer={} at every site), to "
+        "separate the baseline from the rest of Pyro's estimator",
+    )
+    ap.add_argument(
+        "--simplex",
+        choices=("softmax", "stickbreaking"),
+        default="softmax",
+        help="the mixtures' phi: Pyro's softmax parameterisation (default) or numpyro's "
+        "stick-breaking one, to compare estimators without the difference",
+    )
     args = ap.parse_args()
+    global BASELINE, SIMPLEX
+    SIMPLEX = args.simplex  # the guides read the module's globals when they run
+    if args.no_baseline:
+        BASELINE = {}
     seeds = []
     for part in (args.seeds or ("0-1" if args.quick else "100-104")).split(","):
         a, _, b = part.partition("-")
@@ -309,7 +348,13 @@ def main() -> None:
     table = models()
     result = {
         "versions": {"pyro": pyro.__version__, "torch": torch.__version__},
-        "settings": {"validation": False, "torch_threads": 1, "vectorize_particles": False},
+        "settings": {
+            "validation": False,
+            "torch_threads": 1,
+            "vectorize_particles": False,
+            "baseline": BASELINE.get("baseline"),
+            "simplex": SIMPLEX,
+        },
         "seeds": seeds,
         "quick": args.quick,
         "models": {},

@@ -211,10 +211,15 @@ def test_pyro_decaying_average_dict_is_honoured_and_unbiased():
     assert_unbiased(grads, exact, k=5, bonferroni=True)
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_history_on_the_sbn_is_unbiased(k):
-    """The two-layer SBN of test_infer (Bernoulli sites in a plate: one history per element)."""
-    elbo = infer.TraceGraph_ELBO(num_particles=k)
+@pytest.mark.parametrize(
+    "k, pyro_average", [(1, False), (4, False), (1, True)], ids=["k1", "k4", "k1-decaying"]
+)
+def test_history_on_the_sbn_is_unbiased(k, pyro_average):
+    """The two-layer SBN of test_infer (Bernoulli sites in a plate: one history per element),
+    with the default and with Pyro's decaying average (``DecayingAverage``) at both sites."""
+    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9))
+    estimators = {"z1": est, "z2": est} if pyro_average else None
+    elbo = infer.TraceGraph_ELBO(num_particles=k, estimators=estimators)
     svi = SVI(model, infer.with_baselines(guide), optax.adam(0.05), loss=elbo)
     state = svi.init(jax.random.key(0), DATA)
     state, _ = jax.lax.scan(lambda s, _: svi.update(s, DATA), state, None, length=40)
@@ -286,6 +291,72 @@ def test_nearly_deterministic_categorical_trains_without_stalling():
 
 
 # --------------------------------------------------------------------------- errors
+
+
+def test_decaying_average_is_pyros_recursion():
+    """Pyro's ``use_decaying_avg_baseline``: the state starts at 0 (no debiasing) and each step
+    folds in the mean downstream cost, m ← β m + (1 − β) D̄; with one site every term of the
+    ELBO is downstream of it, and the engine's terms are log p − log q, so D̄ is −loss. The
+    baseline is the old m itself: the gradient is linear in m."""
+    beta = 0.8
+    pyro_guide = lambda data: coin_guide(data, pyro=True)  # noqa: E731
+    wrapped = infer.with_baselines(pyro_guide)
+    elbo = infer.TraceGraph_ELBO(num_particles=3)
+    svi = SVI(coin_model, wrapped, optax.adam(0.01), loss=elbo)
+    state = svi.init(jax.random.key(0), COIN)
+    hist = state.mutable_state[infer.BASELINE_STATE]["f"]
+    assert float(hist["wd"]) == 0.0 and int(hist["count"]) == 0
+    params = svi.get_params(state)
+    key = jax.random.key(5)
+
+    def run(m):
+        mutable = {infer.BASELINE_STATE: {"f": {**hist, "wd": jnp.asarray(m, jnp.float32)}}}
+
+        def loss(p):
+            out = elbo.loss_with_mutable_state(key, {**p, **mutable}, coin_model, wrapped, COIN)
+            return out["loss"], out["mutable_state"]
+
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    spec_beta = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": beta}}
+
+    def guide_beta(data):
+        a = numpyro.param("a", 15.0, constraint=constraints.positive)
+        b = numpyro.param("b", 15.0, constraint=constraints.positive)
+        numpyro.sample("f", NonreparamBeta(a, b), infer=spec_beta)
+
+    wrapped_beta = infer.with_baselines(guide_beta)
+    mutable = {infer.BASELINE_STATE: {"f": {**hist, "wd": jnp.asarray(2.0, jnp.float32)}}}
+    out = elbo.loss_with_mutable_state(key, {**params, **mutable}, coin_model, wrapped_beta, COIN)
+    new = out["mutable_state"][infer.BASELINE_STATE]["f"]
+    np.testing.assert_allclose(
+        float(new["wd"]), beta * 2.0 - (1 - beta) * float(out["loss"]), rtol=1e-5
+    )
+    assert int(new["count"]) == 1
+    # the baseline is the old average itself: the gradient is linear in it, with slope
+    # −mean ∇log q(f_k) (the surrogate's (1 − □) b term), the same for any key's draws
+    (_, _), g0 = run(0.0)
+    (_, _), g1 = run(1.0)
+    (_, _), g5 = run(5.0)
+    for name in ("a", "b"):
+        slope = float(g1[name] - g0[name])
+        assert abs(slope) > 1e-6
+        np.testing.assert_allclose(float(g5[name] - g0[name]), 5 * slope, rtol=1e-3, atol=1e-6)
+
+
+def test_decaying_average_needs_with_baselines():
+    est = ex.ScoreFunction(baseline=baselines.DecayingAverage())
+    elbo = infer.TraceGraph_ELBO(num_particles=2, estimators={"f": est})
+    params = {"a": jnp.array(15.0), "b": jnp.array(15.0)}
+    with pytest.raises(ValueError, match=r"DecayingAverage needs the baselines' state"):
+        elbo.loss(jax.random.key(0), params, coin_model, coin_guide, COIN)
+    with pytest.raises(ValueError, match="MovingAverage"):
+        E = ex.expectation(
+            lambda p, x: x, lambda p: dist.Bernoulli(0.3), estimator=est, num_samples=4
+        )
+        E(jnp.array(0.0), jax.random.key(0))
+    with pytest.raises(ValueError, match="decay must be a float in"):
+        baselines.DecayingAverage(decay=1.0)
 
 
 def test_pyro_baseline_dicts_are_honoured_or_refused():

@@ -144,7 +144,12 @@ def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
                 "baselines.LeaveOneOut() or baselines.Constant(c)."
             )
         b = estimator.baseline
-        allowed = (baselines.LeaveOneOut, baselines.WeightedLeaveOneOut, baselines.Constant)
+        allowed = (
+            baselines.LeaveOneOut,
+            baselines.WeightedLeaveOneOut,
+            baselines.DecayingAverage,
+            baselines.Constant,
+        )
         if b is not None and not isinstance(b, allowed):
             raise ValueError(
                 f"site {name!r}: in a program a score-function site takes baseline=None, "
@@ -705,7 +710,7 @@ def _pyro_baseline(name: str, msg: Mapping[str, Any], spec: Any, history: bool) 
                 "through SVI, and this guide declares none. Wrap the guide: "
                 "SVI(model, expectax.infer.with_baselines(guide), ...)."
             )
-        return ScoreFunction(baseline=baselines.WeightedLeaveOneOut(decay=float(beta)))
+        return ScoreFunction(baseline=baselines.DecayingAverage(decay=float(beta)))
     raise ValueError(
         f"site {name!r}: infer={{'baseline': {spec!r}}} asks for no baseline expectax knows "
         "(use_decaying_avg_baseline=True or baseline_value=<float>)."
@@ -732,6 +737,36 @@ def _score_weighted(site: Mapping[str, Any], fn: Any) -> bool:
     return not site.get("_control_flow_done") and tuple(fn.event_shape) == ()
 
 
+def _particle_mean(state, d, name):
+    """The mean over particles (axis 0) in the layout of a site's history ``state``: per plate
+    element, or one number for a site whose history is pooled (a subsampled or scaled
+    plate); an error if the plates changed since ``SVI.init``."""
+    target = d.shape[1:]
+    pooled = jnp.shape(state["wd"]) == () and target != ()
+    if not pooled and jnp.shape(state["wd"]) != target:
+        raise ValueError(
+            f"the baselines' state of site {name!r} has shape {jnp.shape(state['wd'])}, but "
+            f"the site's downstream cost has plate shape {target}: the guide's plates changed "
+            "since SVI.init. Re-run svi.init with the guide wrapped by "
+            "expectax.infer.with_baselines."
+        )
+    return (lambda v: jnp.mean(v)) if pooled else (lambda v: jnp.mean(v, axis=0))
+
+
+def _decaying_average(state, decay, d, name):
+    """``(b, new state)`` for :class:`~expectax.baselines.DecayingAverage`: the baseline is the
+    average of earlier steps' mean downstream cost (Pyro's: zero-initialised, not debiased);
+    the new state folds in this step's."""
+    reduce = _particle_mean(state, d, name)
+    b = jnp.broadcast_to(state["wd"], d.shape).astype(d.dtype)
+    new = {
+        **state,
+        "count": state["count"] + 1,
+        "wd": decay * state["wd"] + (1 - decay) * reduce(d),
+    }
+    return b, new
+
+
 def _history(state, decay, d, w, name):
     """``((λ, Σ_wd, Σ_w), new state)`` for one site: earlier steps' decaying averages (zero
     debiased, as Adam's moments) enter as λ = N (1 + β)/(1 − β) pseudo-particles, the number
@@ -739,20 +774,11 @@ def _history(state, decay, d, w, name):
     at β = 0.9)."""
     n = d.shape[0]
     count, avg_wd, avg_w = state["count"], state["wd"], state["w"]
-    target = d.shape[1:]
-    pooled = jnp.shape(avg_wd) == () and target != ()
-    if not pooled and jnp.shape(avg_wd) != target:
-        raise ValueError(
-            f"the baselines' state of site {name!r} has shape {jnp.shape(avg_wd)}, but the "
-            f"site's downstream cost has plate shape {target}: the guide's plates changed "
-            "since SVI.init. Re-run svi.init with the guide wrapped by "
-            "expectax.infer.with_baselines."
-        )
+    reduce = _particle_mean(state, d, name)
     w = jnp.ones_like(d) if w is None else w
     debias = jnp.where(count > 0, 1.0 - decay ** count.astype(d.dtype), 1.0)
     lam = jnp.where(count > 0, n * (1.0 + decay) / (1.0 - decay), 0.0)
     past = (lam, avg_wd / debias, avg_w / debias)
-    reduce = (lambda v: jnp.mean(v)) if pooled else (lambda v: jnp.mean(v, axis=0))
     new = {
         "count": count + 1,
         "wd": decay * avg_wd + (1 - decay) * reduce(w * d),
@@ -989,6 +1015,16 @@ class _Engine:
                 if history is not None and s.name in history:
                     past, new_history[s.name] = _history(history[s.name], b.decay, d, w, s.name)
                 base[s.name] = weighted_loo(d, w, fisher, past, share=b.share)
+            elif isinstance(b, baselines.DecayingAverage):
+                if history is None or s.name not in history:
+                    raise ValueError(
+                        f"site {s.name!r}: DecayingAverage needs the baselines' state carried "
+                        "through SVI, and this guide declares none. Wrap the guide: "
+                        "SVI(model, expectax.infer.with_baselines(guide), ...)."
+                    )
+                base[s.name], new_history[s.name] = _decaying_average(
+                    history[s.name], b.decay, d, s.name
+                )
             elif isinstance(b, baselines.LeaveOneOut):
                 base[s.name] = baselines.others_sum(d) / (n - 1)
             else:

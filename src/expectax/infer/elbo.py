@@ -34,8 +34,9 @@ def with_baselines(guide: Callable) -> Callable:
     ``numpyro.infer.SVI`` passes mutable state to the loss only when the guide declares a
     mutable site; this wrapper declares one, ``BASELINE_STATE``, holding per latent site (per
     plate element for a local site; one value per site in a subsampled or scaled plate) the
-    decaying averages that :class:`expectax.baselines.WeightedLeaveOneOut` and Pyro-style
-    ``infer={"baseline": {"use_decaying_avg_baseline": True}}`` read. With it the baselines
+    decaying averages that :class:`expectax.baselines.WeightedLeaveOneOut` and
+    :class:`expectax.baselines.DecayingAverage` (what Pyro-style
+    ``infer={"baseline": {"use_decaying_avg_baseline": True}}`` means) read. With it the baselines
     work at any particle count, one included::
 
         svi = SVI(model, expectax.infer.with_baselines(guide), optax.adam(1e-2),
