@@ -154,7 +154,8 @@ def _role(estimator: Estimator, name: str, fn: Any, num_particles: int) -> str:
             raise ValueError(
                 f"site {name!r}: in a program a score-function site takes baseline=None, "
                 "baselines.WeightedLeaveOneOut() or baselines.LeaveOneOut() (over the "
-                "particles) or baselines.Constant(c); got "
+                "particles), baselines.DecayingAverage() (in an ELBO through "
+                "expectax.infer.with_baselines) or baselines.Constant(c); got "
                 f"{type(b).__name__ if not isinstance(b, str) else repr(b)}."
             )
         if isinstance(b, baselines.LeaveOneOut) and num_particles < 2:
