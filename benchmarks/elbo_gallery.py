@@ -18,6 +18,11 @@ for every method, the same initial parameters per seed):
 - ``pyro``: Pyro 1.9 with its decaying-average baseline, trained by ``pyro_gallery.py`` in its
   own environment; its exported parameters are evaluated here, the same way as the others.
 
+The mixtures' ``phi`` is a ``simplex`` param, which numpyro optimises through stick-breaking and
+Pyro through a softmax: ``--simplex softmax`` gives every method here Pyro's parameterisation,
+``pyro_gallery.py --simplex stickbreaking`` gives Pyro numpyro's (docs/elbo-gallery.md, "Pyro's
+simplex parameterisation").
+
 For each model and method, over the seeds: the final −ELBO (exact for the coin, otherwise a
 ``Trace_ELBO`` estimate with many particles and one evaluation key shared by every method) at
 the step budget, and at **equal wall time**: every method gets the time numpyro's

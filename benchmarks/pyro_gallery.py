@@ -6,7 +6,9 @@ same initial parameters, with the same particles, Adam learning rates, step budg
 non-reparameterised guide site carries
 ``infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}``; the loss is
 ``pyro.infer.TraceGraph_ELBO(num_particles=K)`` (particles in a loop, Pyro's default), with
-argument validation off (numpyro's default) and one torch thread.
+argument validation off (numpyro's default) and one torch thread. ``--no-baseline`` drops the
+baseline; ``--simplex stickbreaking`` parameterises the mixtures' ``phi`` as numpyro does
+(Pyro's own parameter store uses a softmax), to compare the estimators alone.
 
 It exports the trained parameters (model and guide, constrained) at evenly spaced checkpoints
 (and at steps 1, 2, 5, 10, 20, 50, ..., where its equal-time budget may end) and its time per

@@ -27,7 +27,7 @@ MultivariateNormal with the delta method (three ``trsm`` calls on batches of 128
 with 500 right-hand sides each) hung so in 2 of 4 full runs, and in every run of it alone
 with XLA's default flags (gdb: both pool threads in ``ParallelBatchMap`` under
 ``lapack_strsm_ffi``). The test checks expectax's arithmetic, not jaxlib's thread pool, so the
-suite routes around the bug; docs/troubleshooting.md says what users of jaxlib 0.10 can do.
+suite routes around the bug; docs/getting-started.md says what users of jaxlib 0.10 can do.
 
 Under pytest-xdist (``-n 2``) the tests are dealt to the workers one at a time, so a module's
 tests land on both workers and its module-scoped fixtures and cached exact answers are

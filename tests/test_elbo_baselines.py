@@ -333,15 +333,18 @@ def test_decaying_average_is_pyros_recursion():
         float(new["wd"]), beta * 2.0 - (1 - beta) * float(out["loss"]), rtol=1e-5
     )
     assert int(new["count"]) == 1
-    # the baseline is the old average itself: the gradient is linear in it, with slope
-    # −mean ∇log q(f_k) (the surrogate's (1 − □) b term), the same for any key's draws
-    (_, _), g0 = run(0.0)
-    (_, _), g1 = run(1.0)
-    (_, _), g5 = run(5.0)
-    for name in ("a", "b"):
-        slope = float(g1[name] - g0[name])
-        assert abs(slope) > 1e-6
-        np.testing.assert_allclose(float(g5[name] - g0[name]), 5 * slope, rtol=1e-3, atol=1e-6)
+    # the baseline is the old average itself: for the same key (the same draws) the gradient
+    # is that of a Constant baseline at that value, and it moves with the value
+    grads = {}
+    for m in (0.0, -7.0):
+        (_, _), g = run(m)
+        const = ex.ScoreFunction(baseline=baselines.Constant(m))
+        plain = infer.TraceGraph_ELBO(num_particles=3, estimators={"f": const})
+        g_const = jax.grad(plain.loss, argnums=1)(key, params, coin_model, coin_guide, COIN)
+        for name in ("a", "b"):
+            np.testing.assert_allclose(g[name], g_const[name], rtol=1e-5, atol=1e-6)
+        grads[m] = g
+    assert abs(float(grads[0.0]["a"] - grads[-7.0]["a"])) > 1e-3
 
 
 def test_decaying_average_needs_with_baselines():
