@@ -235,6 +235,11 @@ def gallery(quick: bool) -> list[Spec]:
         "spike": dict(model=gm.spike_model, guide=gm.spike_guide, args=(x, y)),
         "gmm": dict(model=gm.gmm_model, guide=gm.gmm_guide, args=(jnp.asarray(gdata.iris_data()),)),
         "bmm": dict(model=gm.bmm_model, guide=gm.bmm_guide, args=(digits,), chunk=25),
+        "mixreg": dict(
+            model=gm.mixreg_model,
+            guide=gm.mixreg_guide,
+            args=tuple(jnp.asarray(a) for a in gdata.diabetes_data()),
+        ),
     }
     specs = [
         Spec(name=name, key=key, particles=k, lr=lr, b1=b1, steps=steps, **models[key])

@@ -251,6 +251,41 @@ def bmm_guide(pixels):
         pyro.sample("z", dist.Categorical(phi), infer=BASELINE)
 
 
+def mixreg_model(x, y):
+    n, d = x.shape
+    k = gdata.MIXREG_K
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
+    with pyro.plate("components", k):
+        coef = pyro.sample("coef", dist.Normal(torch.zeros(d), 1.0).to_event(1))
+        icpt = pyro.sample("icpt", dist.Normal(0.0, 1.0))
+        noise = pyro.sample("noise", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Categorical(weights))
+        mean = torch.sum(x * coef[z], dim=-1) + icpt[z]
+        pyro.sample("obs", dist.Normal(mean, noise[z]), obs=y)
+
+
+def mixreg_guide(x, y):
+    n, d = x.shape
+    k = gdata.MIXREG_K
+    pos = constraints.positive
+    conc = pyro.param("weights_conc", torch.ones(k), constraint=pos)
+    pyro.sample("weights", dist.Dirichlet(conc))
+    z_logits = pyro.param("z_logits", lambda: torch.randn(n, k))
+    coef_loc = pyro.param("coef_loc", lambda: 0.5 * torch.randn(k, d))
+    coef_scale = pyro.param("coef_scale", lambda: torch.full((k, d), 0.1), constraint=pos)
+    icpt_loc = pyro.param("icpt_loc", lambda: 0.5 * torch.randn(k))
+    icpt_scale = pyro.param("icpt_scale", lambda: torch.full((k,), 0.1), constraint=pos)
+    noise_loc = pyro.param("noise_loc", lambda: torch.zeros(k))
+    noise_scale = pyro.param("noise_scale", lambda: torch.full((k,), 0.1), constraint=pos)
+    with pyro.plate("components", k):
+        pyro.sample("coef", dist.Normal(coef_loc, coef_scale).to_event(1))
+        pyro.sample("icpt", dist.Normal(icpt_loc, icpt_scale))
+        pyro.sample("noise", dist.LogNormal(noise_loc, noise_scale))
+    with pyro.plate("data", n):
+        pyro.sample("z", dist.Categorical(logits=z_logits), infer=BASELINE)
+
+
 def models() -> dict:
     t = torch.tensor
     x, y = gdata.breast_cancer_data()
@@ -262,6 +297,7 @@ def models() -> dict:
         "spike": (spike_model, spike_guide, (t(x), t(y))),
         "gmm": (gmm_model, gmm_guide, (t(gdata.iris_data()),)),
         "bmm": (bmm_model, bmm_guide, (t(gdata.digits_data()),)),
+        "mixreg": (mixreg_model, mixreg_guide, tuple(t(a) for a in gdata.diabetes_data())),
     }
 
 
