@@ -240,6 +240,11 @@ def gallery(quick: bool) -> list[Spec]:
             guide=gm.mixreg_guide,
             args=tuple(jnp.asarray(a) for a in gdata.diabetes_data()),
         ),
+        "outlier": dict(
+            model=gm.outlier_model,
+            guide=gm.outlier_guide,
+            args=tuple(jnp.asarray(a) for a in gdata.diabetes_data()),
+        ),
     }
     specs = [
         Spec(name=name, key=key, particles=k, lr=lr, b1=b1, steps=steps, **models[key])

@@ -286,6 +286,38 @@ def mixreg_guide(x, y):
         pyro.sample("z", dist.Categorical(logits=z_logits), infer=BASELINE)
 
 
+def outlier_model(x, y):
+    n, d = x.shape
+    coef = pyro.sample("coef", dist.Normal(torch.zeros(d), 1.0).to_event(1))
+    icpt = pyro.sample("icpt", dist.Normal(0.0, 1.0))
+    noise = pyro.sample("noise", dist.LogNormal(0.0, 1.0))
+    frac = pyro.sample("frac", dist.Beta(1.0, 9.0))
+    with pyro.plate("data", n):
+        o = pyro.sample("o", dist.Bernoulli(probs=frac))
+        scale = torch.where(o > 0.5, torch.tensor(gdata.OUTLIER_SCALE), noise)
+        pyro.sample("obs", dist.Normal(x @ coef + icpt, scale), obs=y)
+
+
+def outlier_guide(x, y):
+    n, d = x.shape
+    pos = constraints.positive
+    o_logits = pyro.param("o_logits", lambda: -1.0 + 0.5 * torch.randn(n))
+    coef_loc = pyro.param("coef_loc", lambda: 0.5 * torch.randn(d))
+    coef_scale = pyro.param("coef_scale", lambda: torch.full((d,), 0.1), constraint=pos)
+    icpt_loc = pyro.param("icpt_loc", lambda: torch.tensor(0.0))
+    icpt_scale = pyro.param("icpt_scale", lambda: torch.tensor(0.1), constraint=pos)
+    noise_loc = pyro.param("noise_loc", lambda: torch.tensor(0.0))
+    noise_scale = pyro.param("noise_scale", lambda: torch.tensor(0.1), constraint=pos)
+    frac_a = pyro.param("frac_a", lambda: torch.tensor(1.0), constraint=pos)
+    frac_b = pyro.param("frac_b", lambda: torch.tensor(9.0), constraint=pos)
+    pyro.sample("coef", dist.Normal(coef_loc, coef_scale).to_event(1))
+    pyro.sample("icpt", dist.Normal(icpt_loc, icpt_scale))
+    pyro.sample("noise", dist.LogNormal(noise_loc, noise_scale))
+    pyro.sample("frac", dist.Beta(frac_a, frac_b))
+    with pyro.plate("data", n):
+        pyro.sample("o", dist.Bernoulli(logits=o_logits), infer=BASELINE)
+
+
 def models() -> dict:
     t = torch.tensor
     x, y = gdata.breast_cancer_data()
@@ -298,6 +330,7 @@ def models() -> dict:
         "gmm": (gmm_model, gmm_guide, (t(gdata.iris_data()),)),
         "bmm": (bmm_model, bmm_guide, (t(gdata.digits_data()),)),
         "mixreg": (mixreg_model, mixreg_guide, tuple(t(a) for a in gdata.diabetes_data())),
+        "outlier": (outlier_model, outlier_guide, tuple(t(a) for a in gdata.diabetes_data())),
     }
 
 
