@@ -675,8 +675,10 @@ _PYRO_KEYS = {
 }
 
 
-def _pyro_baseline(name: str, msg: Mapping[str, Any], spec: Any, history: bool) -> Estimator:
-    """Pyro's ``infer={"baseline": {...}}`` of a site, as an expectax estimator, or an error."""
+def _pyro_baseline(name: str, msg: Mapping[str, Any], spec: Any) -> Estimator:
+    """Pyro's ``infer={"baseline": {...}}`` of a site, as an expectax estimator, or an error
+    (``use_decaying_avg_baseline`` without ``with_baselines`` is refused where every
+    :class:`~expectax.baselines.DecayingAverage` is, in :meth:`_Engine.estimate`)."""
     from expectax import baselines
     from expectax.estimators.score_function import ScoreFunction
 
@@ -705,12 +707,6 @@ def _pyro_baseline(name: str, msg: Mapping[str, Any], spec: Any, history: bool) 
         return ScoreFunction(baseline=baselines.Constant(value))
     if spec.get("use_decaying_avg_baseline"):
         beta = spec.get("baseline_beta", 0.9)
-        if not history:
-            raise ValueError(
-                f"site {name!r}: use_decaying_avg_baseline needs the baselines' state carried "
-                "through SVI, and this guide declares none. Wrap the guide: "
-                "SVI(model, expectax.infer.with_baselines(guide), ...)."
-            )
         return ScoreFunction(baseline=baselines.DecayingAverage(decay=float(beta)))
     raise ValueError(
         f"site {name!r}: infer={{'baseline': {spec!r}}} asks for no baseline expectax knows "
@@ -801,7 +797,6 @@ class _Engine:
         self.debug = debug
         self.builders: dict[str, Callable] = {}
         self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
-        self.history_available = False  # the ELBO sets it when SVI carries the baselines' state
         self.time_resolved: dict[str, tuple[Any, ...]] = {}  # as of the last trace: site -> costs
         self.value_deps: dict[str, frozenset] = {}  # site -> sampled sites its value depends on
 
@@ -817,7 +812,7 @@ class _Engine:
             infer = msg.get("infer") or {}
             est = self.estimators.get(name, infer.get("estimator"))
             if est is None and infer.get("baseline") is not None:
-                est = _pyro_baseline(name, msg, infer["baseline"], self.history_available)
+                est = _pyro_baseline(name, msg, infer["baseline"])
             if est is None:
                 est = default_estimator(msg, self.num_particles)
             role = _role(est, name, msg["fn"], self.num_particles)
@@ -1020,7 +1015,8 @@ class _Engine:
                 if history is None or s.name not in history:
                     raise ValueError(
                         f"site {s.name!r}: DecayingAverage needs the baselines' state carried "
-                        "through SVI, and this guide declares none. Wrap the guide: "
+                        "through SVI (so does Pyro's use_decaying_avg_baseline), and this guide "
+                        "declares none. Wrap the guide: "
                         "SVI(model, expectax.infer.with_baselines(guide), ...)."
                     )
                 base[s.name], new_history[s.name] = _decaying_average(

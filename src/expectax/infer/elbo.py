@@ -227,7 +227,6 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
         )
         run = _elbo_tracer(model, guide, args, kwargs)
         history = param_map.get(BASELINE_STATE) if isinstance(param_map, Mapping) else None
-        engine.history_available = history is not None
         if history is None:
             elbo = engine.estimate(run, param_map, rng_key, check=_check_traces)
             return {"loss": -elbo, "mutable_state": None}
