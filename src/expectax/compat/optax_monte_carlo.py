@@ -541,11 +541,8 @@ def _multi_normal_jacobians(
 def _check_scalar(function: Callable[[jax.Array], Any], x: Any, n: int) -> None:
     """A clear error when ``f`` does not return a scalar for each of the samples ``x``."""
     out = jax.eval_shape(jax.vmap(function), x)
-    if out is None:
-        raise TypeError(
-            "function returned None; it must return a scalar for each sample (did it forget "
-            "its `return`?)."
-        )
+    if out is None or isinstance(out, (tuple, list, dict)):
+        _as_values(out, None)  # the estimators' own refusal of None and of several outputs
     shape = jnp.shape(out)
     if shape != (n,):
         raise TypeError(
