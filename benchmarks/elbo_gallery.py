@@ -811,11 +811,6 @@ def main() -> None:
         print("wrote", stem + ".md", *paths)
         return
     gm.SIMPLEX = args.simplex
-    if args.simplex == "softmax" and args.merge_pyro:
-        ap.error(
-            "--simplex softmax: Pyro's exported phi does not fit these guides; merge earlier "
-            "rows with --pyro-rows-from"
-        )
     seeds = parse_seeds(args.seeds or ("0-1" if args.quick else "100-104"))
     suffix = "-quick" if args.quick else ""
     out = args.out or os.path.join(RESULTS, "elbo_gallery" + suffix)
