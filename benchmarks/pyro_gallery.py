@@ -57,13 +57,14 @@ BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9
 #: ``phi_sb`` through ``biject_to(simplex)``, exported as ``phi``), ``--simplex``
 SIMPLEX = "softmax"
 SIMPLEX_FREE = "_sb"  # the suffix of the free param in the stick-breaking parameterisation
+STICK_BREAKING = torch.distributions.biject_to(constraints.simplex)  # numpyro's simplex map
 
 
 def _simplex_param(name, init):
     """``phi`` drawn by ``init()``, parameterised as :data:`SIMPLEX`."""
     if SIMPLEX == "stickbreaking":
-        to_simplex = torch.distributions.biject_to(constraints.simplex)
-        return to_simplex(pyro.param(name + SIMPLEX_FREE, lambda: to_simplex.inv(init())))
+        free = pyro.param(name + SIMPLEX_FREE, lambda: STICK_BREAKING.inv(init()))
+        return STICK_BREAKING(free)
     return pyro.param(name, init, constraint=constraints.simplex)
 
 
@@ -340,14 +341,13 @@ def models() -> dict:
 def export() -> dict:
     """The constrained values of the model's and guide's params (not Pyro's baseline state)."""
     store = pyro.get_param_store()
-    to_simplex = torch.distributions.biject_to(constraints.simplex)
     out = {}
     for k in store.keys():
         if k.startswith("__"):
             continue
         value = store[k].detach()
         if SIMPLEX == "stickbreaking" and k.endswith(SIMPLEX_FREE):
-            k, value = k[: -len(SIMPLEX_FREE)], to_simplex(value)
+            k, value = k[: -len(SIMPLEX_FREE)], STICK_BREAKING(value)
         out[k] = np.round(value.numpy().astype(np.float64), 7).tolist()
     return out
 
@@ -361,10 +361,7 @@ def train(key, model, guide, args, k, lr, b1, steps, seed, grid):
     for name, value in gdata.initial_params(key, seed).items():
         value = torch.tensor(value)  # the seed's shared initial value, constrained
         if SIMPLEX == "stickbreaking" and name + SIMPLEX_FREE in store.keys():
-            name, value = (
-                name + SIMPLEX_FREE,
-                torch.distributions.biject_to(constraints.simplex).inv(value),
-            )
+            name, value = name + SIMPLEX_FREE, STICK_BREAKING.inv(value)
         store[name] = value
     svi = SVI(model, guide, Adam({"lr": lr, "betas": (b1, 0.999)}), loss=TraceGraph_ELBO(k))
     ckpts, done, train_s = {}, 0, 0.0
