@@ -5,8 +5,11 @@ constructor arguments and ``loss``; usable as ``loss=`` in ``numpyro.infer.SVI``
 is a stochastic program (:mod:`expectax.programs`) whose cost is ``log p − log q``.
 ``expectax.infer.IWELBO`` is the importance-weighted (multi-sample) bound, with VIMCO for
 discrete guide sites and, optionally, DReG for reparameterised ones.
+``expectax.infer.with_baselines`` carries the baselines' history through ``SVI``;
+``expectax.infer.softmax_simplex`` optimises a guide's ``simplex`` params as Pyro does.
 """
 
 from expectax.infer.elbo import BASELINE_STATE, IWELBO, TraceGraph_ELBO, with_baselines
+from expectax.infer.simplex import softmax_simplex
 
-__all__ = ["BASELINE_STATE", "IWELBO", "TraceGraph_ELBO", "with_baselines"]
+__all__ = ["BASELINE_STATE", "IWELBO", "TraceGraph_ELBO", "softmax_simplex", "with_baselines"]
