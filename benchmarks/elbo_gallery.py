@@ -245,6 +245,7 @@ def gallery(quick: bool) -> list[Spec]:
             guide=gm.outlier_guide,
             args=tuple(jnp.asarray(a) for a in gdata.diabetes_data()),
         ),
+        "hmm": dict(model=gm.hmm_model, guide=gm.hmm_guide, args=(counts,)),
     }
     specs = [
         Spec(name=name, key=key, particles=k, lr=lr, b1=b1, steps=steps, **models[key])
@@ -653,12 +654,13 @@ def figures(results: dict, prefix: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    cols = 4
+    cols = min(4, len(names))  # one row of panels for a run of a few models
     rows_n = math.ceil(len(names) / cols)
     dashes = ["--", "-.", ":", (0, (5, 1, 1, 1))]
     paths = []
     for axis in ("steps", "time"):
-        fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+        width = 4.2 * max(cols, 2)  # room for the title over a single panel
+        fig, axes = plt.subplots(rows_n, cols, figsize=(width, 3.4 * rows_n), squeeze=False)
         for ax, name in zip(axes.flat, names, strict=False):
             m = results[name]
             budget_steps = m["spec"]["steps"]

@@ -26,7 +26,9 @@ dependencies::
     .venv-bench/bin/python benchmarks/pyro_gallery.py --quick  # results/pyro_gallery-quick.json
 
 then ``.venv/bin/python benchmarks/elbo_gallery.py`` (with the same ``--quick``/``--seeds``)
-merges it into the table.
+merges it into the table. A slow model's seeds may run in two processes, one per core, joined
+afterwards (``--join a.json b.json --out c.json``; the time per step is then the median over
+all seeds, each taken in its own process).
 """
 
 from __future__ import annotations
@@ -319,6 +321,33 @@ def outlier_guide(x, y):
         pyro.sample("o", dist.Bernoulli(logits=o_logits), infer=BASELINE)
 
 
+def hmm_model(counts):
+    with pyro.plate("states", 2):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        stay = pyro.sample("stay", dist.Beta(4.0, 1.0))
+    z = pyro.sample("z_0", dist.Bernoulli(probs=torch.tensor(0.5))).long()
+    pyro.sample("y_0", dist.Poisson(rate[z]), obs=counts[0])
+    for t in range(1, counts.shape[0]):
+        to_1 = torch.where(z == 1, stay[1], 1.0 - stay[0])
+        z = pyro.sample(f"z_{t}", dist.Bernoulli(probs=to_1)).long()
+        pyro.sample(f"y_{t}", dist.Poisson(rate[z]), obs=counts[t])
+
+
+def hmm_guide(counts):
+    years = counts.shape[0]
+    pos = constraints.positive
+    z_logits = pyro.param("z_logits", lambda: torch.zeros(years))
+    rate_loc = pyro.param("rate_loc", lambda: torch.zeros(2))
+    rate_scale = pyro.param("rate_scale", lambda: torch.full((2,), 0.1), constraint=pos)
+    stay_a = pyro.param("stay_a", lambda: torch.full((2,), 4.0), constraint=pos)
+    stay_b = pyro.param("stay_b", lambda: torch.full((2,), 1.0), constraint=pos)
+    with pyro.plate("states", 2):
+        pyro.sample("rate", dist.LogNormal(rate_loc, rate_scale))
+        pyro.sample("stay", dist.Beta(stay_a, stay_b))
+    for t in range(years):
+        pyro.sample(f"z_{t}", dist.Bernoulli(logits=z_logits[t]), infer=BASELINE)
+
+
 def models() -> dict:
     t = torch.tensor
     x, y = gdata.breast_cancer_data()
@@ -332,6 +361,7 @@ def models() -> dict:
         "bmm": (bmm_model, bmm_guide, (t(gdata.digits_data()),)),
         "mixreg": (mixreg_model, mixreg_guide, tuple(t(a) for a in gdata.diabetes_data())),
         "outlier": (outlier_model, outlier_guide, tuple(t(a) for a in gdata.diabetes_data())),
+        "hmm": (hmm_model, hmm_guide, (t(gdata.COAL_COUNTS),)),
     }
 
 
@@ -375,6 +405,33 @@ def train(key, model, guide, args, k, lr, b1, steps, seed, grid):
     return ckpts, train_s / max(done, 1)
 
 
+def join(paths: list[str], out: str) -> None:
+    """One JSON from runs of the same models on disjoint seeds (``--join``; e.g. two processes
+    on two cores): seeds and checkpoints concatenated in the order given, the time per step
+    the median over all seeds."""
+    blobs = []
+    for path in paths:
+        with open(path) as f:
+            blobs.append(json.load(f))
+    result = dict(blobs[0], seeds=[s for b in blobs for s in b["seeds"]], models={})
+    result["total_s"] = sum(b["total_s"] for b in blobs)
+    for name, first in blobs[0]["models"].items():
+        runs = [b["models"][name] for b in blobs]
+        times = [t for r in runs for t in r["seed_step_s"]]
+        result["models"][name] = dict(
+            first,
+            seeds=[s for r in runs for s in r["seeds"]],
+            step_s=statistics.median(times),
+            seed_step_s=times,
+            checkpoints={
+                g: [p for r in runs for p in r["checkpoints"][g]] for g in first["checkpoints"]
+            },
+        )
+    with open(out, "w") as f:
+        json.dump(result, f)
+    print(f"wrote {out}: seeds {result['seeds']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -395,7 +452,18 @@ def main() -> None:
         help="the mixtures' phi: Pyro's softmax parameterisation (default) or numpyro's "
         "stick-breaking one, to compare estimators without the difference",
     )
+    ap.add_argument(
+        "--join",
+        nargs="+",
+        metavar="JSON",
+        help="instead of training: join these runs of the same models on disjoint seeds into "
+        "--out (seeds in the order given; time per step the median over all seeds)",
+    )
     args = ap.parse_args()
+    if args.join:
+        if not args.out:
+            ap.error("--join needs --out")
+        return join(args.join, args.out)
     global BASELINE, SIMPLEX
     SIMPLEX = args.simplex  # the guides read the module's globals when they run
     if args.no_baseline:
@@ -449,6 +517,7 @@ def main() -> None:
             "lr": lr,
             "steps": steps,
             "step_s": step_s,
+            "seed_step_s": times,
             "checkpoints": {str(g): [r[g] for r in runs] for g in grid},
         }
         print(f"{name}: {1e3 * step_s:.2f} ms/step, {len(seeds)} seeds x {steps} steps", flush=True)
