@@ -210,7 +210,7 @@ def initial_params(model: str, seed: int) -> dict[str, np.ndarray]:
 #: (share 0.03) had been chosen on the first five, to judge it on models it was not chosen on;
 #: ``mixreg`` later that day, after the simplex-parameterisation runs, with free logits (no
 #: simplex param) and gmm's settings, fixed before its first run; ``outlier`` after it, the same
-#: way; ``hmm`` on 2026-12-07's next session, the same way.
+#: way; ``hmm`` after those (a later session), the same way.
 #: ``--quick`` runs a tenth of the steps (at least 50).
 GALLERY = (
     ("coin K=1", "coin", 1, 5e-4, 0.93, 3000),
