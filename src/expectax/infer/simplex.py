@@ -5,8 +5,9 @@ numpyro's ``SVI`` optimises a ``numpyro.param(..., constraint=constraints.simple
 parameter store maps the same constraint through a softmax of ``k`` free logits (torch's
 ``transform_to(simplex)``, whose inverse is the elementwise log). The two are parameterisations
 of the same guide, but Adam, which scales every free coordinate on its own, takes different
-steps in them; on the ELBO gallery's mixtures the softmax trained better for every estimator
-(docs/elbo-gallery.md, "Pyro's simplex parameterisation").
+steps in them; on the ELBO gallery's mixtures the softmax trained better for numpyro's estimator
+and for expectax's defaults, not for the plain leave-one-out baseline (docs/elbo-gallery.md,
+"Pyro's simplex parameterisation").
 
 :func:`softmax_simplex` wraps a model or guide so that each of its ``simplex`` params is
 optimised as Pyro would: the param site's constraint becomes :data:`SOFTMAX_SIMPLEX`, a simplex
