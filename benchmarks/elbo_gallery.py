@@ -765,6 +765,13 @@ def main() -> None:
         default=None,
         help="comma-separated subset of the row names' models: coin,dpm,sbn,coal,spike,gmm,bmm",
     )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="every model's step budget instead of the gallery's (e.g. a longer run; Pyro's rows "
+        "then need a Pyro run of the same budget)",
+    )
     ap.add_argument("--curve-points", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
     ap.add_argument(
@@ -829,6 +836,11 @@ def main() -> None:
     if args.models:
         keep = set(args.models.split(","))
         specs = [s for s in specs if s.key in keep]
+    if args.steps is not None:
+        if args.steps < 1:
+            ap.error(f"--steps: a positive step budget, got {args.steps}")
+        for s in specs:
+            s.steps = args.steps
     os.makedirs(RESULTS, exist_ok=True)
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]

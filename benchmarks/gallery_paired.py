@@ -11,6 +11,7 @@ such as ``loo``)::
 
     python benchmarks/gallery_paired.py benchmarks/results/elbo_gallery_300.json
     python benchmarks/gallery_paired.py STEM.json --pairs expectax-numpyro,loo-pyro --at time
+    python benchmarks/gallery_paired.py STEM.json --per-seed   # each method's value per seed
 """
 
 from __future__ import annotations
@@ -56,6 +57,24 @@ def table(blob: dict, pairs: list[tuple[str, str]], at: str = "steps") -> str:
     return title + "\n\n" + "\n".join(lines)
 
 
+def per_seed(blob: dict, at: str = "steps") -> str:
+    """Each method's final −ELBO seed by seed (a model with several optima shows them)."""
+    seeds = blob["meta"]["seeds"]
+    out = []
+    for model, res in blob["results"].items():
+        lines = [
+            f"{model}, equal {at}",
+            "",
+            "| method | " + " | ".join(str(s) for s in seeds) + " |",
+            "|---|" + "---:|" * len(seeds),
+        ]
+        for m, row in res["methods"].items():
+            values = row[f"equal_{at}"]["values"]
+            lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("json", help="a gallery run's JSON (elbo_gallery.py --out STEM -> STEM.json)")
@@ -65,9 +84,13 @@ def main() -> None:
     ap.add_argument(
         "--at", choices=("steps", "time"), default="steps", help="equal steps or equal time"
     )
+    ap.add_argument("--per-seed", action="store_true", help="each method's value per seed")
     args = ap.parse_args()
     with open(args.json) as f:
         blob = json.load(f)
+    if args.per_seed:
+        print(per_seed(blob, args.at))
+        return
     pairs = [tuple(p.split("-", 1)) for p in args.pairs.split(",") if p]
     print(table(blob, pairs, args.at))
 

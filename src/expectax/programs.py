@@ -992,6 +992,14 @@ class _Engine:
         # baselines per score site, from the particles' downstream costs (stop-gradient); a
         # site with causal costs gets one per time step, (n, T, *plates)
         base = {}
+        long = {
+            s.name: (downstream[s.name], s.frames)
+            for s in score
+            if s.estimator.baseline is not None
+            and s.name not in causal
+            and len(downstream[s.name]) > _CHAIN_TERMS
+        }
+        long = _long_downstream(costs, cost_frames, long, n)
         for s in score:
             b = s.estimator.baseline
             if b is None:
@@ -1000,6 +1008,8 @@ class _Engine:
                 d = _downstream_time(
                     costs, cost_frames, downstream[s.name], causal[s.name][1], s.frames, n
                 )
+            elif s.name in long:
+                d = long[s.name]
             else:
                 d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
             d = jax.lax.stop_gradient(d)
@@ -1027,27 +1037,54 @@ class _Engine:
             else:
                 base[s.name] = jnp.broadcast_to(jnp.asarray(b.c, d.dtype), d.shape)
 
+        upstream = {c: [s for s in score if s.name in cost_deps[c]] for c in costs}
+        ancestors = {
+            name: [a for a in score if a.name != name and a.name in lp_deps[name]] for name in base
+        }
+
         def surrogate(costs_p, lps_p, lps_time_p, base_p):
-            total = 0.0
-            for c, v in costs_p.items():
+            # the sum of the log-densities upstream of each cost (and of each baselined site's
+            # ancestors), as (key, thunk) terms: a long sum is one masked reduction (_long_sums)
+            def cost_terms(c, v):
                 frames_c = cost_frames[c]
-                logp = 0.0
-                for s in score:
-                    if s.name not in cost_deps[c]:
-                        continue
+                for s in upstream[c]:
                     if s.name in causal and c in causal[s.name][1]:
                         # step s of the cost: the site's steps t <= s (a cumulative sum)
                         lp_t = _time_reduce(lps_time_p[s.name], s.frames, frames_c, jnp.ndim(v))
-                        logp = logp + jnp.cumsum(lp_t, axis=0)
+                        yield (s.name, c), lambda lp_t=lp_t: jnp.cumsum(lp_t, axis=0)
                     else:
-                        logp = logp + _reduce(lps_p[s.name], s.frames, frames_c)
+                        yield (
+                            (s.name, frames_c),
+                            functools.partial(_reduce, lps_p[s.name], s.frames, frames_c),
+                        )
+
+            def ancestor_terms(name):
+                frames = sites[name].frames
+                for a in ancestors[name]:
+                    yield (
+                        (a.name, frames),
+                        functools.partial(_reduce, lps_p[a.name], a.frames, frames),
+                    )
+
+            long = {
+                ("cost", c): cost_terms(c, v)
+                for c, v in costs_p.items()
+                if len(upstream[c]) > _CHAIN_TERMS
+            }
+            for name in base_p:
+                if len(ancestors[name]) > _CHAIN_TERMS:
+                    long["anc", name] = ancestor_terms(name)
+            long = _long_sums(long)
+            total = 0.0
+            for c, v in costs_p.items():
+                logp = long.get(("cost", c))
+                if logp is None:
+                    logp = _chain(cost_terms(c, v))
                 total = total + jnp.sum(magic_box(jnp.asarray(logp)) * v)
             for name, b in base_p.items():
-                s = sites[name]
-                anc = 0.0
-                for a in score:
-                    if a.name != name and a.name in lp_deps[name]:
-                        anc = anc + _reduce(lps_p[a.name], a.frames, s.frames)
+                anc = long.get(("anc", name))
+                if anc is None:
+                    anc = _chain(ancestor_terms(name))
                 lp = lps_p[name]
                 if name in causal:  # per step t: its own ancestors include steps < t
                     lp = lps_time_p[name]
@@ -1239,13 +1276,84 @@ def _site_errors(prefix: str) -> Iterator[None]:
         raise type(err)(f"{prefix}: {err}") from err
 
 
+#: A sum of more terms than this is one masked reduction over their stack, not a chain of
+#: additions. A Markov chain of discrete sites written as a Python loop has every earlier site
+#: upstream of each of its costs: T² additions in the surrogate (and as many in its
+#: gradient), which made the compiled program grow quadratically in T
+#: (``benchmarks/chain_compile.py``). Shorter sums keep the chain, bit for bit.
+_CHAIN_TERMS = 8
+
+
+def _chain(terms: Iterator[tuple[Any, Callable[[], jax.Array]]]) -> Any:
+    """``0.0 + t_1 + t_2 + ...`` of ``(key, thunk)`` terms, in order."""
+    total = 0.0
+    for _, term in terms:
+        total = total + term()
+    return total
+
+
+def _long_sums(wanted: dict) -> dict:
+    """``{out: Σ of its terms}`` for ``wanted = {out: iterable of (key, thunk)}``, a term's
+    value ``thunk()`` shared by every output that names its key.
+
+    The outputs are grouped by the shape of their sum, each group's terms stacked once and
+    summed as ``Σ_k where(mask[out, k], stack[k], 0)``: a ``select``, not a product with a 0/1
+    matrix, so an infinite term never turns another output into NaN.
+    """
+    values, keys, groups = {}, {}, {}
+    for o, terms in wanted.items():
+        keys[o] = []
+        for k, thunk in terms:
+            if k not in values:
+                values[k] = jnp.asarray(thunk())
+            keys[o].append(k)
+        shape = jnp.broadcast_shapes(*(values[k].shape for k in keys[o]))
+        groups.setdefault(shape, []).append(o)
+    out = {}
+    for shape, outs in groups.items():
+        cols = list(dict.fromkeys(k for o in outs for k in keys[o]))
+        index = {k: j for j, k in enumerate(cols)}
+        mask = np.zeros((len(outs), len(cols)), bool)
+        for i, o in enumerate(outs):
+            mask[i, [index[k] for k in keys[o]]] = True
+        stack = jnp.stack([jnp.broadcast_to(values[k], shape) for k in cols])
+        mask = mask.reshape(mask.shape + (1,) * len(shape))
+        summed = jnp.sum(jnp.where(mask, stack[None], jnp.zeros((), stack.dtype)), axis=1)
+        for i, o in enumerate(outs):
+            out[o] = summed[i]
+    return out
+
+
+def _laid_out(costs, cost_frames, c, frames, n):
+    """Cost ``c`` per particle reduced to ``frames``, laid out as ``(n, *plates)`` (or fewer
+    axes of size 1 on the left)."""
+    ndim = 1 + len(_target_shape(frames))
+    v = jax.vmap(lambda x: _reduce(x, cost_frames[c], frames))(costs[c])
+    return v.reshape((n,) + (1,) * (ndim - v.ndim) + v.shape[1:])
+
+
+def _long_downstream(costs, cost_frames, wanted, n):
+    """:func:`_downstream` of many sites at once, ``wanted = {site: (cost names, frames)}``,
+    each summed by :func:`_long_sums` (the costs laid out once per plate layout)."""
+    terms = {
+        name: (
+            ((c, frames), functools.partial(_laid_out, costs, cost_frames, c, frames, n))
+            for c in names
+        )
+        for name, (names, frames) in wanted.items()
+    }
+    return {
+        name: jnp.broadcast_to(total, (n, *_target_shape(wanted[name][1])))
+        for name, total in _long_sums(terms).items()
+    }
+
+
 def _downstream(costs, cost_frames, names, frames, n):
     """Per particle, the sum of the named costs reduced to ``frames``: shape (n, *plates)."""
     target = (n, *_target_shape(frames))
     total = jnp.zeros(target)
     for c in names:
-        v = jax.vmap(lambda x, c=c: _reduce(x, cost_frames[c], frames))(costs[c])
-        total = total + v.reshape((n,) + (1,) * (len(target) - v.ndim) + v.shape[1:])
+        total = total + _laid_out(costs, cost_frames, c, frames, n)
     return total
 
 
