@@ -6,8 +6,9 @@ gives every step's score all later steps' costs through provenance; the compiled
 then grows faster than linearly in the chain's length T, in numpyro's ``TraceGraph_ELBO`` and
 in expectax's alike. Written with numpyro's ``scan`` (one scanned site), expectax compiles it
 in a time that barely depends on T. Each cell runs in a fresh process (``jax.jit(grad)`` of
-``elbo.loss`` at 4 particles, lowered and compiled once): seconds to trace and compile, and
-the process's peak resident memory.
+``elbo.loss`` at 4 particles, lowered and compiled once): seconds to trace and compile, the
+process's peak resident memory, and then the compiled gradient's time per call (median of 7
+rounds of 50 calls; run it on an otherwise idle core, e.g. under ``taskset -c 0``).
 
 Run::
 
@@ -48,10 +49,21 @@ def measure(form: str, library: str, T: int) -> dict:
     t0 = time.perf_counter()
     lowered = g.lower(params_for(T, 0), jax.random.key(0))
     t1 = time.perf_counter()
-    lowered.compile()
+    compiled = lowered.compile()
     t2 = time.perf_counter()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"trace_s": t1 - t0, "compile_s": t2 - t1, "peak_mb": peak_mb}
+    # then the compiled gradient's time per call: median of 7 rounds of 50 calls
+    args = (params_for(T, 0), jax.random.key(0))
+    jax.block_until_ready(compiled(*args))
+    rounds = []
+    for _ in range(7):
+        t = time.perf_counter()
+        for _ in range(50):
+            out = compiled(*args)
+        jax.block_until_ready(out)
+        rounds.append((time.perf_counter() - t) / 50)
+    call_ms = 1e3 * sorted(rounds)[3]
+    return {"trace_s": t1 - t0, "compile_s": t2 - t1, "peak_mb": peak_mb, "call_ms": call_ms}
 
 
 def main() -> None:
@@ -64,19 +76,21 @@ def main() -> None:
         print(json.dumps(measure(form, library, int(T))))
         return
     rows = [("loop", "numpyro"), ("loop", "expectax"), ("scan", "expectax")]
-    print("| form | ELBO | T | trace + lower (s) | compile (s) | peak memory (MB) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| form | ELBO | T | trace + lower (s) | compile (s) | peak memory (MB) | gradient (ms) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for form, library in rows:
         for T in args.lengths:
             cmd = [sys.executable, __file__, "--cell", form, library, str(T)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"| {form} | {library} | {T} | failed (exit {out.returncode}) | | |")
+                print(f"| {form} | {library} | {T} | failed (exit {out.returncode}) | | | |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
                 f"| {form} | {library} | {T} | {r['trace_s']:.1f} | {r['compile_s']:.1f} "
-                f"| {r['peak_mb']:.0f} |",
+                f"| {r['peak_mb']:.0f} | {r['call_ms']:.3f} |",
                 flush=True,
             )
 

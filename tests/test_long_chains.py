@@ -1,11 +1,13 @@
 """Long sums in the ELBO's surrogate: a Markov chain of discrete sites written as a Python loop.
 
 Every earlier state is upstream of each later cost, so the surrogate's sums of log-densities
-(and the baselines' downstream costs) have up to T terms. Sums of more than
-``programs._CHAIN_TERMS`` terms are one masked reduction over a stack of the terms instead of
-a chain of additions (linear, not quadratic, growth of the compiled program in T:
-``benchmarks/chain_compile.py``). These tests check that path against enumeration, against
-the chain of additions, and that an infinite term stays in its own sums.
+(and the baselines' downstream costs) have up to T terms. Where a program's sums have more
+than ``programs._LONG_TOTAL`` terms in all, those of more than ``programs._CHAIN_TERMS`` terms
+are one masked reduction over a stack of the terms instead of a chain of additions (linear,
+not quadratic, growth of the compiled program in T: ``benchmarks/chain_compile.py``). A chain
+long enough to reach ``_LONG_TOTAL`` by itself cannot be enumerated, so these tests lower
+``_LONG_TOTAL`` to 0 and check that path against enumeration, against the chain of additions,
+and that an infinite term stays in its own sums.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 from helpers import assert_unbiased, tree_allclose
 
 from expectax import infer, programs
@@ -60,14 +63,19 @@ def exact_loss(params):
     return -jnp.sum(jnp.exp(log_q) * (jnp.sum(log_p, axis=1) - log_q))
 
 
+@pytest.fixture
+def long_sums(monkeypatch):
+    """Every sum of more than ``_CHAIN_TERMS`` terms a masked reduction, however few in all."""
+    monkeypatch.setattr(programs, "_LONG_TOTAL", 0)
+
+
 def _gradients(k):
     elbo = infer.TraceGraph_ELBO(num_particles=k)
     grad = jax.grad(lambda p, key: elbo.loss(key, p, chain_model, chain_guide, OBS))
     return jax.jit(jax.vmap(grad, in_axes=(None, 0)))
 
 
-def test_the_chain_takes_the_masked_reduction(monkeypatch):
-    # the tests below exercise the masked reduction only if the engine takes it here
+def _spy_on_long_sums(monkeypatch):
     seen = []
 
     def spy(wanted):
@@ -79,19 +87,29 @@ def test_the_chain_takes_the_masked_reduction(monkeypatch):
     monkeypatch.setattr(programs, "_long_sums", spy)
     elbo = infer.TraceGraph_ELBO(num_particles=2)
     elbo.loss(jax.random.key(0), PARAMS, chain_model, chain_guide, OBS)
+    return seen
+
+
+def test_a_short_chain_keeps_the_chain_of_additions(monkeypatch):
+    assert _spy_on_long_sums(monkeypatch) == []
+
+
+def test_the_chain_takes_the_masked_reduction(monkeypatch, long_sums):
+    # the tests below exercise the masked reduction only if the engine takes it here
+    seen = _spy_on_long_sums(monkeypatch)
     assert {o[0] for o in seen if isinstance(o, tuple)} == {"cost", "anc"}
     assert any(isinstance(o, str) for o in seen)  # the baselines' downstream costs
 
 
-def test_long_chain_gradient_is_exact_in_expectation():
+def test_long_chain_gradient_is_exact_in_expectation(long_sums):
     grads = _gradients(4)(PARAMS, jax.random.split(jax.random.key(3), 3000))
     assert_unbiased(grads, jax.grad(exact_loss)(PARAMS), k=5, bonferroni=True)
 
 
-def test_masked_reduction_equals_the_chain_of_additions(monkeypatch):
+def test_masked_reduction_equals_the_chain_of_additions(monkeypatch, long_sums):
     keys = jax.random.split(jax.random.key(11), 8)
     long = _gradients(4)(PARAMS, keys)
-    monkeypatch.setattr(programs, "_CHAIN_TERMS", 10**6)  # every sum a chain of additions
+    monkeypatch.setattr(programs, "_LONG_TOTAL", 10**6)  # every sum a chain of additions
     chained = _gradients(4)(PARAMS, keys)
     assert tree_allclose(long, chained, rtol=1e-5, atol=1e-5)
     assert float(jnp.abs(long["a"]).mean()) > 0

@@ -992,13 +992,9 @@ class _Engine:
         # baselines per score site, from the particles' downstream costs (stop-gradient); a
         # site with causal costs gets one per time step, (n, T, *plates)
         base = {}
-        long = {
-            s.name: (downstream[s.name], s.frames)
-            for s in score
-            if s.estimator.baseline is not None
-            and s.name not in causal
-            and len(downstream[s.name]) > _CHAIN_TERMS
-        }
+        plain = [s for s in score if s.estimator.baseline is not None and s.name not in causal]
+        long = _long({s.name: len(downstream[s.name]) for s in plain})
+        long = {s.name: (downstream[s.name], s.frames) for s in plain if s.name in long}
         long = _long_downstream(costs, cost_frames, long, n)
         for s in score:
             b = s.estimator.baseline
@@ -1041,6 +1037,10 @@ class _Engine:
         ancestors = {
             name: [a for a in score if a.name != name and a.name in lp_deps[name]] for name in base
         }
+        long_sums = _long(
+            {("cost", c): len(v) for c, v in upstream.items()}
+            | {("anc", name): len(v) for name, v in ancestors.items()}
+        )
 
         def surrogate(costs_p, lps_p, lps_time_p, base_p):
             # the sum of the log-densities upstream of each cost (and of each baselined site's
@@ -1066,15 +1066,9 @@ class _Engine:
                         functools.partial(_reduce, lps_p[a.name], a.frames, frames),
                     )
 
-            long = {
-                ("cost", c): cost_terms(c, v)
-                for c, v in costs_p.items()
-                if len(upstream[c]) > _CHAIN_TERMS
-            }
-            for name in base_p:
-                if len(ancestors[name]) > _CHAIN_TERMS:
-                    long["anc", name] = ancestor_terms(name)
-            long = _long_sums(long)
+            long = {("cost", c): cost_terms(c, v) for c, v in costs_p.items()}
+            long |= {("anc", name): ancestor_terms(name) for name in base_p}
+            long = _long_sums({k: v for k, v in long.items() if k in long_sums})
             total = 0.0
             for c, v in costs_p.items():
                 logp = long.get(("cost", c))
@@ -1276,12 +1270,23 @@ def _site_errors(prefix: str) -> Iterator[None]:
         raise type(err)(f"{prefix}: {err}") from err
 
 
-#: A sum of more terms than this is one masked reduction over their stack, not a chain of
-#: additions. A Markov chain of discrete sites written as a Python loop has every earlier site
-#: upstream of each of its costs: T² additions in the surrogate (and as many in its
-#: gradient), which made the compiled program grow quadratically in T
-#: (``benchmarks/chain_compile.py``). Shorter sums keep the chain, bit for bit.
+#: Where the sums of one kind (the surrogate's log-densities, or the baselines' downstream
+#: costs) have more than ``_LONG_TOTAL`` terms in all, each of more than ``_CHAIN_TERMS``
+#: terms is one masked reduction over their stack, not a chain of additions. A Markov chain
+#: of discrete sites written as a Python loop has every earlier site upstream of each of its
+#: costs: T² additions in the surrogate (and as many in its gradient), and a compiled program
+#: that grew quadratically in T (``benchmarks/chain_compile.py``). The reduction compiles
+#: faster but runs slower than a short chain (+30 % per gradient on the 15-step chain there),
+#: so fewer terms keep the chain, bit for bit: every model of the ELBO gallery.
 _CHAIN_TERMS = 8
+_LONG_TOTAL = 1024
+
+
+def _long(lengths: dict) -> set:
+    """The sums (keys of ``lengths``, their numbers of terms) to take as masked reductions."""
+    if sum(lengths.values()) <= _LONG_TOTAL:
+        return set()
+    return {k for k, m in lengths.items() if m > _CHAIN_TERMS}
 
 
 def _chain(terms: Iterator[tuple[Any, Callable[[], jax.Array]]]) -> Any:
