@@ -1276,8 +1276,9 @@ def _site_errors(prefix: str) -> Iterator[None]:
 #: of discrete sites written as a Python loop has every earlier site upstream of each of its
 #: costs: T² additions in the surrogate (and as many in its gradient), and a compiled program
 #: that grew quadratically in T (``benchmarks/chain_compile.py``). The reduction compiles
-#: faster but runs slower than a short chain (+30 % per gradient on the 15-step chain there),
-#: so fewer terms keep the chain, bit for bit: every model of the ELBO gallery.
+#: faster, but it ran 17 % slower per gradient on the 30-step chain there (11 % faster on 60
+#: steps), so fewer terms keep the chain of additions, bit for bit: every model of the ELBO
+#: gallery.
 _CHAIN_TERMS = 8
 _LONG_TOTAL = 1024
 
