@@ -993,9 +993,9 @@ class _Engine:
         # site with causal costs gets one per time step, (n, T, *plates)
         base = {}
         plain = [s for s in score if s.estimator.baseline is not None and s.name not in causal]
-        long = _long({s.name: len(downstream[s.name]) for s in plain})
-        long = {s.name: (downstream[s.name], s.frames) for s in plain if s.name in long}
-        long = _long_downstream(costs, cost_frames, long, n)
+        take = _long({s.name: len(downstream[s.name]) for s in plain})
+        wanted = {s.name: (downstream[s.name], s.frames) for s in plain if s.name in take}
+        long_down = _long_downstream(costs, cost_frames, wanted, n)
         for s in score:
             b = s.estimator.baseline
             if b is None:
@@ -1004,8 +1004,8 @@ class _Engine:
                 d = _downstream_time(
                     costs, cost_frames, downstream[s.name], causal[s.name][1], s.frames, n
                 )
-            elif s.name in long:
-                d = long[s.name]
+            elif s.name in long_down:
+                d = long_down[s.name]
             else:
                 d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
             d = jax.lax.stop_gradient(d)
@@ -1066,9 +1066,15 @@ class _Engine:
                         functools.partial(_reduce, lps_p[a.name], a.frames, frames),
                     )
 
-            long = {("cost", c): cost_terms(c, v) for c, v in costs_p.items()}
-            long |= {("anc", name): ancestor_terms(name) for name in base_p}
-            long = _long_sums({k: v for k, v in long.items() if k in long_sums})
+            wanted = {
+                ("cost", c): cost_terms(c, v)
+                for c, v in costs_p.items()
+                if ("cost", c) in long_sums
+            }
+            wanted |= {
+                ("anc", name): ancestor_terms(name) for name in base_p if ("anc", name) in long_sums
+            }
+            long = _long_sums(wanted)
             total = 0.0
             for c, v in costs_p.items():
                 logp = long.get(("cost", c))
