@@ -393,70 +393,36 @@ def natural_score_weights(dist: Any, x: jax.Array) -> tuple[jax.Array, jax.Array
     (``w = (x − λ)²``, ``F = λ``). Both have the distribution's batch shape (event dimensions
     summed). ``None`` for any other distribution.
     """
-    parts = natural_score_parts(dist, x)
-    if parts is None:
-        return None
-    kind, a, x, reinterpreted = parts
-    w, fisher = natural_weights_of(kind, a, x)
-    dims = tuple(dist.batch_shape) + tuple(dist.event_shape)[:reinterpreted]
-    full = jnp.broadcast_shapes(jnp.shape(w), dims)
-    w, fisher = jnp.broadcast_to(w, full), jnp.broadcast_to(fisher, full[len(full) - len(dims) :])
-    if reinterpreted:
-        axes = tuple(range(-reinterpreted, 0))
-        w, fisher = jnp.sum(w, axis=axes), jnp.sum(fisher, axis=axes)
-    return jax.lax.stop_gradient(w), jax.lax.stop_gradient(fisher)
-
-
-def natural_score_parts(dist: Any, x: jax.Array) -> tuple[str, jax.Array, jax.Array, int] | None:
-    """``(kind, a, x, reinterpreted)``: what :func:`natural_weights_of` needs of ``dist`` at
-    ``x`` (``a``: a Bernoulli's or a Categorical's logits or probabilities, as the
-    distribution holds them, or a Poisson's rate; ``kind`` names which), and how many event
-    dimensions an ``Independent`` wrapper added; ``None`` for any other distribution. Split
-    from the weights so that a program can compute the weights of many sites at once."""
     import numpyro.distributions as nd
 
     from expectax.estimators.relaxed import _unwrap
 
     base = _unwrap(dist)  # Independent/Expanded peeled off; Independent adds event dims
     reinterpreted = len(dist.event_shape) - len(base.event_shape)
+    batch = tuple(dist.batch_shape)
     x = jnp.asarray(x)
-    # the logits where the distribution holds them: its probabilities are then computed in
-    # natural_weights_of (for many sites at once in a program)
-    if isinstance(base, nd.BernoulliLogits):
-        return "bernoulli_logits", base.logits, x, reinterpreted
-    if isinstance(base, nd.BernoulliProbs):
-        return "bernoulli", base.probs, x, reinterpreted
-    if isinstance(base, nd.CategoricalLogits):
-        return "categorical_logits", base.logits, x, reinterpreted
-    if isinstance(base, nd.CategoricalProbs):
-        return "categorical", base.probs, x, reinterpreted
-    if type(base) is nd.Poisson:
-        return "poisson", base.rate, x, reinterpreted
-    return None
-
-
-def natural_weights_of(kind: str, a: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(w, F)`` of :func:`natural_score_weights` from :func:`natural_score_parts`'s ``kind``,
-    ``a`` and ``x``, elementwise (a Categorical's ``a`` has the categories on its last axis);
-    ``F`` has ``a``'s batch shape, ``w`` that broadcast with ``x``'s. Kinds ending in
-    ``_logits`` take the logits, and their probabilities as numpyro computes them."""
-    import numpyro.distributions as nd
-
-    if kind == "bernoulli_logits":
-        kind, a = "bernoulli", nd.BernoulliLogits(logits=a).probs
-    elif kind == "categorical_logits":
-        kind, a = "categorical", nd.CategoricalLogits(logits=a).probs
-    if kind == "bernoulli":
-        return (x - a) ** 2, a * (1 - a)
-    if kind == "categorical":
+    if isinstance(base, (nd.BernoulliProbs, nd.BernoulliLogits)):
+        p = base.probs
+        w, fisher = (x - p) ** 2, p * (1 - p)
+    elif isinstance(base, (nd.CategoricalProbs, nd.CategoricalLogits)):
+        p = base.probs
         px = jnp.take_along_axis(
-            jnp.broadcast_to(a, x.shape + a.shape[-1:]), x[..., None].astype(jnp.int32), axis=-1
+            jnp.broadcast_to(p, x.shape + p.shape[-1:]), x[..., None].astype(jnp.int32), axis=-1
         )[..., 0]
-        sq = jnp.sum(a**2, axis=-1)
-        return 1.0 - 2.0 * px + sq, 1.0 - sq
-    if kind == "poisson":
-        return (x - a) ** 2, a
-    raise ValueError(f"no natural score weights for {kind!r}")
+        sq = jnp.sum(p**2, axis=-1)
+        w, fisher = 1.0 - 2.0 * px + sq, 1.0 - sq
+    elif type(base) is nd.Poisson:
+        rate = base.rate
+        w, fisher = (x - rate) ** 2, rate
+    else:
+        return None
+    dims = tuple(batch) + tuple(dist.event_shape)[:reinterpreted]
+    full = jnp.broadcast_shapes(jnp.shape(w), dims)
+    w, fisher = jnp.broadcast_to(w, full), jnp.broadcast_to(fisher, full[len(full) - len(dims) :])
+    if reinterpreted:
+        axes = tuple(range(-reinterpreted, 0))
+        w, fisher = jnp.sum(w, axis=axes), jnp.sum(fisher, axis=axes)
+    return jax.lax.stop_gradient(w), jax.lax.stop_gradient(fisher)
 
 
 def others_sum(v: jax.Array) -> jax.Array:

@@ -52,8 +52,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
-import math
 import operator
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -69,12 +67,7 @@ from numpyro.ops.provenance import eval_provenance
 from numpyro.primitives import Messenger
 
 from expectax import sharding as _sharding
-from expectax.baselines import (
-    natural_score_parts,
-    natural_score_weights,
-    natural_weights_of,
-    weighted_loo,
-)
+from expectax.baselines import natural_score_weights
 from expectax.estimators.base import (
     Context,
     Estimator,
@@ -803,9 +796,6 @@ class _Engine:
         self.vectorize = vectorize
         self.debug = debug
         self.builders: dict[str, Callable] = {}
-        # site -> natural_score_parts' kind where the particles carry the weights' parts,
-        # "given" where they carry the weights themselves (as of the last trace)
-        self.weight_kinds: dict[str, str] = {}
         self.reruns: dict[str, int] = {}  # per-site estimator: re-runs of the program per particle
         self.time_resolved: dict[str, tuple[Any, ...]] = {}  # as of the last trace: site -> costs
         self.value_deps: dict[str, frozenset] = {}  # site -> sampled sites its value depends on
@@ -934,25 +924,14 @@ class _Engine:
                     lps[name] = jnp.sum(lps_time[name], axis=0)
                 else:
                     lps[name] = _reduce(lp, s.frames, s.frames)
-                # the weights for one discrete variable per element (see _score_weighted):
-                # where the log-density is laid out as the site's plates, the parts they are
-                # made of, for estimate() to compute many sites' weights at once
-                parts = None
+                # the weights for one discrete variable per element (see _score_weighted)
                 if _weighted(s) and _score_weighted(site, drawn):
-                    parts = natural_score_parts(drawn, site["value"])
-                if parts is not None and _plain_layout(lp, s.frames):
-                    kind, a, x, _ = parts
-                    shape = jnp.shape(lp)
-                    tail = jnp.shape(a)[-1:] if kind.startswith("categorical") else ()
-                    a = jnp.broadcast_to(a, shape + tail)
-                    weights[name] = (jnp.broadcast_to(x, shape), a)
-                    self.weight_kinds[name] = kind
-                elif parts is not None:
                     wf = natural_score_weights(drawn, site["value"])
-                    weights[name] = tuple(
-                        _reduce(jnp.broadcast_to(v, jnp.shape(lp)), s.frames, s.frames) for v in wf
-                    )
-                    self.weight_kinds[name] = "given"
+                    if wf is not None:
+                        weights[name] = tuple(
+                            _reduce(jnp.broadcast_to(v, jnp.shape(lp)), s.frames, s.frames)
+                            for v in wf
+                        )
             elif s.role in ("blackbox", "joint"):
                 builder, fns[name] = _elementwise(site["fn"], s, _sample_shape(site))
                 self.builders[name] = builder
@@ -992,6 +971,7 @@ class _Engine:
         """The surrogate; with ``history`` (the baselines' state, :func:`history_init`),
         ``(surrogate, new history)``."""
         from expectax import baselines
+        from expectax.baselines import weighted_loo
 
         new_history = dict(history or {})
         n = self.num_particles
@@ -1016,8 +996,6 @@ class _Engine:
         take = _long({s.name: len(downstream[s.name]) for s in plain})
         wanted = {s.name: (downstream[s.name], s.frames) for s in plain if s.name in take}
         long_down = _long_downstream(costs, cost_frames, wanted, n)
-        # WeightedLeaveOneOut without a history, by (dtype, share, weights' kind, categories)
-        stateless = {}
         for s in score:
             b = s.estimator.baseline
             if b is None:
@@ -1032,15 +1010,13 @@ class _Engine:
                 d = _downstream(costs, cost_frames, downstream[s.name], s.frames, n)
             d = jax.lax.stop_gradient(d)
             if isinstance(b, baselines.WeightedLeaveOneOut):
-                kind = self.weight_kinds[s.name] if s.name in out["weights"] else "unweighted"
-                pair = out["weights"].get(s.name)
+                w, fisher = out["weights"].get(s.name, (None, None))
+                if w is not None:
+                    w, fisher = (jnp.reshape(v, d.shape) for v in (w, fisher))
+                past = None
                 if history is not None and s.name in history:
-                    w, fisher = _site_weights(kind, pair, d.shape)
                     past, new_history[s.name] = _history(history[s.name], b.decay, d, w, s.name)
-                    base[s.name] = weighted_loo(d, w, fisher, past, share=b.share)
-                else:  # computed below, with the other sites of its kind at once
-                    k = jnp.shape(pair[1])[-1] if kind.startswith("categorical") else None
-                    stateless.setdefault((d.dtype, b.share, kind, k), []).append((s.name, d, pair))
+                base[s.name] = weighted_loo(d, w, fisher, past, share=b.share)
             elif isinstance(b, baselines.DecayingAverage):
                 if history is None or s.name not in history:
                     raise ValueError(
@@ -1056,8 +1032,6 @@ class _Engine:
                 base[s.name] = baselines.others_sum(d) / (n - 1)
             else:
                 base[s.name] = jnp.broadcast_to(jnp.asarray(b.c, d.dtype), d.shape)
-        for (_, share, kind, _), group in stateless.items():
-            base |= _weighted_loo_sites(kind, group, share)
 
         upstream = {c: [s for s in score if s.name in cost_deps[c]] for c in costs}
         ancestors = {
@@ -1384,53 +1358,6 @@ def _long_downstream(costs, cost_frames, wanted, n):
         name: jnp.broadcast_to(total, (n, *_target_shape(wanted[name][1])))
         for name, total in _long_sums(terms).items()
     }
-
-
-def _plain_layout(lp, frames) -> bool:
-    """Whether a site's log-density is already laid out as its plates (:func:`_reduce` of it
-    to its own frames would change nothing): no other batch axes, none in front."""
-    dims = {f.dim for f in frames}
-    return all(a in dims for a in range(-jnp.ndim(lp), 0))
-
-
-def _site_weights(kind, pair, shape):
-    """A site's ``(w, E[w])`` in its downstream cost's ``shape`` from what its particles
-    carried: ``kind`` ``"given"``, ``pair`` the weights; ``"unweighted"``, ``(None, None)``;
-    else ``pair`` is ``(x, a)`` of :func:`natural_score_parts`, whose ``kind`` it is."""
-    if kind == "unweighted":
-        return None, None
-    if kind != "given":
-        pair = natural_weights_of(kind, pair[1], pair[0])
-    return tuple(jnp.reshape(jax.lax.stop_gradient(v), shape) for v in pair)
-
-
-def _weighted_loo_sites(kind, group, share):
-    """:func:`~expectax.baselines.weighted_loo` of many sites at once, ``group = [(name, d,
-    pair)]`` with :func:`_site_weights`' ``kind`` and ``pair``: their particles' values side by
-    side, ``(n, Σ elements)``, so that a chain of T sites costs a handful of kernels for its
-    weights and baselines, not T handfuls. One site alone: on its own arrays, as before."""
-    if len(group) == 1:
-        name, d, pair = group[0]
-        return {name: weighted_loo(d, *_site_weights(kind, pair, d.shape), share=share)}
-    n = group[0][1].shape[0]
-
-    def side_by_side(arrays, tail=0):
-        return jnp.concatenate(
-            [jnp.reshape(v, (n, -1) + jnp.shape(v)[jnp.ndim(v) - tail :]) for v in arrays], axis=1
-        )
-
-    d = side_by_side([g[1] for g in group])
-    pair = None
-    if kind != "unweighted":
-        tail = 1 if kind.startswith("categorical") else 0
-        pair = (
-            side_by_side([g[2][0] for g in group]),
-            side_by_side([g[2][1] for g in group], tail),
-        )
-    b = weighted_loo(d, *_site_weights(kind, pair, d.shape), share=share)
-    sizes = [math.prod(g[1].shape[1:]) for g in group]
-    parts = jnp.split(b, list(itertools.accumulate(sizes))[:-1], axis=1)
-    return {g[0]: jnp.reshape(v, g[1].shape) for g, v in zip(group, parts, strict=True)}
 
 
 def _downstream(costs, cost_frames, names, frames, n):
