@@ -14,6 +14,7 @@ Run::
 
     python benchmarks/chain_compile.py                 # T = 15, 30, 60
     python benchmarks/chain_compile.py --lengths 15 30  # fewer
+    python benchmarks/chain_compile.py --rows loop:expectax  # one row (e.g. another commit's)
 """
 
 from __future__ import annotations
@@ -69,13 +70,18 @@ def measure(form: str, library: str, T: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=(15, 30, 60))
+    ap.add_argument(
+        "--rows",
+        default="loop:numpyro,loop:expectax,scan:expectax",
+        help="comma-separated FORM:LIBRARY (default: all three)",
+    )
     ap.add_argument("--cell", nargs=3, metavar=("FORM", "LIBRARY", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cell:
         form, library, T = args.cell
         print(json.dumps(measure(form, library, int(T))))
         return
-    rows = [("loop", "numpyro"), ("loop", "expectax"), ("scan", "expectax")]
+    rows = [tuple(r.split(":", 1)) for r in args.rows.split(",") if r]
     print(
         "| form | ELBO | T | trace + lower (s) | compile (s) | peak memory (MB) | gradient (ms) |"
     )

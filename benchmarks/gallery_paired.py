@@ -12,6 +12,7 @@ such as ``loo``)::
     python benchmarks/gallery_paired.py benchmarks/results/elbo_gallery_300.json
     python benchmarks/gallery_paired.py STEM.json --pairs expectax-numpyro,loo-pyro --at time
     python benchmarks/gallery_paired.py STEM.json --per-seed   # each method's value per seed
+    python benchmarks/gallery_paired.py A.json B.json           # two runs' seeds together
 """
 
 from __future__ import annotations
@@ -75,9 +76,40 @@ def per_seed(blob: dict, at: str = "steps") -> str:
     return "\n\n".join(out)
 
 
+def joined(blobs: list[dict]) -> dict:
+    """Several runs as one: their seeds in turn, for the models and methods that every run has
+    (an error if a seed repeats)."""
+    seeds = [s for b in blobs for s in b["meta"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"gallery_paired: a seed is in more than one run ({seeds})")
+    results = {}
+    for model in blobs[0]["results"]:
+        if not all(model in b["results"] for b in blobs):
+            continue
+        methods = [b["results"][model]["methods"] for b in blobs]
+        common = [m for m in methods[0] if all(m in ms for ms in methods)]
+        results[model] = {
+            "methods": {
+                m: {
+                    f"equal_{at}": {
+                        "values": [v for ms in methods for v in ms[m][f"equal_{at}"]["values"]]
+                    }
+                    for at in ("steps", "time")
+                }
+                for m in common
+            }
+        }
+    return {"meta": {"seeds": seeds}, "results": results}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("json", help="a gallery run's JSON (elbo_gallery.py --out STEM -> STEM.json)")
+    ap.add_argument(
+        "json",
+        nargs="+",
+        help="a gallery run's JSON (elbo_gallery.py --out STEM -> STEM.json); several: their "
+        "seeds together",
+    )
     ap.add_argument(
         "--pairs", default=DEFAULT_PAIRS, help=f"comma-separated A-B (default {DEFAULT_PAIRS})"
     )
@@ -86,8 +118,11 @@ def main() -> None:
     )
     ap.add_argument("--per-seed", action="store_true", help="each method's value per seed")
     args = ap.parse_args()
-    with open(args.json) as f:
-        blob = json.load(f)
+    blobs = []
+    for path in args.json:
+        with open(path) as f:
+            blobs.append(json.load(f))
+    blob = blobs[0] if len(blobs) == 1 else joined(blobs)
     if args.per_seed:
         print(per_seed(blob, args.at))
         return
