@@ -52,11 +52,8 @@ def guide():
     numpyro.sample("kp", dist.Categorical(probs=q / q.sum()))
 
 
-SITES = ["b0", "b1", "b2", "bp", "k0", "k1", "kp"]
-SUPPORT = [(0, 1)] * 4 + [(0, 1, 2)] * 3
-
-
-VALUES = jnp.array(list(itertools.product(*SUPPORT)))  # (432, 7): every joint value
+# every joint value of b0, b1, b2, bp (two values each) and k0, k1, kp (three each): (432, 7)
+VALUES = jnp.array(list(itertools.product(*([(0, 1)] * 4 + [(0, 1, 2)] * 3))))
 
 
 def exact_loss(params):
@@ -81,12 +78,10 @@ def exact_loss(params):
     return jnp.sum(jnp.exp(log_q) * (log_q - log_p))
 
 
-def _gradients(k, m=model, g=guide):
-    elbo = infer.TraceGraph_ELBO(num_particles=k)
-    grad = jax.grad(lambda p, key: elbo.loss(key, p, m, g))
-    return jax.jit(jax.vmap(grad, in_axes=(None, 0)))
-
-
 def test_gradient_with_every_kind_is_exact_in_expectation():
-    grads = _gradients(4)(PARAMS, jax.random.split(jax.random.key(8), 4000))
+    elbo = infer.TraceGraph_ELBO(num_particles=4)
+    grad = jax.grad(lambda p, key: elbo.loss(key, p, model, guide))
+    grads = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(
+        PARAMS, jax.random.split(jax.random.key(8), 4000)
+    )
     assert_unbiased(grads, jax.grad(exact_loss)(PARAMS), k=5, bonferroni=True)
