@@ -81,7 +81,11 @@ def main() -> None:
         form, library, T = args.cell
         print(json.dumps(measure(form, library, int(T))))
         return
+    known = {("loop", "numpyro"), ("loop", "expectax"), ("scan", "expectax")}
     rows = [tuple(r.split(":", 1)) for r in args.rows.split(",") if r]
+    unknown = [":".join(r) for r in rows if r not in known]
+    if unknown:
+        ap.error(f"--rows: unknown {unknown}; known: {sorted(':'.join(r) for r in known)}")
     print(
         "| form | ELBO | T | trace + lower (s) | compile (s) | peak memory (MB) | gradient (ms) |"
     )
