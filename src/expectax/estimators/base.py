@@ -73,7 +73,10 @@ def magic_box(log_prob: jax.Array) -> jax.Array:
 @jax.custom_jvp
 def _unit_exp(zero: jax.Array) -> jax.Array:
     """``exp(zero)`` for an argument that is always 0: value 1, derivatives those of exp."""
-    return jnp.ones_like(zero)
+    # x⁰, not ones_like: a constant that does not depend on the argument broke jax.grad of a
+    # jax.jit of a vmap over it (JAX's partial evaluation of the unbatched broadcast, cf.
+    # jax-ml/jax#16374); XLA still folds it to 1
+    return jax.lax.integer_pow(zero, 0)
 
 
 @_unit_exp.defjvp
