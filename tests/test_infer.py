@@ -228,6 +228,53 @@ def test_model_guide_mismatch_is_reported():
         infer.TraceGraph_ELBO(2).loss(jax.random.key(0), {}, model, bad_guide, DATA)
 
 
+FACTOR_DATA = jnp.array([0.2, 1.1, 0.7])
+
+
+def _factor_model(x):
+    with numpyro.plate("data", 3):
+        z = numpyro.sample("z", dist.Bernoulli(0.4))
+        numpyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+
+def _factor_guide(x):
+    logits = numpyro.param("logits", jnp.array([-0.5, 0.8, 0.1]))
+    a = numpyro.param("a", jnp.array(0.7))
+    with numpyro.plate("data", 3):
+        z = numpyro.sample("z", dist.Bernoulli(logits=logits))
+        numpyro.factor("gf", a * z + a**2)  # counted in log q, as numpyro's ELBOs count it
+        numpyro.sample("aux", dist.Normal(a * z, 1.0), obs=x)  # so is an observed guide site
+
+
+def _factor_neg_elbo(p):
+    q1 = jax.nn.sigmoid(p["logits"])
+    a = p["a"]
+
+    def cost(z):  # log q(z) + factor + log N(x; a z, 1) − log p(z, x), per element
+        log_q = jnp.log(jnp.where(z == 1, q1, 1 - q1))
+        log_q = log_q + a * z + a**2 + dist.Normal(a * z, 1.0).log_prob(FACTOR_DATA)
+        log_p = jnp.log(jnp.where(z == 1, 0.4, 0.6)) + dist.Normal(z, 0.5).log_prob(FACTOR_DATA)
+        return log_q - log_p
+
+    return jnp.sum(q1 * cost(1.0) + (1 - q1) * cost(0.0))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_factor_and_observed_site_in_the_guide_count_in_log_q(k):
+    # numpyro's ELBOs add a guide's numpyro.factor (and obs= sites) to log q; so does this one,
+    # with both its pathwise derivative in φ and its place downstream of the draw it reads
+    p = {"logits": jnp.array([-0.5, 0.8, 0.1]), "a": jnp.array(0.7)}
+    elbo = infer.TraceGraph_ELBO(num_particles=k)
+    loss = jax.jit(lambda p, key: elbo.loss(key, p, _factor_model, _factor_guide, FACTOR_DATA))
+    same = numpyro.infer.Trace_ELBO(num_particles=k)
+    key = jax.random.key(5)
+    np.testing.assert_allclose(
+        loss(p, key), same.loss(key, p, _factor_model, _factor_guide, FACTOR_DATA), rtol=1e-6
+    )
+    grads = estimates(jax.grad(loss), p, jax.random.key(6), repeats=3000)
+    assert_unbiased(grads, jax.grad(_factor_neg_elbo)(p), k=5, bonferroni=True)
+
+
 def test_constructor_checks():
     with pytest.raises(ValueError, match="num_particles must be at least 1"):
         infer.TraceGraph_ELBO(0)

@@ -119,10 +119,12 @@ def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) ->
             if site["type"] != "sample":
                 continue
             if site.get("is_observed"):
-                raise ValueError(
-                    f"the guide has an observed site {name!r}; observed sites belong in the "
-                    "model (the guide draws only latent sites)."
-                )
+                # ``numpyro.factor`` (or ``obs=``) in a guide: numpyro's ELBOs count it in
+                # log q, so it is a cost like the model's observed sites, differentiated
+                # pathwise in φ and, through provenance, downstream of the draws it reads.
+                value = log_prob(site["fn"], site["value"])
+                costs[("guide", name)] = (-programs._scaled(value, site), programs._frames(site))
+                continue
             sites[name] = site
             fn = site["fn"]
             if choose(name, site) != "pathwise":
