@@ -630,3 +630,17 @@ def test_grad_of_jit_is_jit_of_grad(kwargs):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize(
+    "site, estimator",
+    [("x", ex.MeasureValued()), ("z", ex.DisARM()), ("z", ex.RELAX())],
+    ids=["measure-valued", "disarm", "relax"],
+)
+def test_grad_of_jit_with_per_site_estimators(site, estimator):
+    # first-order-only estimators (a second derivative raises) went through the same defect
+    p = {"l": jnp.array([0.1, -0.2, 0.3]), "m": jnp.array(0.3)}
+    key = jax.random.key(3)
+    E = ex.program_expectation(_plated, num_particles=4, estimators={site: estimator})
+    want, got = jax.jit(jax.grad(E))(p, key), jax.grad(jax.jit(E))(p, key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), want, got)
