@@ -208,6 +208,7 @@ class Spec:
     curve_particles: int = 200  # ... for the learning curves
     chunk: int = 100  # particles per vectorised chunk of the evaluation
     sites: tuple[str, ...] = ()
+    eval_args: tuple | None = None  # the args of the final -ELBO, when not the training args
 
 
 def gallery(quick: bool) -> list[Spec]:
@@ -246,6 +247,13 @@ def gallery(quick: bool) -> list[Spec]:
             args=tuple(jnp.asarray(a) for a in gdata.diabetes_data()),
         ),
         "hmm": dict(model=gm.hmm_model, guide=gm.hmm_guide, args=(counts,)),
+        "amix": dict(
+            model=gm.amix_model,
+            guide=gm.amix_guide,
+            args=(digits, gdata.AMIX_BATCH),
+            eval_args=(digits, None),  # the full-data ELBO, not a minibatch's estimate of it
+            chunk=25,
+        ),
     }
     specs = [
         Spec(name=name, key=key, particles=k, lr=lr, b1=b1, steps=steps, **models[key])
@@ -374,8 +382,9 @@ class Evaluator:
 
             def f(params):
                 keys = jax.random.split(jax.random.key(EVAL_KEY), n)
+                args = spec.args if spec.eval_args is None else spec.eval_args
                 losses = jax.lax.map(
-                    lambda k: elbo.loss(k, params, spec.model, spec.guide, *spec.args), keys
+                    lambda k: elbo.loss(k, params, spec.model, spec.guide, *args), keys
                 )
                 return jnp.mean(losses), jnp.std(losses) / math.sqrt(max(n - 1, 1))
 

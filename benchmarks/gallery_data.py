@@ -42,6 +42,7 @@ SPIKE_SLAB_SCALE = 2.0  # the slab: Normal(0, 2) on a standardised feature's coe
 GMM_K = 3  # components of the Gaussian mixture on iris
 BMM_K = 10  # components of the Bernoulli mixture on the digits
 BMM_LOGIT_SCALE = 3.0  # Normal(0, 3) prior on every component's pixel logits
+AMIX_BATCH = 100  # images per minibatch of the amortised Bernoulli mixture
 MIXREG_K = 2  # components of the mixture of linear regressions on the diabetes data
 OUTLIER_SCALE = 3.0  # the noise scale of an outlier in the outlier regression (Hogg et al.)
 
@@ -166,6 +167,15 @@ def initial_params(model: str, seed: int) -> dict[str, np.ndarray]:
                 logits_scale=np.full((k, d), 0.1, f32),
             )
         return out
+    if model == "amix":  # bmm's component logits; a small random linear encoder
+        k, d = BMM_K, 64
+        return {
+            "weights_conc": np.ones(k, f32),
+            "logits_loc": (0.5 * rng.standard_normal((k, d))).astype(f32),
+            "logits_scale": np.full((k, d), 0.1, f32),
+            "enc_w": (0.01 * rng.standard_normal((d, k))).astype(f32),
+            "enc_b": np.zeros(k, f32),
+        }
     if model == "mixreg":  # free assignment logits, small coefficients, unit noise
         k, n, d = MIXREG_K, 442, 10
         return {
@@ -210,7 +220,8 @@ def initial_params(model: str, seed: int) -> dict[str, np.ndarray]:
 #: (share 0.03) had been chosen on the first five, to judge it on models it was not chosen on;
 #: ``mixreg`` later that day, after the simplex-parameterisation runs, with free logits (no
 #: simplex param) and gmm's settings, fixed before its first run; ``outlier`` after it, the same
-#: way; ``hmm`` after those (a later session), the same way.
+#: way; ``hmm`` after those (a later session), the same way; ``amix`` in a later session, the
+#: same way, with twice bmm's steps (each step sees a minibatch of 100 of the 1,797 images).
 #: ``--quick`` runs a tenth of the steps (at least 50).
 GALLERY = (
     ("coin K=1", "coin", 1, 5e-4, 0.93, 3000),
@@ -225,11 +236,24 @@ GALLERY = (
     ("mixreg", "mixreg", 4, 0.05, 0.9, 1000),
     ("outlier", "outlier", 4, 0.05, 0.9, 1000),
     ("hmm", "hmm", 4, 0.05, 0.9, 1000),
+    ("amix", "amix", 4, 0.05, 0.9, 2000),
 )
 
 
 #: ``--quick`` runs these rows only (one coin row), for a check in a few minutes.
-QUICK_ROWS = ("coin K=2", "dpm", "sbn", "coal", "spike", "gmm", "bmm", "mixreg", "outlier", "hmm")
+QUICK_ROWS = (
+    "coin K=2",
+    "dpm",
+    "sbn",
+    "coal",
+    "spike",
+    "gmm",
+    "bmm",
+    "mixreg",
+    "outlier",
+    "hmm",
+    "amix",
+)
 
 
 def quick_steps(steps: int) -> int:
