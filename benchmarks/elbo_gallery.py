@@ -124,6 +124,18 @@ def _config_pyroavg(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k, estimators={s: est for s in sites}), expectax.infer.with_baselines
 
 
+def _config_pyroavg_pp(k: int, sites: tuple[str, ...]):
+    """``pyroavg`` updated after every particle in turn (``DecayingAverage(0.9,
+    every_particle=True)``), as Pyro's is with particles not vectorised."""
+    import expectax as ex
+    import expectax.infer
+    from expectax import baselines
+    from expectax.infer import TraceGraph_ELBO
+
+    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9, every_particle=True))
+    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), expectax.infer.with_baselines
+
+
 def _config_share1(k: int, sites: tuple[str, ...]):
     """The defaults before 2026-12-07: ``WeightedLeaveOneOut(share=1)``, whose baseline
     shrinks towards 0 in proportion to the other particles' share of their expected squared
@@ -172,6 +184,7 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "share1": _config_share1,
     "noshrink": _config_noshrink,
     "sum6": _config_sum6,
+    "pyroavg_pp": _config_pyroavg_pp,
 }
 
 

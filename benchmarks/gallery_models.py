@@ -57,7 +57,7 @@ non-reparameterised sites are what the gallery's ELBOs differ on.
     discrete latent is: the data plate subsampled (100 of the 1,797 images per step), and an
     amortised guide, ``Categorical(logits=x_i W + b)`` per image (a linear encoder shared by
     all images) instead of a free assignment per image. The final −ELBO is evaluated on all
-    images (``Spec.eval_args``). numpyro's and expectax's only (no Pyro port).
+    images (``Spec.eval_args``).
 
 Models 6 and 7 were added after expectax's default had been chosen on models 1-5 (they are
 held out: nothing was tuned on them); models 8 and 9 after that, again held out; model 10

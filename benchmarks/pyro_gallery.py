@@ -321,6 +321,36 @@ def outlier_guide(x, y):
         pyro.sample("o", dist.Bernoulli(logits=o_logits), infer=BASELINE)
 
 
+def amix_model(pixels, batch):
+    n, d = pixels.shape
+    k = gdata.BMM_K
+    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
+    with pyro.plate("components", k):
+        logits = pyro.sample(
+            "logits", dist.Normal(torch.zeros(d), gdata.BMM_LOGIT_SCALE).to_event(1)
+        )
+    with pyro.plate("data", n, subsample_size=batch) as idx:
+        z = pyro.sample("z", dist.Categorical(weights))
+        pyro.sample("obs", dist.Bernoulli(logits=logits[z]).to_event(1), obs=pixels[idx])
+
+
+def amix_guide(pixels, batch):
+    n, d = pixels.shape
+    k = gdata.BMM_K
+    conc = pyro.param("weights_conc", torch.ones(k), constraint=constraints.positive)
+    pyro.sample("weights", dist.Dirichlet(conc))
+    loc = pyro.param("logits_loc", lambda: 0.5 * torch.randn(k, d))
+    scale = pyro.param(
+        "logits_scale", lambda: torch.full((k, d), 0.1), constraint=constraints.positive
+    )
+    with pyro.plate("components", k):
+        pyro.sample("logits", dist.Normal(loc, scale).to_event(1))
+    enc_w = pyro.param("enc_w", lambda: 0.01 * torch.randn(d, k))
+    enc_b = pyro.param("enc_b", lambda: torch.zeros(k))
+    with pyro.plate("data", n, subsample_size=batch) as idx:
+        pyro.sample("z", dist.Categorical(logits=pixels[idx] @ enc_w + enc_b), infer=BASELINE)
+
+
 def hmm_model(counts):
     with pyro.plate("states", 2):
         rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
@@ -362,6 +392,7 @@ def models() -> dict:
         "mixreg": (mixreg_model, mixreg_guide, tuple(t(a) for a in gdata.diabetes_data())),
         "outlier": (outlier_model, outlier_guide, tuple(t(a) for a in gdata.diabetes_data())),
         "hmm": (hmm_model, hmm_guide, (t(gdata.COAL_COUNTS),)),
+        "amix": (amix_model, amix_guide, (t(gdata.digits_data()), gdata.AMIX_BATCH)),
     }
 
 
@@ -482,8 +513,6 @@ def main() -> None:
     pyro.enable_validation(False)
     keep = set(args.models.split(",")) if args.models else None
     table = models()
-    if keep and keep - set(table):
-        raise SystemExit(f"pyro_gallery.py: no Pyro port of {sorted(keep - set(table))}")
     result = {
         "versions": {"pyro": pyro.__version__, "torch": torch.__version__},
         "settings": {
@@ -499,7 +528,7 @@ def main() -> None:
     }
     t_all = time.perf_counter()
     for name, key, k, lr, b1, steps in gdata.GALLERY:
-        if (keep and key not in keep) or key not in table:  # amix has no Pyro port
+        if keep and key not in keep:
             continue
         if args.quick:
             if name not in gdata.QUICK_ROWS:
