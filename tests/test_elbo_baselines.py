@@ -212,12 +212,16 @@ def test_pyro_decaying_average_dict_is_honoured_and_unbiased():
 
 
 @pytest.mark.parametrize(
-    "k, pyro_average", [(1, False), (4, False), (1, True)], ids=["k1", "k4", "k1-decaying"]
+    "k, pyro_average",
+    [(1, False), (4, False), (1, True), (4, "every_particle")],
+    ids=["k1", "k4", "k1-decaying", "k4-decaying-every-particle"],
 )
 def test_history_on_the_sbn_is_unbiased(k, pyro_average):
     """The two-layer SBN of test_infer (Bernoulli sites in a plate: one history per element),
-    with the default and with Pyro's decaying average (``DecayingAverage``) at both sites."""
-    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9))
+    with the default and with Pyro's decaying average (``DecayingAverage``) at both sites,
+    also updated after every particle in turn (particle j's baseline holds particles < j)."""
+    every = pyro_average == "every_particle"
+    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9, every_particle=every))
     estimators = {"z1": est, "z2": est} if pyro_average else None
     elbo = infer.TraceGraph_ELBO(num_particles=k, estimators=estimators)
     svi = SVI(model, infer.with_baselines(guide), optax.adam(0.05), loss=elbo)
@@ -362,6 +366,32 @@ def test_decaying_average_is_pyros_recursion():
     assert abs(float(grads[0.0]["a"] - grads[-7.0]["a"])) > 1e-3
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-element", "pooled"])
+def test_decaying_average_every_particle_is_pyros_sequential_recursion(pooled):
+    """``every_particle=True``: the average takes in the particles one by one, as Pyro's does
+    with particles not vectorised; particle j's baseline is the average before particle j.
+    A pooled history (a subsampled plate) takes in each particle's mean over the elements."""
+    from expectax import programs
+
+    beta, n = 0.7, 4
+    d = jax.random.normal(jax.random.key(0), (n, 5)) * 3.0
+    m0 = jnp.asarray(1.5) if pooled else jnp.linspace(-1.0, 1.0, 5)
+    state = {"count": jnp.asarray(2), "wd": m0, "w": jnp.zeros_like(m0)}
+    b, new = programs._decaying_average(state, beta, d, "z", every_particle=True)
+    m, want = m0, []
+    for j in range(n):
+        want.append(jnp.broadcast_to(m, (5,)))
+        m = beta * m + (1 - beta) * (jnp.mean(d[j]) if pooled else d[j])
+    np.testing.assert_allclose(b, jnp.stack(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new["wd"], m, rtol=1e-5, atol=1e-6)
+    assert int(new["count"]) == 3
+    # once per step (the default): every particle gets the old average
+    b1, new1 = programs._decaying_average(state, beta, d, "z")
+    np.testing.assert_allclose(b1, jnp.broadcast_to(m0, (n, 5)))
+    mean = jnp.mean(d) if pooled else jnp.mean(d, axis=0)
+    np.testing.assert_allclose(new1["wd"], beta * m0 + (1 - beta) * mean, rtol=1e-5, atol=1e-6)
+
+
 def test_decaying_average_needs_with_baselines():
     est = ex.ScoreFunction(baseline=baselines.DecayingAverage())
     elbo = infer.TraceGraph_ELBO(num_particles=2, estimators={"f": est})
@@ -405,6 +435,8 @@ def test_bad_baselines_are_refused():
             baselines.WeightedLeaveOneOut(share=share)
     # NumPy scalars are numbers too
     assert baselines.WeightedLeaveOneOut(decay=np.float32(0.5), share=np.float64(0.1)).share == 0.1
+    with pytest.raises(ValueError, match="every_particle must be True"):
+        baselines.DecayingAverage(0.9, every_particle="yes")
     with pytest.raises(TypeError, match="guide must be a function"):
         infer.with_baselines("guide")
     guide_str = lambda data: numpyro.sample(  # noqa: E731

@@ -243,10 +243,16 @@ class DecayingAverage(Baseline):
     per site and plate element, with :math:`\bar D_t` step t's mean downstream cost over the
     particles: Pyro's ``use_decaying_avg_baseline`` (zero-initialised, not debiased, the
     average alone), updated once per step. Step t's baseline holds earlier steps only, so the
-    gradient stays unbiased. The average lives in numpyro's mutable state, so the guide must
-    be wrapped with :func:`expectax.infer.with_baselines`; Pyro's
+    gradient stays unbiased. With ``every_particle=True`` the average takes in the particles
+    one by one, as Pyro's does with its particles not vectorised (its default): particle j's
+    baseline is the average after particles 0 … j−1 of the same step (never its own draw, so
+    still unbiased), and the average forgets K times faster per step. On the ELBO gallery's
+    amortised mixture on minibatches that is what makes it train as Pyro's does
+    (docs/elbo-gallery.md, "A held-out amortised mixture on minibatches"). The average lives
+    in numpyro's mutable state, so the guide must be wrapped with
+    :func:`expectax.infer.with_baselines`; Pyro's
     ``infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": β}}`` means
-    ``DecayingAverage(β)``. For one expectation with an explicit state use
+    ``DecayingAverage(β)`` (once per step). For one expectation with an explicit state use
     :class:`MovingAverage`.
 
     It is not the default: on the ELBO gallery's held-out mixtures it trains as Pyro does, but
@@ -255,6 +261,8 @@ class DecayingAverage(Baseline):
 
     Args:
       decay: ``β`` in ``[0, 1)`` (Pyro's ``baseline_beta``; 0.9 there too).
+      every_particle: update after every particle in turn (Pyro's order) instead of once per
+        step with the particles' mean.
 
     Example:
       >>> est = ex.ScoreFunction(baseline=DecayingAverage(0.9))  # in an ELBO's estimators
@@ -264,9 +272,15 @@ class DecayingAverage(Baseline):
     """
 
     decay: float = static_field(default=0.9)
+    every_particle: bool = static_field(default=False)
 
     def __post_init__(self) -> None:
         _check_decay("DecayingAverage", self.decay)
+        if not isinstance(self.every_particle, bool):
+            raise ValueError(
+                "DecayingAverage: every_particle must be True (Pyro's order: after every "
+                f"particle) or False (once per step), got {self.every_particle!r}."
+            )
 
     def __call__(self, f_values, *, ctx=None, xs=None, key=None, cost_fn=None) -> jax.Array:
         raise ValueError(

@@ -750,18 +750,34 @@ def _particle_mean(state, d, name):
     return (lambda v: jnp.mean(v)) if pooled else (lambda v: jnp.mean(v, axis=0))
 
 
-def _decaying_average(state, decay, d, name):
+def _decaying_average(state, decay, d, name, every_particle=False):
     """``(b, new state)`` for :class:`~expectax.baselines.DecayingAverage`: the baseline is the
     average of earlier steps' mean downstream cost (Pyro's: zero-initialised, not debiased);
     the new state folds in this step's."""
     reduce = _particle_mean(state, d, name)
-    b = jnp.broadcast_to(state["wd"], d.shape).astype(d.dtype)
-    new = {
-        **state,
-        "count": state["count"] + 1,
-        "wd": decay * state["wd"] + (1 - decay) * reduce(d),
-    }
-    return b, new
+    if not every_particle:
+        b = jnp.broadcast_to(state["wd"], d.shape).astype(d.dtype)
+        new = {
+            **state,
+            "count": state["count"] + 1,
+            "wd": decay * state["wd"] + (1 - decay) * reduce(d),
+        }
+        return b, new
+    # Pyro's order with particles not vectorised: the average takes in each particle in turn,
+    # so particle j's baseline holds the earlier steps and particles 0..j-1 of this one (never
+    # its own draw: still unbiased); m_j = β^j m_0 + (1 − β) Σ_{i<j} β^{j−1−i} r_i
+    n = d.shape[0]
+    m0 = state["wd"]
+    r = jnp.mean(jnp.reshape(d, (n, -1)), axis=1) if jnp.shape(m0) == () else d
+    j = jnp.arange(n + 1, dtype=d.dtype)
+    lag = j[:, None] - 1.0 - j[None, :n]  # (n + 1, n): j − 1 − i
+    weights = jnp.where(lag >= 0, (1 - decay) * decay ** jnp.maximum(lag, 0.0), 0.0)
+    decay_j = jnp.reshape(decay**j, (n + 1,) + (1,) * jnp.ndim(m0))
+    m = decay_j * m0 + jnp.tensordot(weights, r, axes=(1, 0))  # (n + 1, *m0's shape)
+    b = jnp.broadcast_to(
+        jnp.reshape(m[:n], (n,) + jnp.shape(m0) + (1,) * (d.ndim - 1 - jnp.ndim(m0))), d.shape
+    )
+    return b.astype(d.dtype), {**state, "count": state["count"] + 1, "wd": m[n]}
 
 
 def _history(state, decay, d, w, name):
@@ -1026,7 +1042,7 @@ class _Engine:
                         "SVI(model, expectax.infer.with_baselines(guide), ...)."
                     )
                 base[s.name], new_history[s.name] = _decaying_average(
-                    history[s.name], b.decay, d, s.name
+                    history[s.name], b.decay, d, s.name, b.every_particle
                 )
             elif isinstance(b, baselines.LeaveOneOut):
                 base[s.name] = baselines.others_sum(d) / (n - 1)
