@@ -294,14 +294,20 @@ def gmm_guide(x):
 # ---------------------------------------------------------------------------------------------
 
 
-def bmm_model(pixels):
-    n, d = pixels.shape
+def _bmm_prior(d):
+    """The Bernoulli mixture's weights and per-component pixel logits (bmm and amix)."""
     k = data.BMM_K
     weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(k)))
     with numpyro.plate("components", k):
         logits = numpyro.sample(
             "logits", dist.Normal(jnp.zeros(d), data.BMM_LOGIT_SCALE).to_event(1)
         )
+    return weights, logits
+
+
+def bmm_model(pixels):
+    n, d = pixels.shape
+    weights, logits = _bmm_prior(d)
     with numpyro.plate("data", n):
         z = numpyro.sample("z", dist.Categorical(probs=weights))
         numpyro.sample("obs", dist.Bernoulli(logits=logits[z]).to_event(1), obs=pixels)
@@ -435,12 +441,7 @@ def hmm_guide(counts):
 
 def amix_model(pixels, batch=None):
     n, d = pixels.shape
-    k = data.BMM_K
-    weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(k)))
-    with numpyro.plate("components", k):
-        logits = numpyro.sample(
-            "logits", dist.Normal(jnp.zeros(d), data.BMM_LOGIT_SCALE).to_event(1)
-        )
+    weights, logits = _bmm_prior(d)
     with numpyro.plate("data", n, subsample_size=batch) as idx:
         z = numpyro.sample("z", dist.Categorical(probs=weights))
         numpyro.sample("obs", dist.Bernoulli(logits=logits[z]).to_event(1), obs=pixels[idx])

@@ -227,14 +227,19 @@ def gmm_guide(x):
         pyro.sample("z", dist.Categorical(phi), infer=BASELINE)
 
 
-def bmm_model(pixels):
-    n, d = pixels.shape
+def _bmm_prior(d):
     k = gdata.BMM_K
     weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
     with pyro.plate("components", k):
         logits = pyro.sample(
             "logits", dist.Normal(torch.zeros(d), gdata.BMM_LOGIT_SCALE).to_event(1)
         )
+    return weights, logits
+
+
+def bmm_model(pixels):
+    n, d = pixels.shape
+    weights, logits = _bmm_prior(d)
     with pyro.plate("data", n):
         z = pyro.sample("z", dist.Categorical(weights))
         pyro.sample("obs", dist.Bernoulli(logits=logits[z]).to_event(1), obs=pixels)
@@ -323,12 +328,7 @@ def outlier_guide(x, y):
 
 def amix_model(pixels, batch):
     n, d = pixels.shape
-    k = gdata.BMM_K
-    weights = pyro.sample("weights", dist.Dirichlet(torch.ones(k)))
-    with pyro.plate("components", k):
-        logits = pyro.sample(
-            "logits", dist.Normal(torch.zeros(d), gdata.BMM_LOGIT_SCALE).to_event(1)
-        )
+    weights, logits = _bmm_prior(d)
     with pyro.plate("data", n, subsample_size=batch) as idx:
         z = pyro.sample("z", dist.Categorical(weights))
         pyro.sample("obs", dist.Bernoulli(logits=logits[z]).to_event(1), obs=pixels[idx])
