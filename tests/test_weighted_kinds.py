@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from helpers import assert_unbiased
+from helpers import assert_unbiased, estimates
 
 from expectax import infer
 
@@ -81,7 +81,5 @@ def exact_loss(params):
 def test_gradient_with_every_kind_is_exact_in_expectation():
     elbo = infer.TraceGraph_ELBO(num_particles=4)
     grad = jax.grad(lambda p, key: elbo.loss(key, p, model, guide))
-    grads = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(
-        PARAMS, jax.random.split(jax.random.key(8), 4000)
-    )
+    grads = estimates(grad, PARAMS, jax.random.key(8), 4000)
     assert_unbiased(grads, jax.grad(exact_loss)(PARAMS), k=5, bonferroni=True)
