@@ -768,7 +768,7 @@ def _decaying_average(state, decay, d, name, every_particle=False):
     # its own draw: still unbiased); m_j = β^j m_0 + (1 − β) Σ_{i<j} β^{j−1−i} r_i
     n = d.shape[0]
     m0 = state["wd"]
-    r = jnp.mean(jnp.reshape(d, (n, -1)), axis=1) if jnp.shape(m0) == () else d
+    r = jax.vmap(lambda row: reduce(row[None]))(d)  # each particle in the history's layout
     j = jnp.arange(n + 1, dtype=d.dtype)
     lag = j[:, None] - 1.0 - j[None, :n]  # (n + 1, n): j − 1 − i
     weights = jnp.where(lag >= 0, (1 - decay) * decay ** jnp.maximum(lag, 0.0), 0.0)
