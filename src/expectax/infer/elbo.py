@@ -118,20 +118,18 @@ def _elbo_tracer(model: Callable, guide: Callable, args: tuple, kwargs: dict) ->
         for name, site in guide_tr.items():
             if site["type"] != "sample":
                 continue
-            if site.get("is_observed"):
-                # ``numpyro.factor`` (or ``obs=``) in a guide: numpyro's ELBOs count it in
-                # log q, so it is a cost like the model's observed sites, differentiated
-                # pathwise in φ and, through provenance, downstream of the draws it reads.
-                value = log_prob(site["fn"], site["value"])
-                costs[("guide", name)] = (-programs._scaled(value, site), programs._frames(site))
-                continue
-            sites[name] = site
             fn = site["fn"]
-            if choose(name, site) != "pathwise":
-                # as numpyro does: the score term carries the guide's dependence on φ; the
-                # direct derivative of −log q_φ has expectation zero and only adds variance.
-                # (Only φ is held: a per-site estimator may still differentiate in the value.)
-                fn = jax.tree_util.tree_map(jax.lax.stop_gradient, fn)
+            # ``numpyro.factor`` (or ``obs=``) in a guide is no draw: numpyro's ELBOs count it
+            # in log q, so it is only a cost, like the model's observed sites, differentiated
+            # pathwise in φ and, through provenance, downstream of the draws it reads
+            if not site.get("is_observed"):
+                sites[name] = site
+                if choose(name, site) != "pathwise":
+                    # as numpyro does: the score term carries the guide's dependence on φ; the
+                    # direct derivative of −log q_φ has expectation zero and only adds
+                    # variance. (Only φ is held: a per-site estimator may still differentiate
+                    # in the value.)
+                    fn = jax.tree_util.tree_map(jax.lax.stop_gradient, fn)
             value = log_prob(fn, site["value"])
             costs[("guide", name)] = (-programs._scaled(value, site), programs._frames(site))
         flow = any(
