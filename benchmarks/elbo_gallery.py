@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -111,28 +112,19 @@ def _config_stateful(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k), expectax.infer.with_baselines
 
 
-def _config_pyroavg(k: int, sites: tuple[str, ...]):
+def _config_pyroavg(k: int, sites: tuple[str, ...], every_particle: bool = False):
     """Pyro's decaying average (``baselines.DecayingAverage(0.9)``, what Pyro's
     ``use_decaying_avg_baseline`` dict means in expectax) at every non-reparameterised guide
-    site, the guide wrapped by ``expectax.infer.with_baselines`` to carry it through SVI."""
+    site, the guide wrapped by ``expectax.infer.with_baselines`` to carry it through SVI;
+    ``pyroavg_pp``: updated after every particle in turn (``every_particle=True``), as Pyro's
+    is with particles not vectorised."""
     import expectax as ex
     import expectax.infer
     from expectax import baselines
     from expectax.infer import TraceGraph_ELBO
 
-    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9))
-    return TraceGraph_ELBO(k, estimators={s: est for s in sites}), expectax.infer.with_baselines
-
-
-def _config_pyroavg_pp(k: int, sites: tuple[str, ...]):
-    """``pyroavg`` updated after every particle in turn (``DecayingAverage(0.9,
-    every_particle=True)``), as Pyro's is with particles not vectorised."""
-    import expectax as ex
-    import expectax.infer
-    from expectax import baselines
-    from expectax.infer import TraceGraph_ELBO
-
-    est = ex.ScoreFunction(baseline=baselines.DecayingAverage(0.9, every_particle=True))
+    average = baselines.DecayingAverage(0.9, every_particle=every_particle)
+    est = ex.ScoreFunction(baseline=average)
     return TraceGraph_ELBO(k, estimators={s: est for s in sites}), expectax.infer.with_baselines
 
 
@@ -184,7 +176,7 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "share1": _config_share1,
     "noshrink": _config_noshrink,
     "sum6": _config_sum6,
-    "pyroavg_pp": _config_pyroavg_pp,
+    "pyroavg_pp": functools.partial(_config_pyroavg, every_particle=True),
 }
 
 
