@@ -214,6 +214,7 @@ class Spec:
     chunk: int = 100  # particles per vectorised chunk of the evaluation
     sites: tuple[str, ...] = ()
     eval_args: tuple | None = None  # the args of the final -ELBO, when not the training args
+    score: tuple[str, Callable] | None = None  # (name, params -> number) at the final steps
 
 
 def gallery(quick: bool) -> list[Spec]:
@@ -224,6 +225,7 @@ def gallery(quick: bool) -> list[Spec]:
     counts = jnp.asarray(gdata.COAL_COUNTS)
     x, y = (jnp.asarray(a) for a in gdata.breast_cancer_data())
     sbn_model, sbn_guide = gm.sbn(np.asarray(digits))
+    ssvae = tuple(jnp.asarray(a) for a in gdata.ssvae_data())
     models = {
         "coin": dict(
             model=gm.coin_model, guide=gm.coin_guide, args=(flips,), exact=gm.coin_exact_neg_elbo
@@ -258,6 +260,17 @@ def gallery(quick: bool) -> list[Spec]:
             args=(digits, gdata.AMIX_BATCH),
             eval_args=(digits, None),  # the full-data ELBO, not a minibatch's estimate of it
             chunk=25,
+        ),
+        "ssvae": dict(
+            model=gm.ssvae_model,
+            guide=gm.ssvae_guide,
+            args=(*ssvae[:3], gdata.SSVAE_BATCH),
+            eval_args=(*ssvae[:3], None),  # every unlabelled image
+            chunk=25,
+            score=(
+                "classifier accuracy on the unlabelled images",
+                jax.jit(lambda p: gm.ssvae_accuracy(p, ssvae[2], ssvae[3])),
+            ),
         ),
     }
     specs = [
@@ -412,6 +425,13 @@ def mean_se(v: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), se
 
 
+def scores(spec: Spec, params_by_seed: list[dict]) -> dict:
+    """``{"score": [value per seed]}`` for a model with a :attr:`Spec.score`, else ``{}``."""
+    if spec.score is None:
+        return {}
+    return {"score": [float(spec.score[1](p)) for p in params_by_seed]}
+
+
 def train_and_evaluate(
     r: Runner, ev: Evaluator, eq_steps: int, n_seeds: int, curve_points: int
 ) -> dict:
@@ -435,8 +455,10 @@ def train_and_evaluate(
         curve.append({"step": g, "values": vals.tolist()})
         if g == spec.steps:
             finals["equal_steps"] = {"values": vals.tolist(), "eval_se": ev_se}
+            finals["equal_steps"].update(scores(spec, params))
         if g == eq_steps:
             finals["equal_time"] = {"values": vals.tolist(), "eval_se": ev_se, "steps": g}
+            finals["equal_time"].update(scores(spec, params))
     return {"curve": curve, **finals, "train_eval_s": time.perf_counter() - t0}
 
 
@@ -475,6 +497,7 @@ def pyro_rows(path: str, spec: Spec, ev: Evaluator, seeds: list[int], numpyro_st
         curve.append({"step": g, "values": vals.tolist()})
         if g == spec.steps:
             out["equal_steps"] = {"values": vals.tolist(), "eval_se": ev_se}
+            out["equal_steps"].update(scores(spec, params))
         if g == eq_ckpt:
             out["equal_time"] = {
                 "values": vals.tolist(),
@@ -482,6 +505,7 @@ def pyro_rows(path: str, spec: Spec, ev: Evaluator, seeds: list[int], numpyro_st
                 "steps": g,
                 "exact_steps": eq,
             }
+            out["equal_time"].update(scores(spec, params))
     out["curve"] = curve
     return out, None
 
@@ -606,6 +630,16 @@ def markdown(results: dict, meta: dict) -> str:
         if goal:
             lines.append(f"- {name}: {goal}")
     lines.append("")
+    for name, m in results.items():
+        label = m["spec"].get("score")
+        for key, when in (("equal_steps", "equal steps"), ("equal_time", "equal time")):
+            cells = [
+                f"{meth} {fmt(mean_se(r[key]['score']), 3)}"
+                for meth, r in m["methods"].items()
+                if "score" in r.get(key, {})
+            ]
+            if label and cells:
+                lines.append(f"- {name}: {label}, {when}: " + "; ".join(cells))
     for name, m in results.items():
         ev = max(
             (r.get("equal_steps", {}).get("eval_se", 0.0) for r in m["methods"].values()),
@@ -933,6 +967,7 @@ def main() -> None:
                 "final_particles": spec.final_particles,
                 "curve_particles": spec.curve_particles,
                 "sites": list(spec.sites),
+                "score": spec.score[0] if spec.score else None,
             },
             "initial": initial.tolist(),
             "methods": rows,

@@ -45,6 +45,11 @@ BMM_LOGIT_SCALE = 3.0  # Normal(0, 3) prior on every component's pixel logits
 AMIX_BATCH = 100  # images per minibatch of the amortised Bernoulli mixture
 MIXREG_K = 2  # components of the mixture of linear regressions on the diabetes data
 OUTLIER_SCALE = 3.0  # the noise scale of an outlier in the outlier regression (Hogg et al.)
+SSVAE_Z = 8  # latent dimensions of the semi-supervised VAE (M2) on the digits
+SSVAE_HIDDEN = 64  # units of each network's one hidden (softplus) layer
+SSVAE_CLASSES = 10
+SSVAE_LABELLED_PER_CLASS = 10  # 100 labelled images, the other 1,697 unlabelled
+SSVAE_BATCH = 100  # unlabelled images per minibatch (the 100 labelled ones every step)
 
 
 def dpm_data(n_per_cluster: int = 50, seed: int = 0) -> np.ndarray:
@@ -61,6 +66,25 @@ def digits_data(threshold: float = 0.5) -> np.ndarray:
 
     images = load_digits().data.astype(np.float32) / 16.0
     return (images > threshold).astype(np.float32)
+
+
+def ssvae_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The semi-supervised split of :func:`digits_data`: ``SSVAE_LABELLED_PER_CLASS`` images of
+    each digit drawn with NumPy seed 0 keep their labels, the others do not. Returns
+    ``(labelled images, their labels (int32), unlabelled images, their labels)``; the last is
+    never trained on, only used to score the classifier."""
+    from sklearn.datasets import load_digits
+
+    x, labels = digits_data(), load_digits().target.astype(np.int32)
+    rng = np.random.default_rng(0)
+    chosen = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == c), SSVAE_LABELLED_PER_CLASS, replace=False)
+            for c in range(SSVAE_CLASSES)
+        ]
+    )
+    rest = np.setdiff1d(np.arange(len(labels)), chosen)
+    return x[chosen], labels[chosen], x[rest], labels[rest]
 
 
 def breast_cancer_data() -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +200,26 @@ def initial_params(model: str, seed: int) -> dict[str, np.ndarray]:
             "enc_w": (0.01 * rng.standard_normal((d, k))).astype(f32),
             "enc_b": np.zeros(k, f32),
         }
+    if model == "ssvae":  # PyTorch-style N(0, 1/fan_in) layers; a near-uniform classifier
+        d, h, z, c = 64, SSVAE_HIDDEN, SSVAE_Z, SSVAE_CLASSES
+
+        def w(*shape, gain=1.0):
+            return (gain * rng.standard_normal(shape) / np.sqrt(shape[0])).astype(f32)
+
+        return {
+            "cls_w1": w(d, h),
+            "cls_b1": np.zeros(h, f32),
+            "cls_w2": w(h, c, gain=0.1),
+            "cls_b2": np.zeros(c, f32),
+            "enc_w1": w(d + c, h),
+            "enc_b1": np.zeros(h, f32),
+            "enc_w2": w(h, 2 * z, gain=0.1),
+            "enc_b2": np.zeros(2 * z, f32),
+            "dec_w1": w(z + c, h),
+            "dec_b1": np.zeros(h, f32),
+            "dec_w2": w(h, d),
+            "dec_b2": sbn_pixel_logits(digits_data()),
+        }
     if model == "mixreg":  # free assignment logits, small coefficients, unit noise
         k, n, d = MIXREG_K, 442, 10
         return {
@@ -221,7 +265,8 @@ def initial_params(model: str, seed: int) -> dict[str, np.ndarray]:
 #: ``mixreg`` later that day, after the simplex-parameterisation runs, with free logits (no
 #: simplex param) and gmm's settings, fixed before its first run; ``outlier`` after it, the same
 #: way; ``hmm`` after those (a later session), the same way; ``amix`` in a later session, the
-#: same way, with twice bmm's steps (each step sees a minibatch of 100 of the 1,797 images).
+#: same way, with twice bmm's steps (each step sees a minibatch of 100 of the 1,797 images);
+#: ``ssvae`` in the session after, the same way, with the SBN's learning rate (neural networks).
 #: ``--quick`` runs a tenth of the steps (at least 50).
 GALLERY = (
     ("coin K=1", "coin", 1, 5e-4, 0.93, 3000),
@@ -237,6 +282,7 @@ GALLERY = (
     ("outlier", "outlier", 4, 0.05, 0.9, 1000),
     ("hmm", "hmm", 4, 0.05, 0.9, 1000),
     ("amix", "amix", 4, 0.05, 0.9, 2000),
+    ("ssvae", "ssvae", 4, 3e-3, 0.9, 2000),
 )
 
 
@@ -253,6 +299,7 @@ QUICK_ROWS = (
     "outlier",
     "hmm",
     "amix",
+    "ssvae",
 )
 
 

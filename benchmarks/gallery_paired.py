@@ -13,6 +13,10 @@ such as ``loo``)::
     python benchmarks/gallery_paired.py STEM.json --pairs expectax-numpyro,loo-pyro --at time
     python benchmarks/gallery_paired.py STEM.json --per-seed   # each method's value per seed
     python benchmarks/gallery_paired.py A.json B.json           # two runs' seeds together
+    python benchmarks/gallery_paired.py STEM.json --score       # a model's score instead
+
+``--score`` pairs the model's own score (``Spec.score`` in ``elbo_gallery.py``, e.g. the
+semi-supervised VAE's classifier accuracy; higher is better) instead of the −ELBO.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def fmt(mean: float, se: float) -> str:
     return f"{mean:+.{digits}f} ± {se:.{digits}f}".replace("-", "−")
 
 
-def table(blob: dict, pairs: list[tuple[str, str]], at: str = "steps") -> str:
+def table(blob: dict, pairs: list[tuple[str, str]], at: str = "steps", field="values") -> str:
     label = lambda m: NAMES.get(m, m)  # noqa: E731
     head = "| model | " + " | ".join(f"{label(a)} − {label(b)}" for a, b in pairs) + " |"
     lines = [head, "|---|" + "---:|" * len(pairs)]
@@ -46,20 +50,21 @@ def table(blob: dict, pairs: list[tuple[str, str]], at: str = "steps") -> str:
         meth = res["methods"]
         cells = []
         for a, b in pairs:
-            if a in meth and b in meth:
-                field = f"equal_{at}"
-                va, vb = meth[a][field]["values"], meth[b][field]["values"]
-                cells.append(fmt(*paired(va, vb)))
+            ra, rb = (meth.get(m, {}).get(f"equal_{at}", {}) for m in (a, b))
+            if field in ra and field in rb:
+                cells.append(fmt(*paired(ra[field], rb[field])))
             else:
                 cells.append("–")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     seeds = blob["meta"]["seeds"]
-    title = f"Paired over seeds {seeds}, equal {at} (mean ± s.e. of the per-seed difference)"
+    what = "" if field == "values" else " of the model's score"
+    title = f"Paired over seeds {seeds}, equal {at}{what} (mean ± s.e. of the per-seed difference)"
     return title + "\n\n" + "\n".join(lines)
 
 
-def per_seed(blob: dict, at: str = "steps") -> str:
-    """Each method's final −ELBO seed by seed (a model with several optima shows them)."""
+def per_seed(blob: dict, at: str = "steps", field="values") -> str:
+    """Each method's final −ELBO (or score) seed by seed (a model with several optima shows
+    them)."""
     seeds = blob["meta"]["seeds"]
     out = []
     for model, res in blob["results"].items():
@@ -70,7 +75,9 @@ def per_seed(blob: dict, at: str = "steps") -> str:
             "|---|" + "---:|" * len(seeds),
         ]
         for m, row in res["methods"].items():
-            values = row[f"equal_{at}"]["values"]
+            values = row[f"equal_{at}"].get(field)
+            if values is None:
+                continue
             lines.append(f"| {NAMES.get(m, m)} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -92,7 +99,9 @@ def joined(blobs: list[dict]) -> dict:
             "methods": {
                 m: {
                     f"equal_{at}": {
-                        "values": [v for ms in methods for v in ms[m][f"equal_{at}"]["values"]]
+                        field: [v for ms in methods for v in ms[m][f"equal_{at}"][field]]
+                        for field in ("values", "score")
+                        if all(field in ms[m][f"equal_{at}"] for ms in methods)
                     }
                     for at in ("steps", "time")
                 }
@@ -117,17 +126,21 @@ def main() -> None:
         "--at", choices=("steps", "time"), default="steps", help="equal steps or equal time"
     )
     ap.add_argument("--per-seed", action="store_true", help="each method's value per seed")
+    ap.add_argument(
+        "--score", action="store_true", help="the model's score (Spec.score), not the −ELBO"
+    )
     args = ap.parse_args()
     blobs = []
     for path in args.json:
         with open(path) as f:
             blobs.append(json.load(f))
     blob = blobs[0] if len(blobs) == 1 else joined(blobs)
+    field = "score" if args.score else "values"
     if args.per_seed:
-        print(per_seed(blob, args.at))
+        print(per_seed(blob, args.at, field))
         return
     pairs = [tuple(p.split("-", 1)) for p in args.pairs.split(",") if p]
-    print(table(blob, pairs, args.at))
+    print(table(blob, pairs, args.at, field))
 
 
 if __name__ == "__main__":

@@ -378,6 +378,50 @@ def hmm_guide(counts):
         pyro.sample(f"z_{t}", dist.Bernoulli(logits=z_logits[t]), infer=BASELINE)
 
 
+def _ssvae_net(prefix, x):
+    h = gdata.SSVAE_HIDDEN
+    out = {"cls": gdata.SSVAE_CLASSES, "enc": 2 * gdata.SSVAE_Z, "dec": 64}[prefix]
+    w1 = pyro.param(f"{prefix}_w1", lambda: torch.zeros(x.shape[-1], h))
+    b1 = pyro.param(f"{prefix}_b1", lambda: torch.zeros(h))
+    w2 = pyro.param(f"{prefix}_w2", lambda: torch.zeros(h, out))
+    b2 = pyro.param(f"{prefix}_b2", lambda: torch.zeros(out))
+    return torch.nn.functional.softplus(x @ w1 + b1) @ w2 + b2
+
+
+def _with_label(x, y):
+    onehot = torch.nn.functional.one_hot(y.long(), gdata.SSVAE_CLASSES).to(x.dtype)
+    return torch.cat([x, onehot], dim=-1)
+
+
+def ssvae_model(xs_l, ys_l, xs_u, batch):
+    zeros = torch.zeros(gdata.SSVAE_Z)
+    uniform = dist.Categorical(logits=torch.zeros(gdata.SSVAE_CLASSES))
+    with pyro.plate("labelled", xs_l.shape[0]):
+        z = pyro.sample("z_l", dist.Normal(zeros, 1.0).to_event(1))
+        pyro.sample("y_l", uniform, obs=ys_l)
+        logits = _ssvae_net("dec", _with_label(z, ys_l))
+        pyro.sample("x_l", dist.Bernoulli(logits=logits).to_event(1), obs=xs_l)
+    with pyro.plate("unlabelled", xs_u.shape[0], subsample_size=batch) as idx:
+        y = pyro.sample("y_u", uniform)
+        z = pyro.sample("z_u", dist.Normal(zeros, 1.0).to_event(1))
+        logits = _ssvae_net("dec", _with_label(z, y))
+        pyro.sample("x_u", dist.Bernoulli(logits=logits).to_event(1), obs=xs_u[idx])
+
+
+def _ssvae_encode(x, y):
+    out = _ssvae_net("enc", _with_label(x, y))
+    return dist.Normal(out[..., : gdata.SSVAE_Z], out[..., gdata.SSVAE_Z :].exp()).to_event(1)
+
+
+def ssvae_guide(xs_l, ys_l, xs_u, batch):
+    with pyro.plate("labelled", xs_l.shape[0]):
+        pyro.sample("z_l", _ssvae_encode(xs_l, ys_l))
+    with pyro.plate("unlabelled", xs_u.shape[0], subsample_size=batch) as idx:
+        x = xs_u[idx]
+        y = pyro.sample("y_u", dist.Categorical(logits=_ssvae_net("cls", x)), infer=BASELINE)
+        pyro.sample("z_u", _ssvae_encode(x, y))
+
+
 def models() -> dict:
     t = torch.tensor
     x, y = gdata.breast_cancer_data()
@@ -393,6 +437,11 @@ def models() -> dict:
         "outlier": (outlier_model, outlier_guide, tuple(t(a) for a in gdata.diabetes_data())),
         "hmm": (hmm_model, hmm_guide, (t(gdata.COAL_COUNTS),)),
         "amix": (amix_model, amix_guide, (t(gdata.digits_data()), gdata.AMIX_BATCH)),
+        "ssvae": (
+            ssvae_model,
+            ssvae_guide,
+            (*(t(a) for a in gdata.ssvae_data()[:3]), gdata.SSVAE_BATCH),
+        ),
     }
 
 
