@@ -113,11 +113,11 @@ def _config_stateful(k: int, sites: tuple[str, ...]):
 
 
 def _config_pyroavg(k: int, sites: tuple[str, ...], every_particle: bool = False):
-    """Pyro's decaying average (``baselines.DecayingAverage(0.9)``, what Pyro's
-    ``use_decaying_avg_baseline`` dict means in expectax) at every non-reparameterised guide
-    site, the guide wrapped by ``expectax.infer.with_baselines`` to carry it through SVI;
-    ``pyroavg_pp``: updated after every particle in turn (``every_particle=True``), as Pyro's
-    is with particles not vectorised."""
+    """Pyro's decaying average (``baselines.DecayingAverage(0.9)``, once per step) at every
+    non-reparameterised guide site, the guide wrapped by ``expectax.infer.with_baselines`` to
+    carry it through SVI; ``pyroavg_pp``: updated after every particle in turn
+    (``every_particle=True``), as Pyro's is with particles not vectorised, and what Pyro's
+    ``use_decaying_avg_baseline`` dict means in expectax."""
     import expectax as ex
     import expectax.infer
     from expectax import baselines

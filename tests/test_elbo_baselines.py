@@ -313,14 +313,15 @@ def test_exact_sum_over_the_site_trains_as_fast_as_no_baseline_at_every_offset(o
 
 
 def test_decaying_average_is_pyros_recursion():
-    """Pyro's ``use_decaying_avg_baseline``: the state starts at 0 (no debiasing) and each step
-    folds in the mean downstream cost, m ← β m + (1 − β) D̄; with one site every term of the
-    ELBO is downstream of it, and the engine's terms are log p − log q, so D̄ is −loss. The
-    baseline is the old m itself: the gradient is linear in m."""
+    """Pyro's ``use_decaying_avg_baseline``: the state starts at 0 (no debiasing) and each
+    particle folds in its downstream cost, m ← β m + (1 − β) D; with one site every term of the
+    ELBO is downstream of it, and the engine's terms are log p − log q, so at one particle D is
+    −loss. The baseline is the old m itself: the gradient is linear in m. (Several particles:
+    ``test_pyro_dict_is_the_every_particle_average``.)"""
     beta = 0.8
     pyro_guide = lambda data: coin_guide(data, pyro=True)  # noqa: E731
     wrapped = infer.with_baselines(pyro_guide)
-    elbo = infer.TraceGraph_ELBO(num_particles=3)
+    elbo = infer.TraceGraph_ELBO(num_particles=1)
     svi = SVI(coin_model, wrapped, optax.adam(0.01), loss=elbo)
     state = svi.init(jax.random.key(0), COIN)
     hist = state.mutable_state[infer.BASELINE_STATE]["f"]
@@ -358,12 +359,46 @@ def test_decaying_average_is_pyros_recursion():
     for m in (0.0, -7.0):
         (_, _), g = run(m)
         const = ex.ScoreFunction(baseline=baselines.Constant(m))
-        plain = infer.TraceGraph_ELBO(num_particles=3, estimators={"f": const})
+        plain = infer.TraceGraph_ELBO(num_particles=1, estimators={"f": const})
         g_const = jax.grad(plain.loss, argnums=1)(key, params, coin_model, coin_guide, COIN)
         for name in ("a", "b"):
             np.testing.assert_allclose(g[name], g_const[name], rtol=1e-5, atol=1e-6)
         grads[m] = g
     assert abs(float(grads[0.0]["a"] - grads[-7.0]["a"])) > 1e-3
+
+
+def test_pyro_dict_is_the_every_particle_average():
+    """With several particles Pyro (particles not vectorised, its default) folds each particle
+    into the average before the next reads it: its dict means ``every_particle=True``, the
+    same loss, gradient and new state, and not the once-per-step average."""
+    wrapped = infer.with_baselines(lambda data: coin_guide(data, pyro=True))
+    svi = SVI(coin_model, wrapped, optax.adam(0.01), loss=infer.TraceGraph_ELBO(num_particles=3))
+    state = svi.init(jax.random.key(0), COIN)
+    hist = state.mutable_state[infer.BASELINE_STATE]["f"]
+    mutable = {infer.BASELINE_STATE: {"f": {**hist, "wd": jnp.asarray(-40.0, jnp.float32)}}}
+    params = svi.get_params(state)
+    key = jax.random.key(5)
+
+    def run(elbo, guide):
+        def loss(p):
+            out = elbo.loss_with_mutable_state(key, {**p, **mutable}, coin_model, guide, COIN)
+            return out["loss"], out["mutable_state"][infer.BASELINE_STATE]["f"]["wd"]
+
+        (value, new), grad = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, new, grad
+
+    def explicit(every_particle):
+        average = baselines.DecayingAverage(0.9, every_particle=every_particle)  # the dict's β
+        est = ex.ScoreFunction(baseline=average)
+        elbo = infer.TraceGraph_ELBO(num_particles=3, estimators={"f": est})
+        return run(elbo, infer.with_baselines(lambda data: coin_guide(data)))
+
+    got = run(infer.TraceGraph_ELBO(num_particles=3), wrapped)
+    want, once = explicit(True), explicit(False)
+    for a, b in zip(got, want, strict=True):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a, b)
+    assert abs(float(got[2]["a"] - once[2]["a"])) > 1e-3
+    assert abs(float(got[1] - once[1])) > 1e-3
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["per-element", "pooled"])

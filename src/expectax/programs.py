@@ -707,7 +707,10 @@ def _pyro_baseline(name: str, msg: Mapping[str, Any], spec: Any) -> Estimator:
         return ScoreFunction(baseline=baselines.Constant(value))
     if spec.get("use_decaying_avg_baseline"):
         beta = spec.get("baseline_beta", 0.9)
-        return ScoreFunction(baseline=baselines.DecayingAverage(decay=float(beta)))
+        # Pyro's particles run one after another (its default), each folded into the average
+        # before the next reads it: every_particle is Pyro's order
+        average = baselines.DecayingAverage(decay=float(beta), every_particle=True)
+        return ScoreFunction(baseline=average)
     raise ValueError(
         f"site {name!r}: infer={{'baseline': {spec!r}}} asks for no baseline expectax knows "
         "(use_decaying_avg_baseline=True or baseline_value=<float>)."
