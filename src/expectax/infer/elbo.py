@@ -11,6 +11,7 @@ baseline over the particles otherwise. Rao-Blackwellisation follows the dependen
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.elbo import TraceGraph_ELBO as _NumpyroTraceGraph
+from numpyro.primitives import Messenger
 
 from expectax.estimators.base import Estimator, log_prob
 
@@ -173,6 +175,14 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
         :func:`expectax.program_expectation`): the same loss and gradient, to float
         tolerance, on any number of devices. ``num_particles`` must be a multiple of the axis
         size, and ``vectorize_particles`` ``True`` or ``False`` (per device).
+      share_subsample: every particle sees the same minibatch of each subsampled plate
+        (``numpyro.plate(..., subsample_size=m)``), drawn once per step, instead of a
+        minibatch each (numpyro's draws; the default keeps them). Still unbiased for the
+        full-data ELBO; the leave-one-out baseline of a local site then compares draws for
+        the *same* data point instead of for other points at the same position. For
+        minibatched models with discrete local latents (an amortised guide) it trains much
+        better (docs/numpyro.md, "Minibatches: share_subsample"); the particles no longer
+        match numpyro's samples for the same key.
 
     Example:
       >>> from numpyro.infer import SVI
@@ -194,12 +204,20 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
         estimators: Mapping[str, Estimator] | None = None,
         mesh: jax.sharding.Mesh | None = None,
         axis_name: Any = None,
+        share_subsample: bool = False,
     ) -> None:
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         from expectax import programs
 
         programs._check_particles(num_particles)
         programs._check_estimators(estimators)
+        if not isinstance(share_subsample, bool):
+            raise ValueError(
+                "TraceGraph_ELBO: share_subsample must be True (one minibatch per step for all "
+                f"particles) or False (a minibatch per particle, as numpyro), got "
+                f"{share_subsample!r}."
+            )
+        self.share_subsample = share_subsample
         self.estimators = dict(estimators or {})
         # the engine's particle map: True/False/a callable as given (True runs one particle
         # without a vmap), or the mesh's
@@ -225,6 +243,9 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
             vectorize=self._particle_map,
             debug=False,
         )
+        if self.share_subsample:
+            rng_key, key_batch = jax.random.split(rng_key)
+            model, guide = _SharedSubsample(model, key_batch), _SharedSubsample(guide, key_batch)
         run = _elbo_tracer(model, guide, args, kwargs)
         history = param_map.get(BASELINE_STATE) if isinstance(param_map, Mapping) else None
         if history is None:
@@ -232,6 +253,22 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
             return {"loss": -elbo, "mutable_state": None}
         elbo, new = engine.estimate(run, param_map, rng_key, check=_check_traces, history=history)
         return {"loss": -elbo, "mutable_state": {BASELINE_STATE: new}}
+
+
+class _SharedSubsample(Messenger):
+    """Draws every subsampled plate's minibatch from ``key`` (folded with the plate's name), so
+    that every particle run under it sees the same minibatch; plates whose indices are already
+    set (given, or replayed from the guide) are left alone. Inside numpyro's ``seed``, which
+    then draws no key for the plate."""
+
+    def __init__(self, fn: Callable, key: jax.Array) -> None:
+        self.key = key
+        super().__init__(fn)
+
+    def process_message(self, msg: Any) -> None:
+        if msg["type"] == "plate" and msg["value"] is None and msg["kwargs"].get("rng_key") is None:
+            name = zlib.crc32(str(msg["name"]).encode())
+            msg["kwargs"]["rng_key"] = jax.random.fold_in(self.key, name)
 
 
 def _check_traces(run: Any) -> None:
