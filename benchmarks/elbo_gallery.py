@@ -112,6 +112,17 @@ def _config_stateful(k: int, sites: tuple[str, ...]):
     return TraceGraph_ELBO(k), expectax.infer.with_baselines
 
 
+def _config_shared(k: int, sites: tuple[str, ...], stateful: bool = False):
+    """expectax's defaults with ``share_subsample=True``: the particles of a step share one
+    minibatch of each subsampled plate (numpyro: a minibatch per particle);
+    ``shared_stateful``: and the guide wrapped by ``expectax.infer.with_baselines``."""
+    import expectax.infer
+    from expectax.infer import TraceGraph_ELBO
+
+    wrap = expectax.infer.with_baselines if stateful else _identity
+    return TraceGraph_ELBO(k, share_subsample=True), wrap
+
+
 def _config_pyroavg(k: int, sites: tuple[str, ...], every_particle: bool = False):
     """Pyro's decaying average (``baselines.DecayingAverage(0.9)``, once per step) at every
     non-reparameterised guide site, the guide wrapped by ``expectax.infer.with_baselines`` to
@@ -177,6 +188,8 @@ CONFIGS: dict[str, Callable[[int, tuple[str, ...]], tuple[Any, Callable]]] = {
     "noshrink": _config_noshrink,
     "sum6": _config_sum6,
     "pyroavg_pp": functools.partial(_config_pyroavg, every_particle=True),
+    "shared": _config_shared,
+    "shared_stateful": functools.partial(_config_shared, stateful=True),
 }
 
 
