@@ -207,8 +207,8 @@ def test_reparameterised_and_subsampled_sites():
 
 
 def test_shared_subsample_is_unbiased_and_shares_the_minibatch():
-    """``share_subsample=True``: the K particles see one minibatch per step (recorded per
-    particle), and the estimate stays unbiased for the full-data ELBO. Without it each particle
+    """``share_subsample=True``: the estimate stays unbiased for the full-data ELBO, and the K
+    particles see one minibatch per step (read off the loss below). Without it each particle
     draws its own, as numpyro's do."""
     elbo = infer.TraceGraph_ELBO(num_particles=4, share_subsample=True)
     grad = jax.grad(lambda p, k: elbo.loss(k, p, sub_model, sub_guide, SUB_DATA))

@@ -180,9 +180,10 @@ class TraceGraph_ELBO(_NumpyroTraceGraph):
         minibatch each (numpyro's draws; the default keeps them). Still unbiased for the
         full-data ELBO; the leave-one-out baseline of a local site then compares draws for
         the *same* data point instead of for other points at the same position. For
-        minibatched models with discrete local latents (an amortised guide) it trains much
-        better (docs/numpyro.md, "Minibatches: share_subsample"); the particles no longer
-        match numpyro's samples for the same key.
+        minibatched models with discrete local latents (an amortised guide) it can train far
+        better: on the ELBO gallery's semi-supervised VAE, not on its amortised mixture
+        (docs/numpyro.md, "Minibatches: share_subsample"). The particles no longer match
+        numpyro's samples for the same key.
 
     Example:
       >>> from numpyro.infer import SVI
