@@ -50,6 +50,8 @@ SSVAE_HIDDEN = 64  # units of each network's one hidden (softplus) layer
 SSVAE_CLASSES = 10
 SSVAE_LABELLED_PER_CLASS = 10  # 100 labelled images, the other 1,697 unlabelled
 SSVAE_BATCH = 100  # unlabelled images per minibatch (the 100 labelled ones every step)
+#: the outputs of the ssvae's three networks: digit logits, z's loc and log-scale, pixel logits
+SSVAE_OUT = {"cls": SSVAE_CLASSES, "enc": 2 * SSVAE_Z, "dec": 64}
 
 
 def dpm_data(n_per_cluster: int = 50, seed: int = 0) -> np.ndarray:

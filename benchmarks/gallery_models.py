@@ -483,7 +483,7 @@ def _ssvae_net(prefix: str, x):
     """A one-hidden-layer softplus network whose params are ``{prefix}_w1`` ... ``{prefix}_b2``
     (initial values from ``gallery_data.initial_params``; the zeros only give their shapes)."""
     h = data.SSVAE_HIDDEN
-    out = {"cls": data.SSVAE_CLASSES, "enc": 2 * data.SSVAE_Z, "dec": 64}[prefix]  # 64 pixels
+    out = data.SSVAE_OUT[prefix]
     w1 = numpyro.param(f"{prefix}_w1", jnp.zeros((x.shape[-1], h)))
     b1 = numpyro.param(f"{prefix}_b1", jnp.zeros(h))
     w2 = numpyro.param(f"{prefix}_w2", jnp.zeros((h, out)))

@@ -380,7 +380,7 @@ def hmm_guide(counts):
 
 def _ssvae_net(prefix, x):
     h = gdata.SSVAE_HIDDEN
-    out = {"cls": gdata.SSVAE_CLASSES, "enc": 2 * gdata.SSVAE_Z, "dec": 64}[prefix]
+    out = gdata.SSVAE_OUT[prefix]
     w1 = pyro.param(f"{prefix}_w1", lambda: torch.zeros(x.shape[-1], h))
     b1 = pyro.param(f"{prefix}_b1", lambda: torch.zeros(h))
     w2 = pyro.param(f"{prefix}_w2", lambda: torch.zeros(h, out))
